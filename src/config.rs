@@ -1,0 +1,280 @@
+//! The one configuration tree. Embedded defaults, then the `--config` file, then command-line
+//! flags; parsed and validated once, before any port is bound. Keys follow Spark's names where
+//! Spark has one (`spark.shuffle.service.port`, ...); the agent's own keys start with `agent.`.
+//!
+//! The file format is the one of Spark's `spark-defaults.conf`: `key value` (or `key=value`,
+//! `key: value`) per line, `#` and `!` comments.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::server::Settings;
+
+/// Everything the agent can be told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `agent.bind`: address the shuffle port listens on.
+    pub bind: IpAddr,
+    /// `spark.shuffle.service.port`: the shuffle port executors dial.
+    pub port: u16,
+    /// `agent.roots`: directories the agent serves from; executors' local dirs must lie under one.
+    pub roots: Vec<PathBuf>,
+    /// `agent.state.dir`: where registrations are persisted.
+    pub state_dir: PathBuf,
+    /// `spark.shuffle.service.index.cache.size`: bytes of parsed index files kept in memory.
+    pub index_cache_bytes: u64,
+    /// `spark.shuffle.io.connectionTimeout`: idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// `spark.shuffle.maxChunksBeingTransferred`: server-wide cap of chunks in flight.
+    pub max_chunks_being_transferred: u64,
+    /// `spark.shuffle.service.fetch.rdd.enabled`: keep `rdd_*` files when an executor goes away.
+    pub fetch_rdd_enabled: bool,
+    /// `spark.shuffle.io.serverThreads`: runtime worker threads; 0 = one per core.
+    pub server_threads: usize,
+    /// `agent.max.frame.bytes`: largest request frame accepted.
+    pub max_frame_bytes: usize,
+    /// `agent.sendfile.min.bytes`: chunk bodies this large or larger go out with sendfile(2).
+    pub sendfile_min_bytes: u64,
+    /// `agent.max.connections`: connections served at once.
+    pub max_connections: usize,
+    /// `agent.drain.grace`: how long SIGTERM waits for connections to finish.
+    pub drain_grace: Duration,
+}
+
+/// A configuration the agent refuses to start with. One line, for stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// A line of the config file is not `key value`.
+    #[error("{path}:{line}: expected `key value`, got {text:?}")]
+    Syntax { path: PathBuf, line: usize, text: String },
+    /// A key the agent does not know (a typo would otherwise be silently ignored).
+    #[error("unknown configuration key {0:?}")]
+    UnknownKey(String),
+    /// A value that does not parse or is out of range.
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    BadValue { key: String, value: String, reason: String },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 7337,
+            roots: vec![std::env::temp_dir()],
+            state_dir: default_state_dir(),
+            index_cache_bytes: 100 << 20,
+            idle_timeout: Duration::from_secs(120),
+            max_chunks_being_transferred: i64::MAX as u64,
+            fetch_rdd_enabled: false,
+            server_threads: 0,
+            max_frame_bytes: 16 << 20,
+            sendfile_min_bytes: 64 << 10,
+            max_connections: 4096,
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/spark-shuffle-agent`, else `~/.local/state/spark-shuffle-agent`, else a
+/// directory under the temp dir: something an unprivileged local run can always create.
+fn default_state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("spark-shuffle-agent")
+}
+
+impl Config {
+    /// Reads `path` over the current values.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let Some((key, value)) = split_key_value(line) else {
+                return Err(ConfigError::Syntax { path: path.into(), line: n + 1, text: raw.to_string() });
+            };
+            self.set(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadValue { key: key.into(), value: value.into(), reason };
+        match key {
+            "spark.shuffle.service.port" => self.port = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.bind" => self.bind = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.roots" => {
+                self.roots = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect()
+            }
+            "agent.state.dir" => self.state_dir = PathBuf::from(value),
+            "spark.shuffle.service.index.cache.size" => {
+                self.index_cache_bytes = parse_bytes(value, 1 << 20).map_err(bad)?
+            }
+            "spark.shuffle.io.connectionTimeout" => self.idle_timeout = parse_duration(value).map_err(bad)?,
+            "spark.shuffle.maxChunksBeingTransferred" => {
+                self.max_chunks_being_transferred = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
+            "spark.shuffle.service.fetch.rdd.enabled" => self.fetch_rdd_enabled = parse_bool(value).map_err(bad)?,
+            "spark.shuffle.io.serverThreads" => self.server_threads = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.max.frame.bytes" => self.max_frame_bytes = parse_bytes(value, 1).map_err(bad)? as usize,
+            "agent.sendfile.min.bytes" => self.sendfile_min_bytes = parse_bytes(value, 1).map_err(bad)?,
+            "agent.max.connections" => self.max_connections = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.drain.grace" => self.drain_grace = parse_duration(value).map_err(bad)?,
+            other => return Err(ConfigError::UnknownKey(other.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Checks what cannot be checked key by key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, reason: &str| {
+            Err(ConfigError::BadValue { key: key.into(), value, reason: reason.into() })
+        };
+        if self.roots.is_empty() {
+            return bad("agent.roots", String::new(), "at least one root directory is needed");
+        }
+        if let Some(root) = self.roots.iter().find(|r| !r.is_dir()) {
+            return bad("agent.roots", root.display().to_string(), "not an existing directory");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("spark.shuffle.io.connectionTimeout", "0".into(), "must be positive");
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("agent.max.frame.bytes", self.max_frame_bytes.to_string(), "must be at least 1k");
+        }
+        if self.max_connections == 0 {
+            return bad("agent.max.connections", "0".into(), "must be positive");
+        }
+        Ok(())
+    }
+
+    /// The data-path settings the server runs with.
+    pub fn server_settings(&self) -> Settings {
+        Settings {
+            idle_timeout: self.idle_timeout,
+            max_frame_bytes: self.max_frame_bytes,
+            coalesce_max_bytes: self.sendfile_min_bytes,
+            max_chunks_being_transferred: self.max_chunks_being_transferred,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+fn split_key_value(line: &str) -> Option<(&str, &str)> {
+    let end = line.find(|c: char| c == '=' || c == ':' || c.is_whitespace())?;
+    let key = &line[..end];
+    let rest = line[end..].trim_start();
+    let value = rest.strip_prefix(['=', ':']).unwrap_or(rest).trim();
+    (!key.is_empty()).then_some((key, value))
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Spark's byte strings: `100m`, `64k`, `1g`, `512b`; a bare number is in `default_unit` bytes.
+pub fn parse_bytes(value: &str, default_unit: u64) -> Result<u64, String> {
+    let v = value.trim().to_ascii_lowercase();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| "expected a size such as 100m".to_string())?;
+    let mult = match unit {
+        "" => default_unit,
+        "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        _ => return Err(format!("unknown size unit {unit:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
+}
+
+/// Spark's time strings: `120s`, `500ms`, `2min`, `1h`; a bare number is in seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim().to_ascii_lowercase();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| "expected a duration such as 120s".to_string())?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "us" => Duration::from_micros(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => return Err(format!("unknown time unit {unit:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spark_style_lines_set_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.conf");
+        std::fs::write(
+            &path,
+            "# comment\nspark.shuffle.service.port 7444\nagent.bind=127.0.0.1\n\
+             spark.shuffle.service.index.cache.size: 10\nspark.shuffle.io.connectionTimeout 2min\n",
+        )
+        .unwrap();
+        let mut c = Config::default();
+        c.load_file(&path).unwrap();
+        assert_eq!(c.port, 7444);
+        assert_eq!(c.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.index_cache_bytes, 10 << 20, "a bare cache size is in MiB, as in Spark");
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let err = Config::default().set("agent.rots", "/tmp").unwrap_err();
+        assert_eq!(err.to_string(), "unknown configuration key \"agent.rots\"");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key() {
+        let err = Config::default().set("spark.shuffle.service.port", "70000").unwrap_err();
+        assert!(err.to_string().starts_with("invalid value \"70000\" for spark.shuffle.service.port"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_root_fails_validation() {
+        let c = Config { roots: vec![PathBuf::from("/nonexistent/root")], ..Config::default() };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_like_spark() {
+        assert_eq!(parse_bytes("64k", 1), Ok(64 << 10));
+        assert_eq!(parse_bytes("1g", 1), Ok(1 << 30));
+        assert!(parse_bytes("12q", 1).is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_shipped_conf_file_is_the_embedded_defaults() {
+        // conf/spark-shuffle-agent.conf documents every key with its default value; loading it
+        // must change nothing, or the docs and the code disagree.
+        let mut c = Config::default();
+        c.load_file(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/spark-shuffle-agent.conf"))).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

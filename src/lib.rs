@@ -1,0 +1,20 @@
+//! spark-shuffle-agent: Spark's external shuffle service, as a per-node agent.
+//!
+//! The crate is layered so that each layer can be tested without the ones above it:
+//!
+//! * [`protocol`] is pure: Spark's transport frames (spark-network-common) and shuffle messages
+//!   (spark-network-shuffle), block ids, and the Java-style error texts clients expect. It touches
+//!   no socket, file or clock.
+//! * [`store`] owns the on-disk layout executors write: path hashing, index files and their cache,
+//!   checksum diagnosis, and reading block segments from files that must stay inside the
+//!   executor's registered directories.
+//! * [`registry`] owns executor registrations (who wrote where).
+//! * [`server`] owns sockets: the accept loop, one task per connection, in-order request
+//!   dispatch, and zero-copy writes of file segments.
+//! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
+
+pub mod config;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod store;

@@ -1,0 +1,309 @@
+//! One client connection: decode frames, handle each request in arrival order, write the
+//! responses in that order (spec §1.6). Pipelined requests are all handled before the socket is
+//! read again, so their small responses leave together.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::dispatch::{self, RpcReply};
+use super::outbox::{Outbox, QueueError};
+use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
+use super::Shared;
+use crate::protocol::block_id::{java_parse_int, java_split};
+use crate::protocol::frame::JAVA_MAX_FRAME;
+use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, Message, StreamChunkId};
+use crate::store::Segment;
+
+/// Why a connection ended, for the log line and the error counters.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionEnd {
+    /// The peer closed its side.
+    #[error("closed by peer")]
+    PeerClosed,
+    /// Nothing was read or written for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
+    /// The agent is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+    /// A frame could not be decoded; Java closes the connection without a reply.
+    #[error("bad frame: {0}")]
+    BadFrame(#[from] FrameError),
+    /// The socket failed while reading or writing.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A request we cannot answer without desynchronising the stream (spec §3.1 UploadStream).
+    #[error("{0}")]
+    Refused(String),
+    /// Too many chunks are being transferred server-wide (`spark.shuffle.maxChunksBeingTransferred`).
+    #[error("too many chunks being transferred ({0})")]
+    ChunkLimit(u64),
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    streams: ConnectionStreams,
+    outbox: Outbox,
+    /// Chunks queued in the outbox, counted in `shared.chunks_in_flight` until written.
+    queued_chunks: u64,
+}
+
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    conn_id: u64,
+    shutdown: CancellationToken,
+) -> ConnectionEnd {
+    let _ = stream.set_nodelay(true);
+    let idle = shared.settings.idle_timeout;
+    let mut conn = Connection {
+        streams: ConnectionStreams::new(conn_id, Arc::clone(&shared.streams)),
+        outbox: Outbox::new(shared.settings.coalesce_max_bytes),
+        queued_chunks: 0,
+        shared,
+    };
+    let mut codec = FrameCodec::new(conn.shared.settings.max_frame_bytes);
+    let mut input = BytesMut::with_capacity(8 * 1024);
+    let mut stream = stream;
+    let end = loop {
+        if let Err(end) = conn.handle_buffered(&mut codec, &mut input, &stream).await {
+            break end;
+        }
+        if let Err(e) = conn.flush(&stream).await {
+            break e;
+        }
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break ConnectionEnd::Shutdown,
+            read = tokio::time::timeout(idle, stream.read_buf(&mut input)) => read,
+        };
+        match read {
+            Err(_) => break ConnectionEnd::Idle(idle),
+            Ok(Ok(0)) => break ConnectionEnd::PeerClosed,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break ConnectionEnd::Io(e),
+        }
+    };
+    conn.release_queued();
+    end
+}
+
+impl Connection {
+    /// Handles every complete frame in `input`, flushing whenever the outbox fills.
+    async fn handle_buffered(
+        &mut self,
+        codec: &mut FrameCodec,
+        input: &mut BytesMut,
+        stream: &TcpStream,
+    ) -> Result<(), ConnectionEnd> {
+        loop {
+            let msg = match codec.decode(input) {
+                Ok(Some(Inbound::Message(msg))) => msg,
+                // Bodies only follow UploadStream, after which we close; nothing to do with them.
+                Ok(Some(Inbound::Body(_))) => continue,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // Answers to the requests before the bad frame still go out, as on the JVM.
+                    self.flush(stream).await?;
+                    return Err(e.into());
+                }
+            };
+            self.handle(msg)?;
+            if self.outbox.should_flush() {
+                self.flush(stream).await?;
+            }
+        }
+    }
+
+    async fn flush(&mut self, stream: &TcpStream) -> Result<(), ConnectionEnd> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let result = self.outbox.flush(stream, self.shared.settings.idle_timeout).await;
+        self.release_queued();
+        let bytes = result?;
+        self.shared.counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release_queued(&mut self) {
+        self.shared.chunks_in_flight.fetch_sub(self.queued_chunks, Ordering::Relaxed);
+        self.queued_chunks = 0;
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
+        match msg {
+            Message::RpcRequest { request_id, body } => {
+                let reply = match dispatch::rpc(&self.shared, &mut self.streams, &body) {
+                    RpcReply::Ok(body) => Message::RpcResponse { request_id, body },
+                    RpcReply::Fail(error) => {
+                        self.shared.counters.rpc_failures.fetch_add(1, Ordering::Relaxed);
+                        Message::RpcFailure { request_id, error }
+                    }
+                };
+                self.outbox.message(&reply);
+            }
+            Message::OneWayMessage { body } => dispatch::one_way(&self.shared, &mut self.streams, &body),
+            Message::ChunkFetchRequest(chunk) => self.chunk(chunk)?,
+            Message::StreamRequest { stream_id } => self.stream(stream_id)?,
+            Message::UploadStream { request_id, .. } => {
+                // The body cannot be skipped safely, so after the failure the connection closes
+                // (spec §3.1); the standalone JVM service has no merge manager either.
+                let error = dispatch::merge_unsupported();
+                self.outbox.message(&Message::RpcFailure { request_id, error: error.clone() });
+                return Err(ConnectionEnd::Refused(error));
+            }
+            Message::MergedBlockMetaRequest { request_id, .. } => {
+                self.outbox.message(&Message::RpcFailure { request_id, error: dispatch::merge_unsupported() });
+            }
+            // Server-to-client messages have no meaning here; Java's request handler ignores
+            // responses arriving at a server, and so do we (the connection stays usable).
+            other => debug!(type_id = other.type_id(), "ignoring a response message sent to the server"),
+        }
+        Ok(())
+    }
+
+    /// Checks the server-wide limit on chunks being transferred (spec §3.3 step 1): over it,
+    /// the connection is closed without a reply and the client retries.
+    fn admit_chunk(&mut self) -> Result<(), ConnectionEnd> {
+        let limit = self.shared.settings.max_chunks_being_transferred;
+        let now = self.shared.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.queued_chunks += 1;
+        if now >= limit {
+            warn!(in_flight = now, limit, "too many chunks being transferred; closing the connection");
+            return Err(ConnectionEnd::ChunkLimit(limit));
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, chunk: StreamChunkId) -> Result<(), ConnectionEnd> {
+        self.admit_chunk()?;
+        let failure = |error| Message::ChunkFetchFailure { chunk, error };
+        let outcome = self.resolve(chunk.stream_id, chunk.chunk_index);
+        match outcome {
+            Ok(segment) if segment.len > (JAVA_MAX_FRAME - 21) as u64 => {
+                // No frame can carry it: Java clients fetch such blocks as streams.
+                self.fail(failure(java_error::illegal_argument(format_args!(
+                    "Block of {} bytes is too large for a chunk; fetch it as a stream",
+                    segment.len
+                ))));
+            }
+            Ok(segment) => {
+                let header = Message::ChunkFetchSuccess { chunk, body: bytes::Bytes::new() };
+                self.send_segment(&header, segment, true, failure)
+            }
+            Err(text) => self.fail(failure(text)),
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, stream_id: String) -> Result<(), ConnectionEnd> {
+        self.admit_chunk()?;
+        let failure = |error| Message::StreamFailure { stream_id: stream_id.clone(), error };
+        let outcome = parse_stream_chunk_id(&stream_id).and_then(|(id, index)| self.resolve(id, index));
+        match outcome {
+            Ok(segment) => {
+                let header = Message::StreamResponse { stream_id: stream_id.clone(), byte_count: segment.len as i64 };
+                self.send_segment(&header, segment, false, failure)
+            }
+            Err(text) if text == CHUNK_NOT_FOUND => {
+                // Java's StreamRequest path sends this plain text for a missing buffer.
+                self.fail(failure(format!("Stream '{stream_id}' was not found.")))
+            }
+            Err(text) => self.fail(failure(text)),
+        }
+        Ok(())
+    }
+
+    fn send_segment(
+        &mut self,
+        header: &Message,
+        segment: Segment,
+        in_frame: bool,
+        failure: impl Fn(String) -> Message,
+    ) {
+        let len = segment.len;
+        let path = segment.path.clone();
+        match self.outbox.message_with_segment(header, segment, in_frame) {
+            Ok(()) => {
+                self.shared.counters.chunks_served.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.chunk_bytes_served.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(QueueError::Read(e)) => {
+                self.fail(failure(format!("java.io.IOException: Failed to read {}: {e}", path.display())))
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: Message) {
+        self.shared.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
+        self.outbox.message(&msg);
+    }
+
+    /// Resolves the next chunk of a stream to an open file segment, or the text to fail with.
+    fn resolve(&mut self, stream_id: i64, chunk_index: i32) -> Result<Segment, String> {
+        let (executor, block, app_id, exec_id) = match self.streams.start_chunk(stream_id, chunk_index) {
+            ChunkTurn::Refuse(text) => return Err(text),
+            ChunkTurn::Serve { executor, block, app_id, exec_id } => (executor, block, app_id, exec_id),
+        };
+        let result = match (&executor, block) {
+            (None, _) => Err(java_error::executor_not_registered(&app_id, &exec_id)),
+            (Some(ex), BlockRef::Shuffle { shuffle_id, map_id, start, end }) => self
+                .shared
+                .store
+                .shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end)
+                .map(Some)
+                .map_err(|e| e.java_text()),
+            (Some(ex), BlockRef::Rdd { rdd_id, split_index }) => {
+                self.shared.store.rdd_segment(&ex.dirs, rdd_id, split_index).map_err(|e| e.java_text())
+            }
+            (Some(_), BlockRef::Merged) => Err(dispatch::merge_unsupported()),
+        };
+        // Java's shuffle iterators do not advance past a block that failed; the rdd iterator
+        // advances even when the file is missing (it yields a null buffer).
+        self.streams.finish_chunk(stream_id, result.is_ok());
+        if result.is_ok() {
+            self.shared.counters.blocks_served.fetch_add(block.block_count(), Ordering::Relaxed);
+        }
+        result?.ok_or_else(|| CHUNK_NOT_FOUND.to_string())
+    }
+}
+
+/// The text of a chunk whose buffer does not exist (a missing rdd block file).
+const CHUNK_NOT_FOUND: &str = "java.lang.IllegalStateException: Chunk was not found";
+
+/// `"<streamId>_<chunkIndex>"`, parsed as Java does (Long.parseLong, Integer.parseInt).
+fn parse_stream_chunk_id(text: &str) -> Result<(i64, i32), String> {
+    let parts = java_split(text);
+    let first = parts.first().copied().unwrap_or("");
+    let stream_id = first.parse::<i64>().map_err(|_| java_error::number_format(first))?;
+    let Some(index) = parts.get(1) else {
+        return Err(format!(
+            "java.lang.ArrayIndexOutOfBoundsException: Index 1 out of bounds for length {}",
+            parts.len()
+        ));
+    };
+    Ok((stream_id, java_parse_int(index)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_chunk_ids_parse_like_java() {
+        assert_eq!(parse_stream_chunk_id("2671724288809882581_2"), Ok((2671724288809882581, 2)));
+        assert_eq!(
+            parse_stream_chunk_id("not-a-stream"),
+            Err("java.lang.NumberFormatException: For input string: \"not-a-stream\"".into())
+        );
+        assert!(parse_stream_chunk_id("12").unwrap_err().starts_with("java.lang.ArrayIndexOutOfBoundsException"));
+    }
+}

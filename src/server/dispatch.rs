@@ -1,0 +1,226 @@
+//! RPC dispatch (spec §3.1): one BlockTransferMessage in, one reply out. Runs inline on the
+//! connection's task, so a connection's requests are answered strictly in arrival order.
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::streams::{BlockRef, ConnectionStreams, Stream};
+use super::Shared;
+use crate::protocol::{java_error, parse_open_blocks, BlockTransferMessage, OpenBlocksPlan};
+use crate::registry::Driver;
+
+/// What the connection sends back for an RPC.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RpcReply {
+    /// RpcResponse with this body.
+    Ok(Bytes),
+    /// RpcFailure with this text; the connection stays usable.
+    Fail(String),
+}
+
+/// Spark's standalone service has no merge manager (NoOpMergedShuffleFileManager): every push
+/// operation fails with this text (spec §7).
+pub fn merge_unsupported() -> String {
+    java_error::unsupported("Cannot handle shuffle block merge")
+}
+
+/// The executor id a GetLocalDirsForExecutors request uses for the push merger's dirs.
+const SHUFFLE_MERGER_ID: &str = "shuffle-push-merger";
+
+/// Handles an RpcRequest body.
+pub fn rpc(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) -> RpcReply {
+    let msg = match BlockTransferMessage::decode(body) {
+        Ok(msg) => msg,
+        Err(e) => return RpcReply::Fail(e.to_string()),
+    };
+    match handle(shared, streams, msg) {
+        Ok(reply) => RpcReply::Ok(reply),
+        Err(text) => RpcReply::Fail(text),
+    }
+}
+
+/// Handles a OneWayMessage body: same dispatch, results dropped, failures only logged.
+pub fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) {
+    let outcome = match BlockTransferMessage::decode(body) {
+        Ok(BlockTransferMessage::RemoveShuffleMerge { app_id, shuffle_id, .. }) => {
+            // As on the JVM service: nothing was merged, so there is nothing to remove.
+            debug!(app = %app_id, shuffle_id, "ignoring RemoveShuffleMerge: no merge manager");
+            return;
+        }
+        Ok(msg) => handle(shared, streams, msg).err(),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(text) = outcome {
+        debug!(error = %text, "one-way message failed");
+    }
+}
+
+fn handle(shared: &Shared, streams: &mut ConnectionStreams, msg: BlockTransferMessage) -> Result<Bytes, String> {
+    use BlockTransferMessage as M;
+    match msg {
+        M::RegisterExecutor { app_id, exec_id, info } => {
+            let executor = shared.registry.validate(&app_id, &exec_id, info).map_err(|e| e.to_string())?;
+            info!(app = %app_id, exec = %exec_id, dirs = ?executor.info.local_dirs, "executor registered");
+            shared.registry.insert(executor);
+            Ok(Bytes::new())
+        }
+        M::FetchShuffleBlocks { app_id, exec_id, shuffle_id, map_ids, reduce_ids, batch_fetch_enabled } => {
+            let blocks = shuffle_blocks(shuffle_id, &map_ids, &reduce_ids, batch_fetch_enabled)?;
+            Ok(open_stream(shared, streams, app_id, exec_id, blocks))
+        }
+        M::OpenBlocks { app_id, exec_id, block_ids } => {
+            let blocks = match parse_open_blocks(&block_ids)? {
+                OpenBlocksPlan::Shuffle { shuffle_id, blocks } => blocks
+                    .into_iter()
+                    .map(|(map, r)| BlockRef::Shuffle { shuffle_id, map_id: map.into(), start: r, end: r + 1 })
+                    .collect(),
+                OpenBlocksPlan::Rdd { blocks } => {
+                    blocks.into_iter().map(|(rdd_id, split_index)| BlockRef::Rdd { rdd_id, split_index }).collect()
+                }
+                OpenBlocksPlan::ShuffleChunk { chunks, .. } => vec![BlockRef::Merged; chunks.len()],
+            };
+            Ok(open_stream(shared, streams, app_id, exec_id, blocks))
+        }
+        M::FetchShuffleBlockChunks { app_id, exec_id, chunk_ids, .. } => {
+            // Served like the JVM service without a merge manager: a handle, then failing chunks.
+            let n = chunk_ids.iter().map(Vec::len).sum();
+            Ok(open_stream(shared, streams, app_id, exec_id, vec![BlockRef::Merged; n]))
+        }
+        M::GetLocalDirsForExecutors { app_id, exec_ids } => local_dirs(shared, &app_id, exec_ids),
+        M::RemoveBlocks { app_id, exec_id, block_ids } => {
+            let executor = shared.registry.require(&app_id, &exec_id)?;
+            let removed = shared.store.remove_blocks(&executor.dirs, &block_ids);
+            debug!(app = %app_id, exec = %exec_id, asked = block_ids.len(), removed, "blocks removed");
+            Ok(M::BlocksRemoved { num_removed_blocks: removed as i32 }.encode())
+        }
+        M::DiagnoseCorruption { app_id, exec_id, shuffle_id, map_id, reduce_id, checksum, algorithm } => {
+            let executor = shared.registry.require(&app_id, &exec_id)?;
+            let cause = shared
+                .store
+                .diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm)
+                .map_err(|e| e.java_text())?;
+            info!(app = %app_id, exec = %exec_id, shuffle_id, map_id, reduce_id, ?cause, "corruption diagnosed");
+            Ok(M::CorruptionCause { cause: cause.code() }.encode())
+        }
+        M::RegisterDriver { app_id, heartbeat_timeout_ms } => {
+            // The 2.2 Kubernetes fork announces each app this way; Spark 4 no longer sends it.
+            info!(app = %app_id, heartbeat_timeout_ms, "driver registered");
+            shared.registry.register_driver(Driver { app_id, heartbeat_timeout_ms });
+            Ok(Bytes::new())
+        }
+        M::ShuffleServiceHeartbeat { app_id } => {
+            debug!(app = %app_id, "driver heartbeat");
+            Ok(Bytes::new())
+        }
+        M::FinalizeShuffleMerge { .. } | M::PushBlockStream { .. } => Err(merge_unsupported()),
+        M::RemoveShuffleMerge { .. } => Err(java_error::unsupported("Cannot handle merged shuffle remove")),
+        other => Err(java_error::unsupported(format_args!("Unexpected message: {}", describe(&other)))),
+    }
+}
+
+/// The chunk list of a FetchShuffleBlocks request (spec §2.3): one chunk per (map, reduce), or
+/// with batch fetch one chunk per map covering `[start, end)`.
+fn shuffle_blocks(
+    shuffle_id: i32,
+    map_ids: &[i64],
+    reduce_ids: &[Vec<i32>],
+    batch: bool,
+) -> Result<Vec<BlockRef>, String> {
+    if map_ids.len() != reduce_ids.len() {
+        return Err(java_error::illegal_argument(format_args!(
+            "FetchShuffleBlocks has {} map ids but {} reduce id lists",
+            map_ids.len(),
+            reduce_ids.len()
+        )));
+    }
+    let mut blocks = Vec::new();
+    for (&map_id, reduces) in map_ids.iter().zip(reduce_ids) {
+        if batch {
+            let &[start, end] = reduces.as_slice() else {
+                return Err(java_error::illegal_argument(format_args!(
+                    "batch fetch of map {map_id} needs [startReduceId, endReduceId], got {reduces:?}"
+                )));
+            };
+            blocks.push(BlockRef::Shuffle { shuffle_id, map_id, start, end });
+        } else {
+            blocks.extend(reduces.iter().map(|&r| BlockRef::Shuffle {
+                shuffle_id,
+                map_id,
+                start: r,
+                end: r.saturating_add(1),
+            }));
+        }
+    }
+    Ok(blocks)
+}
+
+fn open_stream(
+    shared: &Shared,
+    streams: &mut ConnectionStreams,
+    app_id: String,
+    exec_id: String,
+    blocks: Vec<BlockRef>,
+) -> Bytes {
+    // The executor is looked up now but only reported missing when a chunk is asked for, as the
+    // JVM service does (spec §3.2: errors of a fetch appear as chunk failures).
+    let executor = shared.registry.executor(&app_id, &exec_id);
+    let num_chunks = blocks.len() as i32;
+    let stream_id = streams.open(Stream::new(app_id, exec_id, executor, blocks));
+    BlockTransferMessage::StreamHandle { stream_id, num_chunks }.encode()
+}
+
+fn local_dirs(shared: &Shared, app_id: &str, exec_ids: Vec<String>) -> Result<Bytes, String> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = exec_ids.iter().find(|id| !seen.insert(id.as_str())) {
+        return Err(java_error::illegal_argument(format_args!("duplicate element: {dup}")));
+    }
+    if exec_ids.iter().any(|id| id == SHUFFLE_MERGER_ID) {
+        return Err(merge_unsupported());
+    }
+    let mut num_local_dirs_by_exec = Vec::with_capacity(exec_ids.len());
+    let mut all_local_dirs = Vec::new();
+    for exec_id in &exec_ids {
+        let executor = shared.registry.require(app_id, exec_id)?;
+        num_local_dirs_by_exec.push(executor.info.local_dirs.len() as i32);
+        all_local_dirs.extend(executor.info.local_dirs.iter().cloned());
+    }
+    Ok(BlockTransferMessage::LocalDirsForExecutors { exec_ids, num_local_dirs_by_exec, all_local_dirs }.encode())
+}
+
+/// Java's toString of a message that has no business reaching the service.
+fn describe(msg: &BlockTransferMessage) -> String {
+    match msg {
+        BlockTransferMessage::UploadBlock { app_id, exec_id, block_id, metadata, block_data } => format!(
+            "UploadBlock[appId={app_id},execId={exec_id},blockId={block_id},metadata size={},block size={}]",
+            metadata.len(),
+            block_data.len()
+        ),
+        other => other.name().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_fetch_makes_one_chunk_per_map_and_reduce_in_request_order() {
+        let blocks = shuffle_blocks(0, &[0, 1, 4294967301], &[vec![0, 2], vec![3], vec![1]], false).unwrap();
+        let got: Vec<(i64, i32, i32)> = blocks
+            .iter()
+            .map(|b| match b {
+                BlockRef::Shuffle { map_id, start, end, .. } => (*map_id, *start, *end),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 0, 1), (0, 2, 3), (1, 3, 4), (4294967301, 1, 2)]);
+    }
+
+    #[test]
+    fn batch_fetch_makes_one_chunk_per_map() {
+        let blocks = shuffle_blocks(0, &[0, 1], &[vec![0, 3], vec![1, 4]], true).unwrap();
+        assert_eq!(blocks[1], BlockRef::Shuffle { shuffle_id: 0, map_id: 1, start: 1, end: 4 });
+        assert!(shuffle_blocks(0, &[0], &[vec![0]], true).is_err());
+        assert!(shuffle_blocks(0, &[0, 1], &[vec![0]], false).is_err());
+    }
+}

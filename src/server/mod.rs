@@ -1,0 +1,157 @@
+//! The network side: the accept loop, one task per connection, in-order dispatch of requests,
+//! and zero-copy writes. Protocol decisions live in [`crate::protocol`], file access in
+//! [`crate::store`], registrations in [`crate::registry`]; this module only wires them to sockets.
+
+mod connection;
+mod dispatch;
+mod outbox;
+mod streams;
+
+pub use connection::ConnectionEnd;
+pub use streams::StreamOwners;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// The knobs of the data path, taken from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Close a connection after this long without reads or writes (`spark.shuffle.io.connectionTimeout`).
+    pub idle_timeout: Duration,
+    /// Largest request frame accepted; larger ones close the connection before any allocation.
+    pub max_frame_bytes: usize,
+    /// Chunk bodies below this size are copied next to their header; larger ones use sendfile.
+    pub coalesce_max_bytes: u64,
+    /// Server-wide limit of chunks queued or being written (`spark.shuffle.maxChunksBeingTransferred`).
+    pub max_chunks_being_transferred: u64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            idle_timeout: Duration::from_secs(120),
+            max_frame_bytes: 16 << 20,
+            coalesce_max_bytes: 64 << 10,
+            max_chunks_being_transferred: u64::MAX,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Plain counters of the data path, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections_opened: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub chunks_served: AtomicU64,
+    pub chunk_bytes_served: AtomicU64,
+    pub blocks_served: AtomicU64,
+    pub chunk_failures: AtomicU64,
+    pub rpc_failures: AtomicU64,
+}
+
+/// Everything connections share.
+#[derive(Debug)]
+pub struct Shared {
+    pub settings: Settings,
+    pub registry: Registry,
+    pub store: Store,
+    pub streams: Arc<StreamOwners>,
+    /// Chunks queued or being written, server-wide.
+    pub chunks_in_flight: AtomicU64,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, registry: Registry, store: Store) -> Shared {
+        Shared {
+            settings,
+            registry,
+            store,
+            streams: Arc::new(StreamOwners::new(random_stream_base())),
+            chunks_in_flight: AtomicU64::new(0),
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// A random non-negative start for stream ids, as Spark 4.3 does (NOTES D1): ids of a restarted
+/// agent do not collide with ids a client may still hold from before.
+fn random_stream_base() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    (h.finish() >> 1) as i64
+}
+
+/// Serves connections until `shutdown` fires, then gives open connections up to `grace` to
+/// finish what they were sending.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken, grace: Duration) {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
+    let mut next_conn_id = 0u64;
+    loop {
+        // A permit is taken *before* accept: at the limit, new clients wait in the backlog
+        // instead of being accepted and starved.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        next_conn_id += 1;
+        let conn_id = next_conn_id;
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
+            shared.counters.connections_active.fetch_add(1, Ordering::Relaxed);
+            let end = connection::serve(Arc::clone(&shared), socket, conn_id, shutdown).await;
+            shared.counters.connections_active.fetch_sub(1, Ordering::Relaxed);
+            if matches!(end, ConnectionEnd::BadFrame(_)) {
+                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            match &end {
+                ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => debug!(%peer, conn_id, %end, "connection ended"),
+                _ => info!(%peer, conn_id, %end, "connection closed"),
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let open = tracker.len();
+    if open > 0 {
+        info!(open, grace_secs = grace.as_secs(), "draining connections");
+    }
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(open = tracker.len(), "grace period over; dropping the remaining connections");
+    }
+}

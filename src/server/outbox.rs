@@ -1,0 +1,172 @@
+//! What a connection has to send, in order, and the zero-copy writer that sends it.
+//!
+//! Small chunk bodies are copied (one pread) into the same buffer as their headers, so many
+//! pipelined small responses leave in one write; bodies of `coalesce_max_bytes` or more stay in
+//! their file and go out with sendfile(2), header first. Nothing here is unbounded: the
+//! connection flushes when [`Outbox::should_flush`] says so, before handling more requests.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use crate::protocol::Message;
+use crate::store::Segment;
+
+/// Flush once this many bytes are buffered, so memory per connection stays bounded.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// Flush once this many files are queued, so open descriptors per connection stay bounded.
+const FLUSH_FILES: usize = 64;
+
+#[derive(Debug)]
+enum Item {
+    Bytes(Bytes),
+    File(Segment),
+}
+
+/// Queued responses of one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    items: Vec<Item>,
+    /// Bytes after the last queued file; becomes an item when a file is queued or on flush.
+    tail: BytesMut,
+    buffered: usize,
+    files: usize,
+    coalesce_max_bytes: u64,
+}
+
+/// How a segment could not be queued.
+#[derive(Debug)]
+pub enum QueueError {
+    /// Reading the file failed before anything was queued: answer with a failure message.
+    Read(io::Error),
+}
+
+impl Outbox {
+    pub fn new(coalesce_max_bytes: u64) -> Outbox {
+        Outbox {
+            items: Vec::new(),
+            tail: BytesMut::with_capacity(16 * 1024),
+            buffered: 0,
+            files: 0,
+            coalesce_max_bytes,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.tail.is_empty()
+    }
+
+    pub fn should_flush(&self) -> bool {
+        self.buffered + self.tail.len() >= FLUSH_BYTES || self.files >= FLUSH_FILES
+    }
+
+    /// Queues a whole message (headers and any in-frame body).
+    pub fn message(&mut self, msg: &Message) {
+        msg.encode(&mut self.tail);
+    }
+
+    /// Queues `header` (a message whose body is `segment`) followed by the segment's bytes.
+    /// `body_in_frame` is false for StreamResponse, whose header counts no body.
+    pub fn message_with_segment(
+        &mut self,
+        header: &Message,
+        segment: Segment,
+        body_in_frame: bool,
+    ) -> Result<(), QueueError> {
+        let mark = self.tail.len();
+        header.encode_header(&mut self.tail, if body_in_frame { segment.len } else { 0 });
+        if segment.len >= self.coalesce_max_bytes {
+            self.push_tail();
+            self.files += 1;
+            self.items.push(Item::File(segment));
+            return Ok(());
+        }
+        // Small body: copy it next to its header now, so the descriptor is not held.
+        let len = segment.len as usize;
+        let start = self.tail.len();
+        self.tail.resize(start + len, 0);
+        if let Err(e) = segment.file.read_exact_at(&mut self.tail[start..], segment.offset) {
+            // Nothing of this response may leave: drop its header too.
+            self.tail.truncate(mark);
+            return Err(QueueError::Read(e));
+        }
+        Ok(())
+    }
+
+    fn push_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let bytes = self.tail.split().freeze();
+            self.buffered += bytes.len();
+            self.items.push(Item::Bytes(bytes));
+        }
+    }
+
+    /// Writes everything queued. `idle` bounds each wait for the socket to become writable:
+    /// a peer that stops reading for that long is dropped, like Java's idle handler does.
+    pub async fn flush(&mut self, stream: &TcpStream, idle: Duration) -> io::Result<u64> {
+        self.push_tail();
+        let mut written = 0u64;
+        for item in self.items.drain(..) {
+            written += match item {
+                Item::Bytes(bytes) => write_all(stream, &bytes, idle).await?,
+                Item::File(segment) => send_file(stream, &segment, idle).await?,
+            };
+        }
+        self.buffered = 0;
+        self.files = 0;
+        Ok(written)
+    }
+}
+
+async fn writable(stream: &TcpStream, idle: Duration) -> io::Result<()> {
+    match tokio::time::timeout(idle, stream.writable()).await {
+        Ok(ready) => ready,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut buf: &[u8], idle: Duration) -> io::Result<u64> {
+    let total = buf.len() as u64;
+    while !buf.is_empty() {
+        writable(stream, idle).await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// sendfile(2) from the segment's file straight to the socket: the bytes never enter user space.
+async fn send_file(stream: &TcpStream, segment: &Segment, idle: Duration) -> io::Result<u64> {
+    let mut offset = segment.offset;
+    let end = segment.offset + segment.len;
+    while offset < end {
+        writable(stream, idle).await?;
+        // One call moves at most ~2 GiB; the loop carries on for larger blocks.
+        let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, &*segment.file, Some(&mut offset), want).map_err(io::Error::from)
+        });
+        match sent {
+            // The file shrank under us after its header went out: the only honest move left is
+            // to drop the connection, as the JVM service does (the client retries).
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} ended at byte {offset} of {end}", segment.path.display()),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(segment.len)
+}
