@@ -40,6 +40,10 @@ pub struct Config {
     pub max_connections: usize,
     /// `agent.drain.grace`: how long SIGTERM waits for connections to finish.
     pub drain_grace: Duration,
+    /// `agent.app.retention`: remove apps idle (no registration, no fetch) this long; 0 = never.
+    pub app_retention: Duration,
+    /// `agent.cleanup.interval`: how often the lifecycle sweep runs.
+    pub cleanup_interval: Duration,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -75,6 +79,8 @@ impl Default for Config {
             sendfile_min_bytes: 64 << 10,
             max_connections: 4096,
             drain_grace: Duration::from_secs(30),
+            app_retention: Duration::ZERO,
+            cleanup_interval: Duration::from_secs(60),
         }
     }
 }
@@ -129,6 +135,8 @@ impl Config {
             "agent.sendfile.min.bytes" => self.sendfile_min_bytes = parse_bytes(value, 1).map_err(bad)?,
             "agent.max.connections" => self.max_connections = value.parse().map_err(|e| bad(format!("{e}")))?,
             "agent.drain.grace" => self.drain_grace = parse_duration(value).map_err(bad)?,
+            "agent.app.retention" => self.app_retention = parse_duration(value).map_err(bad)?,
+            "agent.cleanup.interval" => self.cleanup_interval = parse_duration(value).map_err(bad)?,
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         }
         Ok(())
@@ -151,10 +159,22 @@ impl Config {
         if self.max_frame_bytes < 1024 {
             return bad("agent.max.frame.bytes", self.max_frame_bytes.to_string(), "must be at least 1k");
         }
+        if self.cleanup_interval.is_zero() {
+            return bad("agent.cleanup.interval", "0".into(), "must be positive");
+        }
         if self.max_connections == 0 {
             return bad("agent.max.connections", "0".into(), "must be positive");
         }
         Ok(())
+    }
+
+    /// How the lifecycle engine runs.
+    pub fn lifecycle_settings(&self) -> crate::lifecycle::LifecycleSettings {
+        crate::lifecycle::LifecycleSettings {
+            keep_rdd: self.fetch_rdd_enabled,
+            app_retention: (!self.app_retention.is_zero()).then_some(self.app_retention),
+            sweep_interval: self.cleanup_interval,
+        }
     }
 
     /// The data-path settings the server runs with.

@@ -8,12 +8,16 @@
 //! * [`store`] owns the on-disk layout executors write: path hashing, index files and their cache,
 //!   checksum diagnosis, and reading block segments from files that must stay inside the
 //!   executor's registered directories.
-//! * [`registry`] owns executor registrations (who wrote where).
+//! * [`registry`] owns executor registrations (who wrote where) and the journal that makes
+//!   each one durable before it is acknowledged.
+//! * [`lifecycle`] decides what happens when executors and applications go away: which files
+//!   are deleted, in the background, never outside the roots.
 //! * [`server`] owns sockets: the accept loop, one task per connection, in-order request
 //!   dispatch, and zero-copy writes of file segments.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
 pub mod config;
+pub mod lifecycle;
 pub mod protocol;
 pub mod registry;
 pub mod server;

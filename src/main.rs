@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use spark_shuffle_agent::config::Config;
-use spark_shuffle_agent::registry::{Registry, Roots};
+use spark_shuffle_agent::lifecycle::Lifecycle;
+use spark_shuffle_agent::registry::{self, Registry, Roots};
 use spark_shuffle_agent::server::{self, Shared};
 use spark_shuffle_agent::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -123,8 +124,25 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let roots = Roots::new(&config.roots).context("opening the roots")?;
-    let registry = Registry::new(roots);
-    let store = Store::new(config.index_cache_bytes);
+    let started = std::time::Instant::now();
+    let (registry, report) = Registry::open(roots, &config.state_dir)
+        .with_context(|| format!("recovering registrations from {}", config.state_dir.display()))?;
+    info!(
+        executors = report.executors,
+        drivers = report.drivers,
+        pending_cleanups = report.pending_cleanups,
+        refused = report.refused,
+        journal_bytes = report.journal_bytes,
+        millis = started.elapsed().as_millis() as u64,
+        "registrations recovered"
+    );
+    if let Some(reason) = &report.skipped_tail {
+        tracing::warn!(%reason, "a torn or corrupt journal tail was skipped");
+    }
+    registry::pin_port(&config.state_dir, config.port, report.executors).map_err(anyhow::Error::msg)?;
+    let registry = Arc::new(registry);
+    let store = Arc::new(Store::new(config.index_cache_bytes));
+    let (_lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
     let shared = Arc::new(Shared::new(config.server_settings(), registry, store));
     let listener = tokio::net::TcpListener::bind((config.bind, config.port))
         .await
@@ -133,7 +151,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     info!(%addr, roots = ?config.roots, "listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let cleaner = tokio::spawn(worker.run(shutdown.clone()));
     server::run(listener, shared, shutdown, config.drain_grace).await;
+    let _ = cleaner.await;
     info!("stopped");
     Ok(())
 }

@@ -1,13 +1,21 @@
-//! Executor registrations: which (app, executor) wrote its shuffle files where. This module owns
-//! the policy of what may be registered (local dirs confined to the roots) and the lookups the
-//! data path makes. It does no socket I/O.
+//! Executor registrations: which (app, executor) wrote its shuffle files where, kept across
+//! restarts. This module owns the policy of what may be registered (local dirs confined to the
+//! roots), the durable journal every registration goes through before it is acknowledged, and
+//! the lookups the data path makes. It does no socket I/O.
 
+mod journal;
 mod roots;
 
+pub use journal::{Journal, JournalError, JournalStats, Record, Recovered};
 pub use roots::{canonicalize_lenient, Roots};
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
 
 use crate::protocol::{java_error, ExecutorShuffleInfo};
 use crate::store::ExecutorDirs;
@@ -19,6 +27,19 @@ pub struct Executor {
     pub exec_id: String,
     pub info: ExecutorShuffleInfo,
     pub dirs: ExecutorDirs,
+    /// Seconds since the epoch of the last registration or fetch, for idle-app retention.
+    last_used: AtomicU64,
+}
+
+impl Executor {
+    /// Records use by a fetch; cheap enough for every stream opened (one relaxed store).
+    pub fn touch(&self) {
+        self.last_used.store(now_secs(), Ordering::Relaxed);
+    }
+
+    pub fn last_used_secs(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
 }
 
 /// A driver registered with RegisterDriver (the 2.2 Kubernetes fork and Mesos clients).
@@ -45,6 +66,23 @@ pub enum RegistryError {
     /// subDirsPerLocalDir was zero or negative.
     #[error("java.lang.IllegalArgumentException: subDirsPerLocalDir must be positive, got {0}")]
     BadSubDirs(i32),
+    /// The registration could not be made durable, so it is not acknowledged.
+    #[error("java.io.IOException: {0}")]
+    NotPersisted(String),
+}
+
+/// What start-up recovered, for the log line and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub executors: usize,
+    pub drivers: usize,
+    pub pending_cleanups: usize,
+    /// Registrations dropped because their dirs are no longer under a root.
+    pub refused: usize,
+    pub records_read: u64,
+    pub journal_bytes: u64,
+    /// Why a torn or corrupt journal tail was skipped, if one was.
+    pub skipped_tail: Option<String>,
 }
 
 type Apps = HashMap<String, HashMap<String, Arc<Executor>>>;
@@ -56,18 +94,94 @@ pub struct Registry {
     roots: Roots,
     apps: RwLock<Apps>,
     drivers: RwLock<HashMap<String, Driver>>,
+    /// Removed apps whose dirs are still to be deleted (persisted, so a crash resumes them).
+    cleanups: Mutex<HashMap<String, Vec<PathBuf>>>,
+    /// None: registrations live in memory only (tests, and `--state-dir` unusable is refused).
+    journal: Option<Journal>,
 }
 
 impl Registry {
-    pub fn new(roots: Roots) -> Registry {
-        Registry { roots, apps: RwLock::default(), drivers: RwLock::default() }
+    /// A registry that persists nothing.
+    pub fn in_memory(roots: Roots) -> Registry {
+        Registry {
+            roots,
+            apps: RwLock::default(),
+            drivers: RwLock::default(),
+            cleanups: Mutex::default(),
+            journal: None,
+        }
+    }
+
+    /// Opens the journal under `state_dir` and restores every registration it holds.
+    pub fn open(roots: Roots, state_dir: &Path) -> Result<(Registry, RecoveryReport), JournalError> {
+        let (journal, recovered) = Journal::open(state_dir)?;
+        let mut registry = Registry::in_memory(roots);
+        let mut report = RecoveryReport {
+            drivers: recovered.drivers.len(),
+            pending_cleanups: recovered.pending_cleanups.len(),
+            records_read: recovered.records_read,
+            journal_bytes: recovered.bytes,
+            skipped_tail: recovered.skipped.clone(),
+            ..RecoveryReport::default()
+        };
+        for (app_id, exec_id, info) in recovered.executors {
+            // Re-checked against today's roots: a registration the agent would now refuse is
+            // not served just because it was accepted under another configuration.
+            match registry.validate(&app_id, &exec_id, info) {
+                Ok(executor) => {
+                    registry.insert(executor);
+                    report.executors += 1;
+                }
+                Err(e) => {
+                    warn!(app = %app_id, exec = %exec_id, reason = %e, "dropping a recovered registration");
+                    report.refused += 1;
+                }
+            }
+        }
+        for (app_id, heartbeat_timeout_ms) in recovered.drivers {
+            write(&registry.drivers).insert(app_id.clone(), Driver { app_id, heartbeat_timeout_ms });
+        }
+        *lock(&registry.cleanups) = recovered.pending_cleanups.into_iter().collect();
+        registry.journal = Some(journal);
+        Ok((registry, report))
     }
 
     pub fn roots(&self) -> &Roots {
         &self.roots
     }
 
-    /// Validates and builds a registration without storing it.
+    /// Validates, persists, then stores a registration (replacing any earlier one for the same
+    /// executor). Only after this returns Ok may the client be acknowledged.
+    pub async fn register_executor(
+        &self,
+        app_id: &str,
+        exec_id: &str,
+        info: ExecutorShuffleInfo,
+    ) -> Result<Arc<Executor>, RegistryError> {
+        let executor = self.validate(app_id, exec_id, info)?;
+        let record =
+            Record::Executor { app_id: app_id.to_string(), exec_id: exec_id.to_string(), info: executor.info.clone() };
+        self.persist(record).await?;
+        Ok(self.insert(executor))
+    }
+
+    /// Persists, then stores a driver registration.
+    pub async fn register_driver(&self, driver: Driver) -> Result<(), RegistryError> {
+        let record =
+            Record::Driver { app_id: driver.app_id.clone(), heartbeat_timeout_ms: driver.heartbeat_timeout_ms };
+        self.persist(record).await?;
+        write(&self.drivers).insert(driver.app_id.clone(), driver);
+        Ok(())
+    }
+
+    async fn persist(&self, record: Record) -> Result<(), RegistryError> {
+        match &self.journal {
+            Some(journal) => journal.append(record).await.map_err(|e| RegistryError::NotPersisted(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Validates a registration without storing it.
     pub fn validate(&self, app_id: &str, exec_id: &str, info: ExecutorShuffleInfo) -> Result<Executor, RegistryError> {
         if info.local_dirs.is_empty() {
             return Err(RegistryError::NoDirs);
@@ -81,13 +195,20 @@ impl Registry {
         }
         let dirs = ExecutorDirs::new(info.local_dirs.clone(), info.sub_dirs_per_local_dir, canonical)
             .map_err(|_| RegistryError::BadSubDirs(info.sub_dirs_per_local_dir))?;
-        Ok(Executor { app_id: app_id.to_string(), exec_id: exec_id.to_string(), info, dirs })
+        Ok(Executor {
+            app_id: app_id.to_string(),
+            exec_id: exec_id.to_string(),
+            info,
+            dirs,
+            last_used: AtomicU64::new(now_secs()),
+        })
     }
 
-    /// Stores a validated registration, replacing any earlier one for the same executor.
-    pub fn insert(&self, executor: Executor) {
+    fn insert(&self, executor: Executor) -> Arc<Executor> {
+        let executor = Arc::new(executor);
         let mut apps = write(&self.apps);
-        apps.entry(executor.app_id.clone()).or_default().insert(executor.exec_id.clone(), Arc::new(executor));
+        apps.entry(executor.app_id.clone()).or_default().insert(executor.exec_id.clone(), Arc::clone(&executor));
+        executor
     }
 
     pub fn executor(&self, app_id: &str, exec_id: &str) -> Option<Arc<Executor>> {
@@ -99,12 +220,58 @@ impl Registry {
         self.executor(app_id, exec_id).ok_or_else(|| java_error::executor_not_registered(app_id, exec_id))
     }
 
-    pub fn register_driver(&self, driver: Driver) {
-        write(&self.drivers).insert(driver.app_id.clone(), driver);
+    pub fn executors_of(&self, app_id: &str) -> Vec<Arc<Executor>> {
+        read(&self.apps).get(app_id).map(|execs| execs.values().cloned().collect()).unwrap_or_default()
     }
 
     pub fn driver(&self, app_id: &str) -> Option<Driver> {
         read(&self.drivers).get(app_id).cloned()
+    }
+
+    /// Every app known here: registered executors or a registered driver.
+    pub fn app_ids(&self) -> Vec<String> {
+        let apps = read(&self.apps);
+        let mut ids: Vec<String> = apps.keys().cloned().collect();
+        ids.extend(read(&self.drivers).keys().filter(|a| !apps.contains_key(*a)).cloned());
+        ids.sort();
+        ids
+    }
+
+    /// Forgets an application: its registrations and driver go, and its executors' dirs are
+    /// queued for deletion. Persisted first, so a crash before the deletion resumes it.
+    /// Returns the dirs to delete (empty if the app was unknown).
+    pub async fn remove_app(&self, app_id: &str) -> Result<Vec<PathBuf>, RegistryError> {
+        let dirs: Vec<PathBuf> = self
+            .executors_of(app_id)
+            .iter()
+            .flat_map(|e| e.dirs.canonical_dirs().iter().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let known = !dirs.is_empty() || self.driver(app_id).is_some();
+        if !known {
+            return Ok(Vec::new());
+        }
+        self.persist(Record::AppRemoved { app_id: app_id.to_string(), dirs: dirs.clone() }).await?;
+        write(&self.apps).remove(app_id);
+        write(&self.drivers).remove(app_id);
+        if !dirs.is_empty() {
+            lock(&self.cleanups).insert(app_id.to_string(), dirs.clone());
+        }
+        info!(app = %app_id, dirs = dirs.len(), "application removed");
+        Ok(dirs)
+    }
+
+    /// Removed apps whose dirs still have to be deleted.
+    pub fn pending_cleanups(&self) -> Vec<(String, Vec<PathBuf>)> {
+        lock(&self.cleanups).iter().map(|(a, d)| (a.clone(), d.clone())).collect()
+    }
+
+    /// Records that a removed app's dirs are deleted.
+    pub async fn cleanup_done(&self, app_id: &str) -> Result<(), RegistryError> {
+        self.persist(Record::CleanupDone { app_id: app_id.to_string() }).await?;
+        lock(&self.cleanups).remove(app_id);
+        Ok(())
     }
 
     /// Number of (app, executor) registrations.
@@ -115,14 +282,48 @@ impl Registry {
     pub fn app_count(&self) -> usize {
         read(&self.apps).len()
     }
+
+    pub fn journal_stats(&self) -> Option<JournalStats> {
+        self.journal.as_ref().map(Journal::stats)
+    }
 }
 
-// A panic while holding these locks cannot leave a map half-updated (every write is a single
-// insert or remove), so a poisoned lock is still safe to use.
+/// Refuses to start on another port than the one the persisted registrations were made on:
+/// executors only know that port, so serving elsewhere would strand them silently. The port is
+/// recorded in `<state_dir>/shuffle.port`; port 0 (ephemeral, tests) is neither checked nor
+/// recorded.
+pub fn pin_port(state_dir: &Path, port: u16, registrations: usize) -> Result<(), String> {
+    if port == 0 {
+        return Ok(());
+    }
+    let path = state_dir.join("shuffle.port");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let previous = text.trim().parse::<u16>().ok();
+        if let Some(previous) = previous.filter(|p| *p != port && registrations > 0) {
+            return Err(format!(
+                "{} holds {registrations} registrations made on port {previous}, but the agent was started on port {port}; \
+                 executors would not find it. Start it on port {previous}, or give it another --state-dir",
+                state_dir.display()
+            ));
+        }
+    }
+    std::fs::write(&path, format!("{port}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+// Every critical section is a single map operation, so a poisoned lock (a panic elsewhere while
+// it was held) cannot leave a map half-updated and is still safe to use.
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -115,7 +115,7 @@ impl Connection {
                     return Err(e.into());
                 }
             };
-            self.handle(msg)?;
+            self.handle(msg).await?;
             if self.outbox.should_flush() {
                 self.flush(stream).await?;
             }
@@ -138,10 +138,10 @@ impl Connection {
         self.queued_chunks = 0;
     }
 
-    fn handle(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
+    async fn handle(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
         match msg {
             Message::RpcRequest { request_id, body } => {
-                let reply = match dispatch::rpc(&self.shared, &mut self.streams, &body) {
+                let reply = match dispatch::rpc(&self.shared, &mut self.streams, &body).await {
                     RpcReply::Ok(body) => Message::RpcResponse { request_id, body },
                     RpcReply::Fail(error) => {
                         self.shared.counters.rpc_failures.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +150,7 @@ impl Connection {
                 };
                 self.outbox.message(&reply);
             }
-            Message::OneWayMessage { body } => dispatch::one_way(&self.shared, &mut self.streams, &body),
+            Message::OneWayMessage { body } => dispatch::one_way(&self.shared, &mut self.streams, &body).await,
             Message::ChunkFetchRequest(chunk) => self.chunk(chunk)?,
             Message::StreamRequest { stream_id } => self.stream(stream_id)?,
             Message::UploadStream { request_id, .. } => {

@@ -28,26 +28,26 @@ pub fn merge_unsupported() -> String {
 const SHUFFLE_MERGER_ID: &str = "shuffle-push-merger";
 
 /// Handles an RpcRequest body.
-pub fn rpc(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) -> RpcReply {
+pub async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) -> RpcReply {
     let msg = match BlockTransferMessage::decode(body) {
         Ok(msg) => msg,
         Err(e) => return RpcReply::Fail(e.to_string()),
     };
-    match handle(shared, streams, msg) {
+    match handle(shared, streams, msg).await {
         Ok(reply) => RpcReply::Ok(reply),
         Err(text) => RpcReply::Fail(text),
     }
 }
 
 /// Handles a OneWayMessage body: same dispatch, results dropped, failures only logged.
-pub fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) {
+pub async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) {
     let outcome = match BlockTransferMessage::decode(body) {
         Ok(BlockTransferMessage::RemoveShuffleMerge { app_id, shuffle_id, .. }) => {
             // As on the JVM service: nothing was merged, so there is nothing to remove.
             debug!(app = %app_id, shuffle_id, "ignoring RemoveShuffleMerge: no merge manager");
             return;
         }
-        Ok(msg) => handle(shared, streams, msg).err(),
+        Ok(msg) => handle(shared, streams, msg).await.err(),
         Err(e) => Some(e.to_string()),
     };
     if let Some(text) = outcome {
@@ -55,13 +55,14 @@ pub fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) {
     }
 }
 
-fn handle(shared: &Shared, streams: &mut ConnectionStreams, msg: BlockTransferMessage) -> Result<Bytes, String> {
+async fn handle(shared: &Shared, streams: &mut ConnectionStreams, msg: BlockTransferMessage) -> Result<Bytes, String> {
     use BlockTransferMessage as M;
     match msg {
         M::RegisterExecutor { app_id, exec_id, info } => {
-            let executor = shared.registry.validate(&app_id, &exec_id, info).map_err(|e| e.to_string())?;
+            // Persisted before the (empty) reply: an acknowledged registration survives a crash.
+            let executor =
+                shared.registry.register_executor(&app_id, &exec_id, info).await.map_err(|e| e.to_string())?;
             info!(app = %app_id, exec = %exec_id, dirs = ?executor.info.local_dirs, "executor registered");
-            shared.registry.insert(executor);
             Ok(Bytes::new())
         }
         M::FetchShuffleBlocks { app_id, exec_id, shuffle_id, map_ids, reduce_ids, batch_fetch_enabled } => {
@@ -105,7 +106,11 @@ fn handle(shared: &Shared, streams: &mut ConnectionStreams, msg: BlockTransferMe
         M::RegisterDriver { app_id, heartbeat_timeout_ms } => {
             // The 2.2 Kubernetes fork announces each app this way; Spark 4 no longer sends it.
             info!(app = %app_id, heartbeat_timeout_ms, "driver registered");
-            shared.registry.register_driver(Driver { app_id, heartbeat_timeout_ms });
+            shared
+                .registry
+                .register_driver(Driver { app_id, heartbeat_timeout_ms })
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(Bytes::new())
         }
         M::ShuffleServiceHeartbeat { app_id } => {
@@ -164,6 +169,9 @@ fn open_stream(
     // The executor is looked up now but only reported missing when a chunk is asked for, as the
     // JVM service does (spec §3.2: errors of a fetch appear as chunk failures).
     let executor = shared.registry.executor(&app_id, &exec_id);
+    if let Some(executor) = &executor {
+        executor.touch();
+    }
     let num_chunks = blocks.len() as i32;
     let stream_id = streams.open(Stream::new(app_id, exec_id, executor, blocks));
     BlockTransferMessage::StreamHandle { stream_id, num_chunks }.encode()

@@ -68,8 +68,8 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Shared {
     pub settings: Settings,
-    pub registry: Registry,
-    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub store: Arc<Store>,
     pub streams: Arc<StreamOwners>,
     /// Chunks queued or being written, server-wide.
     pub chunks_in_flight: AtomicU64,
@@ -77,7 +77,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(settings: Settings, registry: Registry, store: Store) -> Shared {
+    pub fn new(settings: Settings, registry: Arc<Registry>, store: Arc<Store>) -> Shared {
         Shared {
             settings,
             registry,

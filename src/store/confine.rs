@@ -73,7 +73,7 @@ fn check_inside(fd: BorrowedFd<'_>, shown: &Path, dirs: &ExecutorDirs) -> Result
 
 /// Where the kernel says `fd` lives. A file unlinked after the open reads back with a
 /// " (deleted)" suffix on its last component, which does not change which dir it is under.
-fn real_path(fd: BorrowedFd<'_>, shown: &Path) -> io::Result<PathBuf> {
+pub(crate) fn real_path(fd: BorrowedFd<'_>, shown: &Path) -> io::Result<PathBuf> {
     match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
         Ok(real) => Ok(real),
         // Without /proc (unusual, but possible in a locked-down container) fall back to

@@ -11,6 +11,7 @@
 //! blocking file I/O; the server decides where to run them.
 
 mod checksum;
+pub mod cleanup;
 mod confine;
 mod diagnose;
 mod error;
@@ -26,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use checksum::{ChecksumAlgorithm, Checksummer, CorruptionCause};
+pub use cleanup::{CleanupStats, KeepServed};
 pub use error::StoreError;
 pub use index::{CacheStats, IndexCache, ShuffleIndex};
 pub use layout::{java_string_hash, non_negative_hash, ExecutorDirs};
