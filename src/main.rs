@@ -19,9 +19,25 @@ use tracing::info;
 const EXIT_CONFIG: u8 = 64;
 
 /// Spark's external shuffle service as a node agent.
+///
+/// With no subcommand, serves shuffle blocks (on 0.0.0.0:7337 with the embedded defaults).
 #[derive(Debug, Parser)]
-#[command(name = "spark-shuffle-agent", version)]
+#[command(name = "spark-shuffle-agent", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve shuffle blocks (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
     /// Shuffle port (spark.shuffle.service.port); 0 picks a free port.
     #[arg(long)]
     port: Option<u16>,
@@ -62,14 +78,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let config = match load_config(&cli) {
+    match cli.command {
+        None => serve_command(cli.serve),
+        Some(Command::Serve(args)) => serve_command(args),
+    }
+}
+
+fn serve_command(args: ServeArgs) -> ExitCode {
+    let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(cli.log_format);
+    init_tracing(args.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -79,7 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+fn load_config(cli: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = Config::default();
     if let Some(path) = &cli.config {
         config.load_file(path)?;
