@@ -296,6 +296,7 @@ pub fn pin_port(state_dir: &Path, port: u16, registrations: usize) -> Result<(),
     if port == 0 {
         return Ok(());
     }
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let path = state_dir.join("shuffle.port");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let previous = text.trim().parse::<u16>().ok();
