@@ -1,0 +1,462 @@
+"""The Kubernetes manifests under deploy/ render, validate, and say what the guide says.
+
+deploy/validate.sh does the rendering (kubectl kustomize) and the schema validation
+(kubernetes-validate, strict, offline). These tests run it once, then check the
+properties a schema cannot: labels, paths, probes, RBAC verbs, and that the
+example Spark settings point at the same ports, paths and labels as the agent.
+
+No cluster is involved: nothing here is applied to a Kubernetes API server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+CONF = REPO / "conf" / "spark-shuffle-agent.conf"
+
+AGENT_NAMESPACE = "spark-shuffle-agent"
+SHUFFLE_PORT = 7337
+METRICS_PORT = 7338
+# The local dir each overlay uses; the examples must use the same one.
+LOCAL_DIR = {"hostnetwork": "/var/lib/spark/local", "fork-labels": "/tmp/spark-local"}
+STATE_DIR = "/var/lib/spark-shuffle-agent"
+OVERLAYS = sorted(LOCAL_DIR)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+    """Runs deploy/validate.sh and returns the objects it rendered, by target name."""
+    out = tmp_path_factory.mktemp("rendered")
+    env = dict(os.environ, RENDER_DIR=str(out))
+    run = subprocess.run(
+        ["bash", str(DEPLOY / "validate.sh")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    print(run.stdout)
+    print(run.stderr)
+    assert run.returncode == 0, f"deploy/validate.sh failed:\n{run.stdout}\n{run.stderr}"
+    targets = {}
+    for f in sorted(out.glob("*.yaml")):
+        targets[f.stem] = [d for d in yaml.safe_load_all(f.read_text()) if d]
+    assert set(OVERLAYS) <= set(targets), f"missing renders: {sorted(targets)}"
+    return targets
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(objects: list[dict]) -> dict:
+    return one(objects, "DaemonSet")["spec"]["template"]["spec"]
+
+
+def container(spec: dict, name: str, init: bool = False) -> dict:
+    key = "initContainers" if init else "containers"
+    return next(c for c in spec[key] if c["name"] == name)
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+
+
+def seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|min|h)?", text.strip())
+    assert m, f"unparsable duration {text!r}"
+    scale = {"ms": 0.001, "s": 1, "min": 60, "h": 3600, None: 1}[m.group(2)]
+    return int(m.group(1)) * scale
+
+
+def conf_value(key: str) -> str | None:
+    """The value of an uncommented key in conf/spark-shuffle-agent.conf, if present."""
+    if not CONF.exists():
+        return None
+    for line in CONF.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        k, _, v = line.replace("=", " ", 1).partition(" ")
+        if k == key:
+            return v.strip()
+    return None
+
+
+def submit_confs(script: Path) -> dict[str, str]:
+    """The --conf key=value pairs of an example spark-submit script, shell variables expanded."""
+    text = script.read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^([A-Z_]+)=([^\s$]+)$", text, re.M))
+    variables["HERE"] = str(script.parent)
+    variables.update({k: v for k, v in re.findall(r"^([A-Z_]+)=\$\{\1:-([^}]+)\}$", text, re.M)})
+    words = shlex.split(text, comments=True)
+    confs = {}
+    for i, w in enumerate(words[:-1]):
+        if w == "--conf":
+            k, _, v = words[i + 1].partition("=")
+            confs[k] = re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), m.group(0)), v)
+    return confs
+
+
+def test_validate_script_renders_and_validates_every_overlay_and_component(rendered):
+    assert {"hostnetwork", "fork-labels", "hostnetwork+components", "fork-labels+components"} <= set(rendered)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_daemonset_selector_matches_its_pod_labels(rendered, overlay):
+    ds = one(rendered[overlay], "DaemonSet")
+    selector = ds["spec"]["selector"]["matchLabels"]
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert selector == {"app.kubernetes.io/name": "spark-shuffle-agent"}
+    assert selector.items() <= labels.items()
+
+
+def test_fork_overlay_pods_carry_the_forks_discovery_labels(rendered):
+    labels = one(rendered["fork-labels"], "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert labels["app"] == "spark-shuffle-service"
+    assert labels["spark-version"] == "2.2.0"
+
+
+def test_hostnetwork_overlay_does_not_carry_the_fork_labels(rendered):
+    labels = one(rendered["hostnetwork"], "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert "app" not in labels and "spark-version" not in labels
+
+
+def test_hostnetwork_overlay_listens_on_the_node_network_and_fork_overlay_on_the_pod_network(rendered):
+    host = pod_spec(rendered["hostnetwork"])
+    assert host["hostNetwork"] is True
+    assert host["dnsPolicy"] == "ClusterFirstWithHostNet"
+    ports = {p["name"]: p for p in container(host, "agent")["ports"]}
+    assert ports["shuffle"]["hostPort"] == ports["shuffle"]["containerPort"] == SHUFFLE_PORT
+    fork = pod_spec(rendered["fork-labels"])
+    assert not fork.get("hostNetwork", False)
+    assert all("hostPort" not in p for p in container(fork, "agent")["ports"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_container_ports_match_the_port_flags(rendered, overlay):
+    agent = container(pod_spec(rendered[overlay]), "agent")
+    ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    assert ports == {"shuffle": SHUFFLE_PORT, "metrics": METRICS_PORT}
+    assert flag_values(agent["args"], "--port") == [str(SHUFFLE_PORT)]
+    assert flag_values(agent["args"], "--metrics-port") == [str(METRICS_PORT)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_use_readyz_and_healthz_on_the_metrics_port(rendered, overlay):
+    agent = container(pod_spec(rendered[overlay]), "agent")
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shuffle_dir_is_mounted_at_its_host_path_and_passed_as_root(rendered, overlay):
+    spec = pod_spec(rendered[overlay])
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    host_path = volumes["spark-local"]["hostPath"]["path"]
+    assert host_path == LOCAL_DIR[overlay]
+    for c in [container(spec, "agent"), container(spec, "prepare-dirs", init=True)]:
+        mounts = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "spark-local"]
+        assert mounts == [host_path], f"{c['name']} mounts the shuffle dir elsewhere"
+    agent = container(spec, "agent")
+    assert flag_values(agent["args"], "--root") == [host_path]
+    init_env = {e["name"]: e.get("value") for e in container(spec, "prepare-dirs", init=True)["env"]}
+    assert init_env["LOCAL_ROOT"] == host_path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_state_dir_is_a_writable_host_path_passed_as_state_dir(rendered, overlay):
+    spec = pod_spec(rendered[overlay])
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["state"]["hostPath"]["path"] == STATE_DIR
+    agent = container(spec, "agent")
+    mount = next(m for m in agent["volumeMounts"] if m["name"] == "state")
+    assert mount["mountPath"] == STATE_DIR and not mount.get("readOnly", False)
+    assert flag_values(agent["args"], "--state-dir") == [STATE_DIR]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_grace_outlasts_the_agents_drain(rendered, overlay):
+    grace = pod_spec(rendered[overlay])["terminationGracePeriodSeconds"]
+    drain = seconds(conf_value("agent.drain.grace") or "30s")
+    assert grace > drain, f"grace {grace}s does not outlast agent.drain.grace {drain}s"
+    assert grace > 30
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_agent_container_is_unprivileged_with_a_read_only_root(rendered, overlay):
+    spec = pod_spec(rendered[overlay])
+    sc = container(spec, "agent")["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert not sc.get("privileged", False)
+    init_sc = container(spec, "prepare-dirs", init=True)["securityContext"]
+    assert set(init_sc["capabilities"]["add"]) == {"CHOWN", "FOWNER", "FSETID"}
+    assert not init_sc.get("privileged", False)
+
+
+def test_hostnetwork_agent_runs_as_the_uid_spark_executors_use(rendered):
+    spec = pod_spec(rendered["hostnetwork"])
+    sc = container(spec, "agent")["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (185, 185, True)
+    init_env = {e["name"]: e.get("value") for e in container(spec, "prepare-dirs", init=True)["env"]}
+    assert init_env["DIR_OWNER"] == "185:185"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_grants_only_get_list_watch_on_pods(rendered, overlay):
+    objects = rendered[overlay]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    role = one(objects, "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cluster_role_binding_names_the_daemonsets_service_account(rendered, overlay):
+    objects = rendered[overlay]
+    binding = one(objects, "ClusterRoleBinding")
+    sa = one(objects, "ServiceAccount")
+    ds = one(objects, "DaemonSet")
+    assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+    ]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"] == AGENT_NAMESPACE
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_config_map_carries_the_default_conf_file_and_is_mounted_where_config_points(rendered, overlay):
+    objects = rendered[overlay]
+    cm = one(objects, "ConfigMap")
+    source = CONF if CONF.exists() else DEPLOY / "base" / "agent.conf"
+    assert cm["data"]["spark-shuffle-agent.conf"] == source.read_text()
+    spec = pod_spec(objects)
+    volume = next(v for v in spec["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    mount = next(m for m in container(spec, "agent")["volumeMounts"] if m["name"] == "config")
+    assert flag_values(container(spec, "agent")["args"], "--config") == [
+        f"{mount['mountPath']}/spark-shuffle-agent.conf"
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_daemonset_tolerates_every_taint_and_rolls_one_node_at_a_time(rendered, overlay):
+    ds = one(rendered[overlay], "DaemonSet")
+    assert {"operator": "Exists"} in ds["spec"]["template"]["spec"]["tolerations"]
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}
+    }
+
+
+def test_podmonitor_component_scrapes_the_named_metrics_port(rendered):
+    objects = rendered["hostnetwork+components"]
+    pm = one(objects, "PodMonitor")
+    ds = one(objects, "DaemonSet")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pm["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    assert pm["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    assert ds["spec"]["template"]["spec"]["priorityClassName"] == "system-node-critical"
+
+
+def test_overlays_without_components_have_no_podmonitor_and_no_priority_class(rendered):
+    for overlay in OVERLAYS:
+        assert not [o for o in rendered[overlay] if o["kind"] == "PodMonitor"]
+        assert "priorityClassName" not in pod_spec(rendered[overlay])
+
+
+def test_configmap_source_is_identical_to_conf_dir():
+    if not CONF.exists():
+        pytest.skip("conf/spark-shuffle-agent.conf not written yet")
+    assert (DEPLOY / "base" / "agent.conf").read_bytes() == CONF.read_bytes(), (
+        "run: cp conf/spark-shuffle-agent.conf deploy/base/agent.conf"
+    )
+
+
+def test_spark_example_for_35_and_4x_points_executors_at_the_agent(rendered):
+    confs = submit_confs(DEPLOY / "examples" / "submit-hostnetwork.sh")
+    local = LOCAL_DIR["hostnetwork"]
+    assert confs["spark.shuffle.service.enabled"] == "true"
+    assert confs["spark.shuffle.service.port"] == str(SHUFFLE_PORT)
+    assert confs["spark.dynamicAllocation.enabled"] == "true"
+    assert confs["spark.dynamicAllocation.shuffleTracking.enabled"] == "false"
+    assert confs["spark.blockManager.port"] == "0"
+    prefix = "spark.kubernetes.executor.volumes.hostPath.spark-local-dir-1"
+    assert confs[f"{prefix}.mount.path"] == confs[f"{prefix}.options.path"] == local
+    assert confs["spark.local.dir"] == local
+    template = yaml.safe_load((DEPLOY / "examples" / "executor-pod-template.yaml").read_text())
+    assert template["spec"]["hostNetwork"] is True
+    assert template["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert template["spec"]["securityContext"]["runAsUser"] == 185
+    # The volume comes from the spark.kubernetes.executor.volumes.* keys; a second
+    # definition in the template would give the pod two volumes of that name.
+    assert not [v for v in template["spec"].get("volumes", []) if v["name"] == "spark-local-dir-1"]
+
+
+def test_fork_example_selects_the_fork_overlays_pods(rendered):
+    confs = submit_confs(DEPLOY / "examples" / "submit-fork-2.2.sh")
+    ds = one(rendered["fork-labels"], "DaemonSet")
+    wanted = dict(kv.split("=", 1) for kv in confs["spark.kubernetes.shuffle.labels"].split(","))
+    assert wanted.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    assert confs["spark.kubernetes.shuffle.namespace"] == ds["metadata"]["namespace"]
+    assert confs["spark.local.dir"] == LOCAL_DIR["fork-labels"]
+    assert confs["spark.shuffle.service.enabled"] == confs["spark.dynamicAllocation.enabled"] == "true"
+    rbac = list(yaml.safe_load_all((DEPLOY / "examples" / "fork-driver-rbac.yaml").read_text()))
+    role = next(o for o in rbac if o["kind"] == "Role")
+    assert role["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+
+
+def probe_python() -> str | None:
+    """A Python that can import pyspark (the project venv first), or None."""
+    for candidate in [REPO / ".venv" / "bin" / "python", Path(sys.executable)]:
+        if candidate.exists() and subprocess.run(
+            [str(candidate), "-c", "import pyspark"], capture_output=True
+        ).returncode == 0:
+            return str(candidate)
+    return None
+
+
+def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_example_against_a_simulated_api_server(
+    rendered, tmp_path
+):
+    """Real Spark (the pyspark wheel's jars) turns the example settings into an executor pod.
+
+    The API server is simulated (tests/deploy/spark_pod_probe.py): it records the pod
+    Spark asks for. No executor runs; this checks the pod Spark would create.
+    """
+    python = probe_python()
+    if python is None or shutil.which("java") is None:
+        pytest.skip("needs pyspark and java")
+    settings = submit_confs(DEPLOY / "examples" / "submit-hostnetwork.sh")
+    # Ask for one executor at start-up instead of waiting for pending tasks.
+    settings["spark.dynamicAllocation.initialExecutors"] = "1"
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    run = subprocess.run(
+        [python, str(Path(__file__).with_name("spark_pod_probe.py")),
+         str(tmp_path / "settings.json"), str(tmp_path / "pods.json")],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    pods = json.loads((tmp_path / "pods.json").read_text())
+    assert pods, "Spark created no executor pod"
+    pod = pods[0]
+    spec = pod["spec"]
+    local = LOCAL_DIR["hostnetwork"]
+
+    assert pod["metadata"]["labels"]["spark-role"] == "executor"  # what the agent watches
+    assert pod["metadata"]["labels"]["spark-app-selector"]
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["securityContext"]["runAsUser"] == 185
+
+    local_volumes = [v for v in spec["volumes"] if v["name"].startswith("spark-local-dir-")]
+    assert local_volumes == [{"name": "spark-local-dir-1", "hostPath": {"path": local, "type": ""}}]
+    executor = spec["containers"][0]
+    mounts = [m["mountPath"] for m in executor["volumeMounts"] if m["name"] == "spark-local-dir-1"]
+    assert mounts == [local]
+    env = {e["name"]: e.get("value") for e in executor["env"]}
+    assert env["SPARK_LOCAL_DIRS"] == local
+    # spark.blockManager.port=0: no fixed port that hostNetwork would turn into a host port.
+    assert not [p for p in executor.get("ports", []) if p.get("containerPort") == 7079]
+
+    agent = container(pod_spec(rendered["hostnetwork"]), "agent")
+    assert flag_values(agent["args"], "--root") == [local]
+
+    # And the pod Spark sends is valid Kubernetes, by the same strict schemas.
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    kv = REPO / ".venv" / "bin" / "kubernetes-validate"
+    check = subprocess.run([str(kv), "--strict", "--quiet", "-k", "1.30", "-k", "1.37",
+                            str(tmp_path / "pod.yaml")], capture_output=True, text=True)
+    assert check.returncode == 0 and "ERROR" not in check.stdout, check.stdout
+
+
+def agent_binary() -> Path | None:
+    """$AGENT_BIN (set by tests/run-all.sh), else the newest cargo build, else None."""
+    if os.environ.get("AGENT_BIN"):
+        return Path(os.environ["AGENT_BIN"])
+    built = [p for p in (REPO / "target" / "release" / "spark-shuffle-agent",
+                         REPO / "target" / "debug" / "spark-shuffle-agent") if p.is_file()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_daemonsets_command_line_starts_the_agent_and_its_probes_answer(rendered, overlay, tmp_path):
+    """The container args, with ports set to 0 and host paths moved under tmp_path, run the real binary."""
+    binary = agent_binary()
+    if binary is None:
+        pytest.skip("agent binary not built (set AGENT_BIN or cargo build)")
+    objects = rendered[overlay]
+    spec = pod_spec(objects)
+    agent = container(spec, "agent")
+    mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+    moved = {}
+    for path, name in mounts.items():
+        moved[path] = tmp_path / name
+        moved[path].mkdir()
+    conf_mount = next(p for p, n in mounts.items() if n == "config")
+    (moved[conf_mount] / "spark-shuffle-agent.conf").write_text(
+        one(objects, "ConfigMap")["data"]["spark-shuffle-agent.conf"])
+    args = []
+    for a in agent["args"]:
+        if a in (str(SHUFFLE_PORT), str(METRICS_PORT)):
+            a = "0"
+        for path in sorted(moved, key=len, reverse=True):  # one substitution, longest mount first
+            if a == path or a.startswith(path + "/"):
+                a = str(moved[path]) + a[len(path):]
+                break
+        args.append(a)
+    env = dict(os.environ, NODE_NAME="test-node", POD_NAME="agent-test", POD_NAMESPACE=AGENT_NAMESPACE)
+    env.pop("KUBECONFIG", None)
+    log = tmp_path / "agent.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(binary), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        metrics_addr = None
+        deadline = time.monotonic() + 30
+        while metrics_addr is None and time.monotonic() < deadline and proc.poll() is None:
+            for line in log.read_text().splitlines():
+                if line.startswith("{") and json.loads(line).get("message") == "metrics listening":
+                    metrics_addr = json.loads(line)["addr"].replace("0.0.0.0", "127.0.0.1")
+            time.sleep(0.1)
+        assert metrics_addr, f"agent did not start:\n{log.read_text()}"
+        port = int(metrics_addr.rsplit(":", 1)[1])
+        probe = {p: None for p in ("/readyz", "/healthz")}
+        while time.monotonic() < deadline and not all(code == 200 for code in probe.values()):
+            for path in probe:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                        probe[path] = r.status
+                except (urllib.error.URLError, OSError):
+                    probe[path] = None
+            time.sleep(0.1)
+        assert probe == {"/readyz": 200, "/healthz": 200}, log.read_text()
+        status = subprocess.run([str(binary), "status", "--addr", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=spec["terminationGracePeriodSeconds"])
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = "killed after the grace period"
+    assert code == 0, log.read_text()
