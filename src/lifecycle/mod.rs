@@ -203,10 +203,18 @@ impl Worker {
                 debug!(app = %app_id, dir = dirs_of, "app dir deleted");
             }
             // A refused dir (now outside the roots) will never become deletable: done either way.
-            if let Err(e) = self.inner.registry.cleanup_done(&app_id).await {
-                self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
-                warn!(app = %app_id, error = %e, "cannot record the cleanup; it will run again");
-                continue;
+            match self.inner.registry.cleanup_done(&app_id, &dirs).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The app was removed again meanwhile; the next pass covers its new dirs.
+                    self.inner.wake.notify_one();
+                    continue;
+                }
+                Err(e) => {
+                    self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                    warn!(app = %app_id, error = %e, "cannot record the cleanup; it will run again");
+                    continue;
+                }
             }
             self.inner.counters.apps_cleaned.fetch_add(1, Ordering::Relaxed);
             info!(app = %app_id, files = stats.files, bytes = stats.bytes, refused, "application files deleted");

@@ -152,6 +152,10 @@ impl Registry {
 
     /// Validates, persists, then stores a registration (replacing any earlier one for the same
     /// executor). Only after this returns Ok may the client be acknowledged.
+    ///
+    /// Not serialised against [`Registry::remove_app`] of the same app: a registration racing
+    /// its app's removal can stay in memory while the journal says removed. Only an ending app's
+    /// executor can hit this, and the worst outcome is that it is forgotten at the next restart.
     pub async fn register_executor(
         &self,
         app_id: &str,
@@ -256,7 +260,12 @@ impl Registry {
         write(&self.apps).remove(app_id);
         write(&self.drivers).remove(app_id);
         if !dirs.is_empty() {
-            lock(&self.cleanups).insert(app_id.to_string(), dirs.clone());
+            // Merged, not replaced, exactly as the journal replays two removals of one app.
+            let mut cleanups = lock(&self.cleanups);
+            let pending = cleanups.entry(app_id.to_string()).or_default();
+            pending.extend(dirs.iter().cloned());
+            pending.sort();
+            pending.dedup();
         }
         info!(app = %app_id, dirs = dirs.len(), "application removed");
         Ok(dirs)
@@ -267,11 +276,26 @@ impl Registry {
         lock(&self.cleanups).iter().map(|(a, d)| (a.clone(), d.clone())).collect()
     }
 
-    /// Records that a removed app's dirs are deleted.
-    pub async fn cleanup_done(&self, app_id: &str) -> Result<(), RegistryError> {
+    /// Records that a removed app's dirs are deleted. `deleted` is the list the caller worked
+    /// from: if another removal of the app added dirs meanwhile, nothing is recorded (the
+    /// journal's CleanupDone clears all of the app's pending dirs) and Ok(false) says the
+    /// cleanup has to run again.
+    pub async fn cleanup_done(&self, app_id: &str, deleted: &[PathBuf]) -> Result<bool, RegistryError> {
+        let unchanged = |cleanups: &HashMap<String, Vec<PathBuf>>| {
+            cleanups.get(app_id).is_none_or(|pending| pending.iter().all(|d| deleted.contains(d)))
+        };
+        if !unchanged(&lock(&self.cleanups)) {
+            return Ok(false);
+        }
         self.persist(Record::CleanupDone { app_id: app_id.to_string() }).await?;
-        lock(&self.cleanups).remove(app_id);
-        Ok(())
+        let mut cleanups = lock(&self.cleanups);
+        if !unchanged(&cleanups) {
+            // A removal landed during the append; its dirs are journaled after our CleanupDone,
+            // so they stay pending on replay too.
+            return Ok(false);
+        }
+        cleanups.remove(app_id);
+        Ok(true)
     }
 
     /// Number of (app, executor) registrations.
