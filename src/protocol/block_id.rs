@@ -35,7 +35,8 @@ pub fn parse_open_blocks(ids: &[String]) -> Result<OpenBlocksPlan, String> {
         return Err("java.lang.ArrayIndexOutOfBoundsException: Index 0 out of bounds for length 0".to_string());
     };
     let parts = java_split(first);
-    match (parts.len(), parts[0]) {
+    // An id of only underscores splits into nothing, as in Java; it is then no known format.
+    match (parts.len(), parts.first().copied().unwrap_or("")) {
         (4, "shuffle") => {
             let shuffle_id = java_parse_int(parts[1])?;
             let blocks = ids.iter().map(|id| shuffle_block(id, shuffle_id)).collect::<Result<_, _>>()?;
@@ -144,6 +145,15 @@ mod tests {
         assert_eq!(java_parse_int("007"), Ok(7));
         assert!(java_parse_int("2147483648").is_err());
         assert_eq!(java_parse_int(""), Err("java.lang.NumberFormatException: For input string: \"\"".into()));
+    }
+
+    #[test]
+    fn ids_that_split_into_nothing_are_an_unexpected_format() {
+        // Found by the fuzz target: "___".split("_") is empty in Java too.
+        for id in ["___", "", "_"] {
+            let err = parse_open_blocks(&ids(&[id])).unwrap_err();
+            assert_eq!(err, format!("java.lang.IllegalArgumentException: Unexpected block id format: {id}"));
+        }
     }
 
     #[test]
