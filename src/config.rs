@@ -18,6 +18,9 @@ pub struct Config {
     pub bind: IpAddr,
     /// `spark.shuffle.service.port`: the shuffle port executors dial.
     pub port: u16,
+    /// `agent.metrics.port`: `/metrics`, `/healthz`, `/readyz` and `/status`, on `bind`; 0 picks
+    /// a free port.
+    pub metrics_port: u16,
     /// `agent.roots`: directories the agent serves from; executors' local dirs must lie under one.
     pub roots: Vec<PathBuf>,
     /// `agent.state.dir`: where registrations are persisted.
@@ -68,6 +71,7 @@ impl Default for Config {
         Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             port: 7337,
+            metrics_port: 7338,
             roots: vec![std::env::temp_dir()],
             state_dir: default_state_dir(),
             index_cache_bytes: 100 << 20,
@@ -117,6 +121,7 @@ impl Config {
         let bad = |reason: String| ConfigError::BadValue { key: key.into(), value: value.into(), reason };
         match key {
             "spark.shuffle.service.port" => self.port = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.metrics.port" => self.metrics_port = value.parse().map_err(|e| bad(format!("{e}")))?,
             "agent.bind" => self.bind = value.parse().map_err(|e| bad(format!("{e}")))?,
             "agent.roots" => {
                 self.roots = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect()
@@ -161,6 +166,13 @@ impl Config {
         }
         if self.cleanup_interval.is_zero() {
             return bad("agent.cleanup.interval", "0".into(), "must be positive");
+        }
+        if self.metrics_port != 0 && self.metrics_port == self.port {
+            return bad(
+                "agent.metrics.port",
+                self.metrics_port.to_string(),
+                "must differ from spark.shuffle.service.port",
+            );
         }
         if self.max_connections == 0 {
             return bad("agent.max.connections", "0".into(), "must be positive");
@@ -272,6 +284,14 @@ mod tests {
     fn a_bad_value_names_the_key() {
         let err = Config::default().set("spark.shuffle.service.port", "70000").unwrap_err();
         assert!(err.to_string().starts_with("invalid value \"70000\" for spark.shuffle.service.port"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_port_cannot_be_the_shuffle_port() {
+        let c = Config { port: 7400, metrics_port: 7400, ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("agent.metrics.port"), "{err}");
+        assert!(Config { port: 0, metrics_port: 0, ..Config::default() }.validate().is_ok(), "two free ports");
     }
 
     #[test]

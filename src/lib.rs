@@ -14,10 +14,18 @@
 //!   are deleted, in the background, never outside the roots.
 //! * [`server`] owns sockets: the accept loop, one task per connection, in-order request
 //!   dispatch, and zero-copy writes of file segments.
+//! * [`k8s`] talks to the Kubernetes API server: it watches executor pods on this node and driver
+//!   pods cluster-wide, and tells the lifecycle engine when executors and applications end (only
+//!   on a definite answer); it also implements the 2.2 fork's shuffle-pod discovery.
+//! * [`metrics`] is for operators: the Prometheus registry, readiness and liveness, per-app disk
+//!   use, and the HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`, on a thread
+//!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
 pub mod config;
+pub mod k8s;
 pub mod lifecycle;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -33,7 +33,7 @@ fn settings() -> LifecycleSettings {
 }
 
 fn open(node: &Node) -> Arc<Registry> {
-    let roots = Roots::new(&[node.root.clone()]).unwrap();
+    let roots = Roots::new(std::slice::from_ref(&node.root)).unwrap();
     Arc::new(Registry::open(roots, &node.state).unwrap().0)
 }
 
@@ -172,7 +172,7 @@ async fn an_app_idle_past_the_retention_limit_is_removed_and_a_busy_one_is_not()
 
 /// The journal holds an exclusive lock until its writer thread has finished; reopen when free.
 async fn wait_for_reopen(n: &Node) -> Arc<Registry> {
-    let roots = Roots::new(&[n.root.clone()]).unwrap();
+    let roots = Roots::new(std::slice::from_ref(&n.root)).unwrap();
     let deadline = tokio::time::Instant::now() + common::WAIT;
     loop {
         match Registry::open(roots.clone(), &n.state) {

@@ -4,6 +4,7 @@
 #   1. the Rust unit and integration tests (cargo nextest),
 #   2. the real-Spark suite (Spark 4.3's own client and jobs against the agent),
 #   3. the deployment checks (kustomize render + Kubernetes schema validation).
+#   4. the metrics port of the real binary (tests/metrics/, prometheus_client's parser).
 # Usage: tests/run-all.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +33,4 @@ fi
 
 step "real Spark (pyspark 4.3.0 jars, Java 17) against the agent, and deployment checks"
 AGENT_BIN="$PWD/target/release/spark-shuffle-agent" SHUFFLE_SERVER="${SHUFFLE_SERVER:-agent}" \
-    .venv/bin/python -m pytest tests/spark tests/deploy -q -p no:cacheprovider "$@"
+    .venv/bin/python -m pytest tests/spark tests/deploy tests/metrics -q -p no:cacheprovider "$@"

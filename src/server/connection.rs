@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -53,7 +54,13 @@ struct Connection {
     outbox: Outbox,
     /// Chunks queued in the outbox, counted in `shared.chunks_in_flight` until written.
     queued_chunks: u64,
+    /// When each chunk queued in the outbox was requested, for the fetch latency histogram.
+    /// Bounded like the outbox itself; its capacity is reused, so no allocation per chunk.
+    fetch_starts: Vec<Instant>,
 }
+
+/// Capacity `fetch_starts` keeps between flushes; a burst past it is given back.
+const FETCH_STARTS_KEPT: usize = 1024;
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
@@ -67,6 +74,7 @@ pub(super) async fn serve(
         streams: ConnectionStreams::new(conn_id, Arc::clone(&shared.streams)),
         outbox: Outbox::new(shared.settings.coalesce_max_bytes),
         queued_chunks: 0,
+        fetch_starts: Vec::new(),
         shared,
     };
     let mut codec = FrameCodec::new(conn.shared.settings.max_frame_bytes);
@@ -115,7 +123,12 @@ impl Connection {
                     return Err(e.into());
                 }
             };
-            self.handle(msg).await?;
+            if let Err(end) = self.handle(msg).await {
+                // Replies queued before the request that ends the connection still go out, as
+                // the JVM service writes each reply as soon as it is handled.
+                self.flush(stream).await?;
+                return Err(end);
+            }
             if self.outbox.should_flush() {
                 self.flush(stream).await?;
             }
@@ -128,8 +141,21 @@ impl Connection {
         }
         let result = self.outbox.flush(stream, self.shared.settings.idle_timeout).await;
         self.release_queued();
-        let bytes = result?;
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Not delivered: the error counters say so, the latency histogram does not.
+                self.fetch_starts.clear();
+                return Err(e.into());
+            }
+        };
         self.shared.counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        // Every chunk of this flush is written now; pipelined ones share this end time.
+        let written = Instant::now();
+        for started in self.fetch_starts.drain(..) {
+            self.shared.metrics.observe_fetch(written.saturating_duration_since(started));
+        }
+        self.fetch_starts.shrink_to(FETCH_STARTS_KEPT);
         Ok(())
     }
 
@@ -184,6 +210,7 @@ impl Connection {
     }
 
     fn chunk(&mut self, chunk: StreamChunkId) -> Result<(), ConnectionEnd> {
+        let started = Instant::now();
         self.admit_chunk()?;
         let failure = |error| Message::ChunkFetchFailure { chunk, error };
         let outcome = self.resolve(chunk.stream_id, chunk.chunk_index);
@@ -197,7 +224,7 @@ impl Connection {
             }
             Ok(segment) => {
                 let header = Message::ChunkFetchSuccess { chunk, body: bytes::Bytes::new() };
-                self.send_segment(&header, segment, true, failure)
+                self.send_segment(&header, segment, true, started, failure)
             }
             Err(text) => self.fail(failure(text)),
         }
@@ -205,13 +232,14 @@ impl Connection {
     }
 
     fn stream(&mut self, stream_id: String) -> Result<(), ConnectionEnd> {
+        let started = Instant::now();
         self.admit_chunk()?;
         let failure = |error| Message::StreamFailure { stream_id: stream_id.clone(), error };
         let outcome = parse_stream_chunk_id(&stream_id).and_then(|(id, index)| self.resolve(id, index));
         match outcome {
             Ok(segment) => {
                 let header = Message::StreamResponse { stream_id: stream_id.clone(), byte_count: segment.len as i64 };
-                self.send_segment(&header, segment, false, failure)
+                self.send_segment(&header, segment, false, started, failure)
             }
             Err(text) if text == CHUNK_NOT_FOUND => {
                 // Java's StreamRequest path sends this plain text for a missing buffer.
@@ -227,12 +255,14 @@ impl Connection {
         header: &Message,
         segment: Segment,
         in_frame: bool,
+        started: Instant,
         failure: impl Fn(String) -> Message,
     ) {
         let len = segment.len;
         let path = segment.path.clone();
         match self.outbox.message_with_segment(header, segment, in_frame) {
             Ok(()) => {
+                self.fetch_starts.push(started);
                 self.shared.counters.chunks_served.fetch_add(1, Ordering::Relaxed);
                 self.shared.counters.chunk_bytes_served.fetch_add(len, Ordering::Relaxed);
             }

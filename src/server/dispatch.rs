@@ -1,6 +1,8 @@
 //! RPC dispatch (spec §3.1): one BlockTransferMessage in, one reply out. Runs inline on the
 //! connection's task, so a connection's requests are answered strictly in arrival order.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use tracing::{debug, info};
 
@@ -55,7 +57,30 @@ pub async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u
     }
 }
 
+/// Handles one message, timing the kinds Spark's service times (spec §8): failures included,
+/// as the JVM stops its timers in a `finally`.
 async fn handle(shared: &Shared, streams: &mut ConnectionStreams, msg: BlockTransferMessage) -> Result<Bytes, String> {
+    use BlockTransferMessage as M;
+    let observe: Option<fn(&crate::metrics::Metrics, Duration)> = match &msg {
+        M::RegisterExecutor { .. } => Some(crate::metrics::Metrics::observe_register),
+        M::OpenBlocks { .. } | M::FetchShuffleBlocks { .. } | M::FetchShuffleBlockChunks { .. } => {
+            Some(crate::metrics::Metrics::observe_open_blocks)
+        }
+        _ => None,
+    };
+    let started = Instant::now();
+    let result = handle_message(shared, streams, msg).await;
+    if let Some(observe) = observe {
+        observe(&shared.metrics, started.elapsed());
+    }
+    result
+}
+
+async fn handle_message(
+    shared: &Shared,
+    streams: &mut ConnectionStreams,
+    msg: BlockTransferMessage,
+) -> Result<Bytes, String> {
     use BlockTransferMessage as M;
     match msg {
         M::RegisterExecutor { app_id, exec_id, info } => {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -50,7 +51,8 @@ impl Default for Settings {
     }
 }
 
-/// Plain counters of the data path, read by the metrics endpoint.
+/// Plain counters of the data path (one relaxed atomic add each), read by
+/// [`crate::metrics::Metrics`] at scrape time.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub connections_opened: AtomicU64,
@@ -62,6 +64,31 @@ pub struct Counters {
     pub blocks_served: AtomicU64,
     pub chunk_failures: AtomicU64,
     pub rpc_failures: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Connections ended by a socket error.
+    pub io_errors: AtomicU64,
+    /// Connections closed after a request that cannot be answered in-stream (UploadStream).
+    pub refused: AtomicU64,
+    /// Connections closed over `spark.shuffle.maxChunksBeingTransferred`.
+    pub chunk_limit_closes: AtomicU64,
+    /// Failed accept(2) calls.
+    pub accept_errors: AtomicU64,
+}
+
+impl Counters {
+    /// Counts how a connection ended, for `spark_shuffle_agent_errors_total`.
+    fn count_end(&self, end: &ConnectionEnd) {
+        let counter = match end {
+            ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => return,
+            ConnectionEnd::Idle(_) => &self.idle_timeouts,
+            ConnectionEnd::BadFrame(_) => &self.bad_frames,
+            ConnectionEnd::Io(_) => &self.io_errors,
+            ConnectionEnd::Refused(_) => &self.refused,
+            ConnectionEnd::ChunkLimit(_) => &self.chunk_limit_closes,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything connections share.
@@ -74,6 +101,8 @@ pub struct Shared {
     /// Chunks queued or being written, server-wide.
     pub chunks_in_flight: AtomicU64,
     pub counters: Counters,
+    /// The latency histograms, and everything `/metrics` reads.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -85,7 +114,15 @@ impl Shared {
             streams: Arc::new(StreamOwners::new(random_stream_base())),
             chunks_in_flight: AtomicU64::new(0),
             counters: Counters::default(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Records into `metrics` (the agent's one registry, served on the metrics port) instead of
+    /// a private one.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Shared {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -120,6 +157,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
+                    shared.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -135,12 +173,17 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
             shared.counters.connections_active.fetch_add(1, Ordering::Relaxed);
             let end = connection::serve(Arc::clone(&shared), socket, conn_id, shutdown).await;
             shared.counters.connections_active.fetch_sub(1, Ordering::Relaxed);
-            if matches!(end, ConnectionEnd::BadFrame(_)) {
-                shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-            }
+            shared.counters.count_end(&end);
+            // Routine ends at debug (executors come and go, pools close idle connections); a
+            // socket error or a refused request at info; garbage or overload at warn.
             match &end {
-                ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => debug!(%peer, conn_id, %end, "connection ended"),
-                _ => info!(%peer, conn_id, %end, "connection closed"),
+                ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown | ConnectionEnd::Idle(_) => {
+                    debug!(%peer, conn_id, %end, "connection ended")
+                }
+                ConnectionEnd::Io(_) | ConnectionEnd::Refused(_) => info!(%peer, conn_id, %end, "connection closed"),
+                ConnectionEnd::BadFrame(_) | ConnectionEnd::ChunkLimit(_) => {
+                    warn!(%peer, conn_id, %end, "connection closed")
+                }
             }
             drop(permit);
         });

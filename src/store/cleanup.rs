@@ -216,11 +216,11 @@ mod tests {
         let blockmgr = t.root.join("spark-1/blockmgr-1");
         write(&blockmgr.join("0c/shuffle_0_0_0.data"), b"12345");
         write(&blockmgr.join("11/temp_shuffle_x"), b"1");
-        let stats = remove_tree(&blockmgr, &[t.root.clone()]).unwrap();
+        let stats = remove_tree(&blockmgr, std::slice::from_ref(&t.root)).unwrap();
         assert_eq!((stats.files, stats.bytes, stats.errors), (2, 6, 0));
         assert!(!t.root.join("spark-1").exists(), "the emptied spark-<uuid> dir goes too");
         assert!(t.root.is_dir(), "the root stays");
-        assert!(remove_tree(&t.root, &[t.root.clone()]).is_err(), "a root is never removed");
+        assert!(remove_tree(&t.root, std::slice::from_ref(&t.root)).is_err(), "a root is never removed");
     }
 
     #[test]
@@ -232,7 +232,7 @@ mod tests {
         write(&dir.join("00/f"), b"x");
         symlink(&victim, dir.join("00/link-to-file")).unwrap();
         symlink(&t.outside, dir.join("link-to-dir")).unwrap();
-        remove_tree(&dir, &[t.root.clone()]).unwrap();
+        remove_tree(&dir, std::slice::from_ref(&t.root)).unwrap();
         assert!(!dir.exists());
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
     }
@@ -243,8 +243,8 @@ mod tests {
         write(&t.outside.join("precious"), b"keep");
         let link = t.root.join("blockmgr-3");
         symlink(&t.outside, &link).unwrap();
-        assert!(remove_tree(&link, &[t.root.clone()]).is_err());
-        assert!(remove_unserved_files(&link, &[t.root.clone()], KeepServed { rdd: false }).is_err());
+        assert!(remove_tree(&link, std::slice::from_ref(&t.root)).is_err());
+        assert!(remove_unserved_files(&link, std::slice::from_ref(&t.root), KeepServed { rdd: false }).is_err());
         assert!(t.outside.join("precious").exists());
     }
 
@@ -258,7 +258,7 @@ mod tests {
         for gone in ["11/temp_shuffle_1", "12/broadcast_0", "13/temp_local_2", "14/rdd_1_0"] {
             write(&dir.join(gone), b"gone");
         }
-        let stats = remove_unserved_files(&dir, &[t.root.clone()], KeepServed { rdd: false }).unwrap();
+        let stats = remove_unserved_files(&dir, std::slice::from_ref(&t.root), KeepServed { rdd: false }).unwrap();
         assert_eq!(stats.files, 4);
         assert!(dir.join("0c/shuffle_0_0_0.data").exists());
         assert!(dir.join("34/shuffle_0_0_0.checksum.ADLER32").exists());
@@ -271,13 +271,16 @@ mod tests {
         let t = tree();
         let dir = t.root.join("blockmgr-5");
         write(&dir.join("14/rdd_1_0"), b"r");
-        remove_unserved_files(&dir, &[t.root.clone()], KeepServed { rdd: true }).unwrap();
+        remove_unserved_files(&dir, std::slice::from_ref(&t.root), KeepServed { rdd: true }).unwrap();
         assert!(dir.join("14/rdd_1_0").exists());
     }
 
     #[test]
     fn a_missing_dir_is_nothing_to_do() {
         let t = tree();
-        assert_eq!(remove_tree(&t.root.join("gone/blockmgr"), &[t.root.clone()]).unwrap(), CleanupStats::default());
+        assert_eq!(
+            remove_tree(&t.root.join("gone/blockmgr"), std::slice::from_ref(&t.root)).unwrap(),
+            CleanupStats::default()
+        );
     }
 }

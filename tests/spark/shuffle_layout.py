@@ -207,10 +207,11 @@ def write_sparse_map_output(
     return mo, islands
 
 
-def file_digests(path: str, offset: int, length: int, chunk: int = 8 << 20) -> tuple[int, str]:
-    """CRC32 and SHA-256 of a file segment, read in bounded chunks."""
+def file_digests(path: str, offset: int, length: int, chunk: int = 8 << 20,
+                 want_sha: bool = True) -> tuple[int, str | None]:
+    """CRC32 (and SHA-256 unless want_sha=False) of a file segment, read in bounded chunks."""
     c = 0
-    h = hashlib.sha256()
+    h = hashlib.sha256() if want_sha else None
     with open(path, "rb") as f:
         f.seek(offset)
         left = length
@@ -219,6 +220,7 @@ def file_digests(path: str, offset: int, length: int, chunk: int = 8 << 20) -> t
             if not b:
                 raise IOError(f"{path}: short read at {offset + length - left}")
             c = zlib.crc32(b, c)
-            h.update(b)
+            if h is not None:
+                h.update(b)
             left -= len(b)
-    return c & 0xFFFFFFFF, h.hexdigest()
+    return c & 0xFFFFFFFF, (h.hexdigest() if h is not None else None)

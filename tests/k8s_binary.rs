@@ -1,0 +1,128 @@
+//! The real binary's Kubernetes wiring: `--kubeconfig`, Kubernetes off outside a cluster, and
+//! the API server being unreachable never keeping the agent from serving.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The agent binary, serving on free ports under `dir`, logging JSON to a pipe.
+fn agent(dir: &Path, extra: &[&str]) -> Command {
+    for sub in ["local", "state"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spark-shuffle-agent"));
+    cmd.args(["--port", "0", "--metrics-port", "0", "--bind", "127.0.0.1", "--log-format", "json", "--root"])
+        .arg(dir.join("local"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("NODE_NAME")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Log lines of a running agent, read on a thread so waits can time out.
+struct Logs {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Logs {
+    fn start(mut cmd: Command) -> Logs {
+        let mut child = cmd.spawn().expect("start the agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Logs { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?} in {WAIT:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unreachable_kubeconfig(dir: &Path) -> std::path::PathBuf {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\n\
+         contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+#[test]
+fn unreachable_api_server_does_not_keep_the_agent_from_serving() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = unreachable_kubeconfig(tmp.path());
+    let mut logs =
+        Logs::start(agent(tmp.path(), &["--kubeconfig", config.to_str().expect("utf-8"), "--node-name", "node-a"]));
+    let listening = logs.wait_for("\"message\":\"listening\"");
+    let line: serde_json::Value = serde_json::from_str(&listening).expect("a JSON log line");
+    let addr = line["addr"].as_str().expect("addr field");
+    TcpStream::connect(addr).expect("the shuffle port accepts connections");
+    logs.wait_for("watching the Kubernetes API");
+    let retry = logs.wait_for("watch interrupted; retrying");
+    assert!(retry.contains("WARN"), "{retry}");
+}
+
+#[test]
+fn kubernetes_is_off_outside_a_cluster_without_a_kubeconfig() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut logs = Logs::start(agent(tmp.path(), &[]));
+    logs.wait_for("Kubernetes off");
+    logs.wait_for("\"message\":\"listening\"");
+    assert!(!logs.seen.iter().any(|l| l.contains("watching the Kubernetes API")));
+}
+
+#[test]
+fn a_kubeconfig_that_cannot_be_read_is_a_usage_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("no-such-kubeconfig");
+    let output = agent(tmp.path(), &["--kubeconfig", missing.to_str().expect("utf-8")]).output().expect("run");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-kubeconfig"), "{stderr}");
+}

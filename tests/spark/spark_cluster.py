@@ -1,0 +1,239 @@
+"""A pyspark `local-cluster[2,1,1024]` application whose executors use the server under test as their
+external shuffle service, with helpers to kill and replace every executor and to inspect what happened.
+
+Facts this relies on (checked in Spark 4.3.0, see README.md):
+  * local-cluster works from the pyspark wheel: the Worker launches executors with $SPARK_HOME/bin and jars.
+    We point SPARK_HOME at a private directory of symlinks (bin, jars, python, sbin) so the Worker's
+    `work/` directory (executor stdout/stderr) lands in a temp dir, not inside the venv.
+  * LocalSparkCluster forces spark.shuffle.service.enabled=false for its Workers, so they do not start an
+    embedded shuffle service; executors (app conf: enabled=true) register with 127.0.0.1:<port> instead.
+  * SPARK_LOCAL_IP=127.0.0.1 is needed: this VM's hostname resolves to 127.0.0.1 and Spark would otherwise
+    pick the eth0 address.
+  * Executors get their local dirs from the Worker (spark.local.dir of the app conf, cloned into the Worker
+    conf): <spark.local.dir>/spark-*/executor-*/blockmgr-*; the Worker deletes them when the app ends.
+    Utils.getOrCreateLocalRootDirs caches the root dirs for the life of the driver JVM (the py4j gateway,
+    shared by all tests of a pytest process), so all job tests use ONE spark.local.dir.
+  * local-cluster mode defaults spark.shuffle.readHostLocalDisk to false (SparkContext.createTaskScheduler).
+Every wait is a bounded poll on a condition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+from servers import wait_until
+from wiretap import WireTap
+
+SPARK_LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{HH:mm:ss.SSS} %p %c{1}: %m%n%ex
+logger.ess.name = org.apache.spark.network
+logger.ess.level = warn
+"""
+
+
+def prepare_spark_home(pyspark_dir: Path, base: Path) -> tuple[Path, Path]:
+    home = base / "spark-home"
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("bin", "jars", "python", "sbin"):
+        src = pyspark_dir / name
+        if src.exists() and not (home / name).exists():
+            os.symlink(src, home / name)
+    conf = base / "spark-conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "log4j2.properties").write_text(SPARK_LOG4J2)
+    return home, conf
+
+
+def set_spark_env(home: Path, conf: Path) -> None:
+    """Must run before the first SparkContext of this process (the py4j gateway reads it at launch)."""
+    os.environ["SPARK_HOME"] = str(home)
+    os.environ["SPARK_CONF_DIR"] = str(conf)
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ.pop("SPARK_LOCAL_DIRS", None)
+
+
+class SparkCluster:
+    """One SparkContext in local-cluster mode, its shuffle-service traffic relayed through a WireTap."""
+
+    N_EXEC = 2
+
+    def __init__(self, server, local_dir: Path, name: str, conf: dict | None = None, budget_s: float = 300):
+        from pyspark import SparkConf, SparkContext
+
+        self.server = server
+        self.local_dir = local_dir
+        self.tap = WireTap(server.host, server.port).start()
+        c = (
+            SparkConf()
+            .setMaster(f"local-cluster[{self.N_EXEC},1,1024]")
+            .setAppName(name)
+            .set("spark.shuffle.service.enabled", "true")
+            .set("spark.shuffle.service.port", str(self.tap.port))
+            .set("spark.local.dir", str(local_dir))
+            .set("spark.driver.host", "127.0.0.1")
+            .set("spark.driver.bindAddress", "127.0.0.1")
+            .set("spark.executor.memory", "512m")
+            .set("spark.ui.enabled", "true")
+            .set("spark.ui.port", "0")
+            .set("spark.ui.showConsoleProgress", "false")
+            # A broken server should fail fast and visibly, not after minutes of retries.
+            .set("spark.shuffle.io.maxRetries", "1")
+            .set("spark.shuffle.io.retryWait", "1s")
+            .set("spark.shuffle.registration.timeout", "10000")
+            .set("spark.shuffle.registration.maxAttempts", "2")
+            # A task or fetch failure is a test failure: abort the job at once instead of retrying for minutes.
+            .set("spark.task.maxFailures", "1")
+            .set("spark.stage.maxConsecutiveAttempts", "1")
+            .set("spark.network.timeout", "60s")
+            # Speed only (2 cores): no locality waits; C1-only JIT for the short-lived executor JVMs.
+            .set("spark.locality.wait", "0")
+            .set("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+        )
+        for k, v in (conf or {}).items():
+            c.set(k, str(v))
+        try:
+            self.sc = SparkContext(conf=c)
+        except Exception:
+            self.tap.stop()
+            raise
+        self.jsc = self.sc._jsc.sc()
+        self.app_id = self.sc.applicationId
+        # Watchdog: no job of this application may run past the budget (a hung server must not hang the suite).
+        self.expired = False
+        self._watchdog = threading.Timer(budget_s, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        try:
+            # Both executors up before any job, so map outputs land on both of them.
+            self.initial_executors = self.wait_executors(self.N_EXEC)
+        except Exception:
+            self.stop()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _expire(self):
+        self.expired = True
+        try:
+            self.sc.cancelAllJobs()
+        except Exception:
+            pass
+
+    def stop(self):
+        self._watchdog.cancel()
+        try:
+            self.sc.stop()
+        finally:
+            self.tap.stop()
+        assert not self.expired, "the test's Spark jobs ran past their time budget and were cancelled"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- observation -------------------------------------------------------------------------------------------
+    def settle(self, timeout_ms: int = 30_000):
+        """Wait until every listener event so far is processed, so the REST API / status store are current."""
+        self.jsc.listenerBus().waitUntilEmpty(timeout_ms)
+
+    def rest(self, path: str):
+        url = f"{self.sc.uiWebUrl}/api/v1/applications/{self.app_id}{path}"
+        with urllib.request.urlopen(url, timeout=15) as r:
+            return json.load(r)
+
+    def block_managers(self) -> int:
+        """Block managers known to the driver's BlockManagerMaster (the driver's own included)."""
+        return int(self.jsc.getExecutorMemoryStatus().size())
+
+    def active_executors(self) -> list[str]:
+        self.settle()
+        return sorted(e["id"] for e in self.rest("/executors") if e["id"] != "driver" and e["isActive"])
+
+    def wait_executors(self, n: int, exclude: set[str] = frozenset(), timeout_s: float = 120) -> list[str]:
+        def ok():
+            if self.block_managers() != n + 1:
+                return None
+            ids = self.active_executors()
+            return ids if len(ids) == n and not (set(ids) & set(exclude)) else None
+
+        return wait_until(ok, timeout_s, 0.25, f"{n} live executors (not {sorted(exclude)})")
+
+    def kill_all_executors(self, timeout_s: float = 60) -> list[str]:
+        """Kill every executor through the driver and wait until the driver has forgotten all of them."""
+        ids = self.active_executors()
+        assert ids, "no executors to kill"
+        for e in ids:
+            assert self.jsc.killExecutor(e), f"killExecutor({e}) refused"
+
+        def gone():
+            if self.block_managers() != 1:
+                return False
+            self.settle()
+            alive = {x["id"] for x in self.rest("/allexecutors") if x["isActive"] and x["id"] != "driver"}
+            return not (alive & set(ids))
+
+        wait_until(gone, timeout_s, 0.25, f"executors {ids} to be removed")
+        return ids
+
+    def replace_all_executors(self, timeout_s: float = 120) -> tuple[list[str], list[str]]:
+        old = self.kill_all_executors()
+        assert self.jsc.requestExecutors(self.N_EXEC), "requestExecutors refused"
+        new = self.wait_executors(self.N_EXEC, exclude=set(old), timeout_s=timeout_s)
+        return old, new
+
+    def jobs_of_group(self, group: str) -> list[dict]:
+        self.settle()
+        ids = list(self.sc.statusTracker().getJobIdsForGroup(group))
+        return [self.rest(f"/jobs/{j}") for j in sorted(ids)]
+
+    def stage_attempts(self, stage_id: int) -> list[dict]:
+        return self.rest(f"/stages/{stage_id}")
+
+    def all_failed_tasks(self) -> int:
+        self.settle()
+        return sum(s.get("numFailedTasks", 0) for s in self.rest("/stages"))
+
+    def read_metrics(self, group: str) -> dict:
+        """Summed shuffle-read metrics and stage states of the jobs of a job group (from the REST API)."""
+        out = {"remote_blocks": 0, "local_blocks": 0, "remote_bytes": 0, "local_bytes": 0, "records": 0,
+               "stages": [], "failed_tasks": 0, "job_status": []}
+        for job in self.jobs_of_group(group):
+            out["job_status"].append(job["status"])
+            out["failed_tasks"] += job["numFailedTasks"]
+            for sid in job["stageIds"]:
+                for att in self.stage_attempts(sid):
+                    out["stages"].append((sid, att["attemptId"], att["status"], att["numTasks"],
+                                          att["numFailedTasks"]))
+                    out["remote_blocks"] += att.get("shuffleRemoteBlocksFetched", 0)
+                    out["local_blocks"] += att.get("shuffleLocalBlocksFetched", 0)
+                    out["remote_bytes"] += att.get("shuffleRemoteBytesRead", 0)
+                    out["local_bytes"] += att.get("shuffleLocalBytesRead", 0)
+                    out["records"] += att.get("shuffleReadRecords", 0)
+        return out
+
+    # -- the server's side, as seen on the wire -------------------------------------------------------------------
+    def registrations(self) -> dict[str, dict]:
+        return {r["exec"]: r for r in self.tap.rpcs("RegisterExecutor")}
+
+    def executor_dirs(self) -> list[Path]:
+        """Every local dir this application's executors registered with the service."""
+        return sorted({Path(d) for r in self.registrations().values() for d in r["local_dirs"]})
+
+    def files(self, pattern: str) -> list[Path]:
+        """Files matching `pattern` in this application's executor dirs (as registered, seen on the wire)."""
+        return sorted({p for d in self.executor_dirs() for p in d.rglob(pattern) if p.is_file()})
+
