@@ -1,0 +1,320 @@
+//! Load generator: many connections, each pipelining whole FetchShuffleBlocks streams, against a
+//! real agent process. It pushes the server past what Spark's Java client can (the client's own
+//! per-block cost dominates there), so the agent's own cost per block shows.
+//!
+//! ```text
+//! cargo bench --bench loadgen -- [--profile 4k|mixed|1m] [--connections 16] [--seconds 10]
+//!     [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1]
+//! ```
+//!
+//! It writes the profile's shuffle files under a temp root, starts the agent pinned to
+//! `--server-cpu` (taskset), pins itself to `--client-cpu`, registers one executor, runs for
+//! `--seconds` (bounded by a call count too), and prints one line per metric: blocks/s, MB/s,
+//! per-chunk latency p50/p99, server CPU per block and per GB, server peak RSS. Loopback only.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use spark_shuffle_agent::protocol::{
+    BlockTransferMessage, ExecutorShuffleInfo, FrameCodec, Inbound, Message, StreamChunkId,
+};
+use spark_shuffle_agent::store::ExecutorDirs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+const APP: &str = "app-loadgen-0000";
+/// Upper bound of fetch calls per connection, whatever `--seconds` says.
+const MAX_CALLS_PER_CONNECTION: u64 = 5_000_000;
+
+struct Args {
+    profile: String,
+    connections: usize,
+    seconds: f64,
+    agent: PathBuf,
+    server_cpu: String,
+    client_cpu: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        profile: "4k".into(),
+        connections: 16,
+        seconds: 10.0,
+        agent: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/spark-shuffle-agent")),
+        server_cpu: "0".into(),
+        client_cpu: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--profile" => a.profile = value(),
+            "--connections" => a.connections = value().parse().expect("--connections"),
+            "--seconds" => a.seconds = value().parse().expect("--seconds"),
+            "--agent" => a.agent = PathBuf::from(value()),
+            "--server-cpu" => a.server_cpu = value(),
+            "--client-cpu" => a.client_cpu = value().parse().expect("--client-cpu"),
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// Block sizes of each map output: `sizes[map][reduce]`.
+fn profile(name: &str) -> Vec<Vec<u64>> {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut uniform = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    match name {
+        "4k" => vec![vec![4096; 64]; 32],
+        "1m" => vec![vec![1 << 20; 16]; 16],
+        "mixed" => (0..32)
+            .map(|_| {
+                (0..32)
+                    .map(|_| {
+                        // Lognormal, median 32 KiB, sigma 1 (Box-Muller), clipped to [64 B, 8 MiB].
+                        let z = (-2.0 * uniform().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
+                        ((32768f64).ln() + z).exp().clamp(64.0, (8 << 20) as f64) as u64
+                    })
+                    .collect()
+            })
+            .collect(),
+        other => panic!("unknown profile {other}"),
+    }
+}
+
+fn write_files(dirs: &ExecutorDirs, sizes: &[Vec<u64>]) {
+    for (map, parts) in sizes.iter().enumerate() {
+        let mut offsets = vec![0u64];
+        for s in parts {
+            offsets.push(offsets.last().copied().unwrap_or(0) + s);
+        }
+        let write = |name: String, bytes: &[u8]| {
+            let path = dirs.file_path(&name);
+            std::fs::create_dir_all(path.parent().expect("subdir")).expect("mkdir");
+            std::fs::write(path, bytes).expect("write");
+        };
+        let index: Vec<u8> = offsets.iter().flat_map(|o| o.to_be_bytes()).collect();
+        let data: Vec<u8> = (0..*offsets.last().unwrap_or(&0)).map(|i| (i * 7 + map as u64) as u8).collect();
+        write(format!("shuffle_0_{map}_0.data"), &data);
+        write(format!("shuffle_0_{map}_0.index"), &index);
+    }
+}
+
+fn start_agent(agent: &Path, root: &Path, state: &Path, cpu: &str) -> (Child, String) {
+    let mut child = Command::new("taskset")
+        .args(["-c", cpu])
+        .arg(agent)
+        .args(["--bind", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--root"])
+        .arg(root)
+        .arg("--state-dir")
+        .arg(state)
+        .env("RUST_LOG", "warn,spark_shuffle_agent=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("agent exited before listening").expect("read log");
+        if line.contains(" listening") && !line.contains("metrics") {
+            let at = line.find("addr=").expect("addr=") + 5;
+            break line[at..].split_whitespace().next().expect("addr").to_string();
+        }
+    };
+    // Keep draining the log so the agent never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SC_CLK_TCK is 100 on every Linux this runs on.
+    ticks / 100.0
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Conn {
+    stream: TcpStream,
+    codec: FrameCodec,
+    input: BytesMut,
+    out: BytesMut,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Conn { stream, codec: FrameCodec::new(64 << 20), input: BytesMut::with_capacity(1 << 20), out: BytesMut::new() }
+    }
+
+    async fn next(&mut self) -> Message {
+        loop {
+            match self.codec.decode(&mut self.input).expect("decode") {
+                Some(Inbound::Message(m)) => return m,
+                Some(Inbound::Body(_)) => continue,
+                None => {
+                    if self.stream.read_buf(&mut self.input).await.expect("read") == 0 {
+                        panic!("server closed the connection");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn rpc(&mut self, msg: &BlockTransferMessage) -> Bytes {
+        Message::RpcRequest { request_id: 1, body: msg.encode() }.encode(&mut self.out);
+        self.stream.write_all(&self.out.split()).await.expect("write");
+        match self.next().await {
+            Message::RpcResponse { body, .. } => body,
+            other => panic!("rpc failed: {other:?}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    blocks: AtomicU64,
+    bytes: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// One connection: fetch one map output's blocks per call, all chunk requests pipelined.
+async fn drive(addr: String, maps: usize, reduces: Vec<usize>, deadline: Instant, totals: Arc<Totals>) -> Vec<u32> {
+    let mut conn = Conn::open(&addr).await;
+    let mut latencies_us = Vec::new();
+    for call in 0..MAX_CALLS_PER_CONNECTION {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let map = (call as usize * 7 + latencies_us.len()) % maps;
+        let ask = BlockTransferMessage::FetchShuffleBlocks {
+            app_id: APP.into(),
+            exec_id: "0".into(),
+            shuffle_id: 0,
+            map_ids: vec![map as i64],
+            reduce_ids: vec![(0..reduces[map] as i32).collect()],
+            batch_fetch_enabled: false,
+        };
+        let handle = BlockTransferMessage::decode(&conn.rpc(&ask).await).expect("stream handle");
+        let BlockTransferMessage::StreamHandle { stream_id, num_chunks } = handle else { panic!("{handle:?}") };
+        let sent = Instant::now();
+        for chunk_index in 0..num_chunks {
+            Message::ChunkFetchRequest(StreamChunkId { stream_id, chunk_index }).encode(&mut conn.out);
+        }
+        conn.stream.write_all(&conn.out.split()).await.expect("write");
+        for _ in 0..num_chunks {
+            match conn.next().await {
+                Message::ChunkFetchSuccess { body, .. } => {
+                    totals.blocks.fetch_add(1, Ordering::Relaxed);
+                    totals.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+                _ => {
+                    totals.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    latencies_us
+}
+
+fn pin_self(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).expect("pin the load generator");
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() {
+    let a = args();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical").join("root");
+    let local_dirs: Vec<String> = (0..2).map(|i| root.join(format!("blockmgr/ld{i}")).display().to_string()).collect();
+    for d in &local_dirs {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let canonical = local_dirs.iter().map(PathBuf::from).collect();
+    let dirs = ExecutorDirs::new(local_dirs.clone(), 64, canonical).expect("dirs");
+    let sizes = profile(&a.profile);
+    write_files(&dirs, &sizes);
+
+    let (mut child, addr) = start_agent(&a.agent, &root, &tmp.path().join("state"), &a.server_cpu);
+    pin_self(a.client_cpu);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let reduces: Vec<usize> = sizes.iter().map(Vec::len).collect();
+    let totals = Arc::new(Totals::default());
+    let (cpu, secs, mut latencies) = rt.block_on(async {
+        let mut conn = Conn::open(&addr).await;
+        let info = ExecutorShuffleInfo {
+            local_dirs: local_dirs.clone(),
+            sub_dirs_per_local_dir: 64,
+            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+        };
+        conn.rpc(&BlockTransferMessage::RegisterExecutor { app_id: APP.into(), exec_id: "0".into(), info }).await;
+        // Warm-up: page cache, index cache, connection set-up.
+        let warm = Instant::now() + Duration::from_secs(1);
+        let tasks: Vec<_> = (0..a.connections)
+            .map(|_| tokio::spawn(drive(addr.clone(), sizes.len(), reduces.clone(), warm, Arc::new(Totals::default()))))
+            .collect();
+        for t in tasks {
+            t.await.expect("warm-up");
+        }
+        let cpu0 = cpu_seconds(child.id());
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(a.seconds);
+        let tasks: Vec<_> = (0..a.connections)
+            .map(|_| tokio::spawn(drive(addr.clone(), sizes.len(), reduces.clone(), deadline, Arc::clone(&totals))))
+            .collect();
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.expect("connection task"));
+        }
+        (cpu_seconds(child.id()) - cpu0, start.elapsed().as_secs_f64(), latencies)
+    });
+    latencies.sort_unstable();
+    let blocks = totals.blocks.load(Ordering::Relaxed) as f64;
+    let bytes = totals.bytes.load(Ordering::Relaxed) as f64;
+    let peak_mib = status_kib(child.id(), "VmHWM") as f64 / 1024.0;
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("profile {} | {} connections, pipelined | server pinned to cpu {}", a.profile, a.connections, a.server_cpu);
+    println!("  blocks/s             {:>12.0}", blocks / secs);
+    println!("  MB/s                 {:>12.1}", bytes / 1e6 / secs);
+    println!("  chunk latency p50    {:>12.3} ms", percentile(&latencies, 0.50));
+    println!("  chunk latency p99    {:>12.3} ms", percentile(&latencies, 0.99));
+    println!("  server CPU per block {:>12.2} µs", cpu * 1e6 / blocks);
+    println!("  server CPU per GB    {:>12.3} s", cpu / (bytes / 1e9));
+    println!("  server peak RSS      {:>12.1} MiB", peak_mib);
+    println!("  failures             {:>12}", totals.failures.load(Ordering::Relaxed));
+}
