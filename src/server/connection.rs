@@ -20,7 +20,8 @@ use super::Shared;
 use crate::protocol::block_id::{java_parse_int, java_split};
 use crate::protocol::frame::JAVA_MAX_FRAME;
 use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, Message, StreamChunkId};
-use crate::store::Segment;
+use crate::registry::Executor;
+use crate::store::{MapOutput, Segment};
 
 /// Why a connection ended, for the log line and the error counters.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ struct Connection {
     /// When each chunk queued in the outbox was requested, for the fetch latency histogram.
     /// Bounded like the outbox itself; its capacity is reused, so no allocation per chunk.
     fetch_starts: Vec<Instant>,
+    /// The map output the last shuffle block came from (see [`Connection::shuffle_segment`]).
+    last_map: Option<((usize, i32, i64), MapOutput)>,
 }
 
 /// Capacity `fetch_starts` keeps between flushes; a burst past it is given back.
@@ -75,6 +78,7 @@ pub(super) async fn serve(
         outbox: Outbox::new(shared.settings.coalesce_max_bytes),
         queued_chunks: 0,
         fetch_starts: Vec::new(),
+        last_map: None,
         shared,
     };
     let mut codec = FrameCodec::new(conn.shared.settings.max_frame_bytes);
@@ -139,6 +143,7 @@ impl Connection {
         if self.outbox.is_empty() {
             return Ok(());
         }
+        self.last_map = None;
         let result = self.outbox.flush(stream, self.shared.settings.idle_timeout).await;
         self.release_queued();
         let bytes = match result {
@@ -277,20 +282,50 @@ impl Connection {
         self.outbox.message(&msg);
     }
 
+    /// A shuffle block's segment. Consecutive blocks of one map output (the usual shape of a
+    /// fetch) reuse its resolved index and data file; the memo lives until the next flush, so
+    /// it never outlives one batch of pipelined requests.
+    fn shuffle_segment(
+        &mut self,
+        ex: &Arc<Executor>,
+        shuffle_id: i32,
+        map_id: i64,
+        start: i32,
+        end: i32,
+    ) -> Result<Segment, String> {
+        let key = (Arc::as_ptr(ex) as usize, shuffle_id, map_id);
+        if let Some((memo_key, output)) = &self.last_map {
+            if *memo_key == key {
+                return output.segment(start, end).map_err(|e| e.java_text());
+            }
+        }
+        match self.shared.store.map_output(&ex.dirs, shuffle_id, map_id) {
+            Ok(output) => {
+                let segment = output.segment(start, end).map_err(|e| e.java_text());
+                self.last_map = Some((key, output));
+                segment
+            }
+            // The one-block path reports errors in Java's order (reduce id before data file).
+            Err(_) => {
+                self.shared.store.shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end).map_err(|e| e.java_text())
+            }
+        }
+    }
+
     /// Resolves the next chunk of a stream to an open file segment, or the text to fail with.
     fn resolve(&mut self, stream_id: i64, chunk_index: i32) -> Result<Segment, String> {
-        let (executor, block, app_id, exec_id) = match self.streams.start_chunk(stream_id, chunk_index) {
+        let (executor, block) = match self.streams.start_chunk(stream_id, chunk_index) {
             ChunkTurn::Refuse(text) => return Err(text),
-            ChunkTurn::Serve { executor, block, app_id, exec_id } => (executor, block, app_id, exec_id),
+            ChunkTurn::Serve { executor, block } => (executor, block),
         };
         let result = match (&executor, block) {
-            (None, _) => Err(java_error::executor_not_registered(&app_id, &exec_id)),
-            (Some(ex), BlockRef::Shuffle { shuffle_id, map_id, start, end }) => self
-                .shared
-                .store
-                .shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end)
-                .map(Some)
-                .map_err(|e| e.java_text()),
+            (None, _) => {
+                let (app_id, exec_id) = self.streams.ids(stream_id);
+                Err(java_error::executor_not_registered(&app_id, &exec_id))
+            }
+            (Some(ex), BlockRef::Shuffle { shuffle_id, map_id, start, end }) => {
+                self.shuffle_segment(ex, shuffle_id, map_id, start, end).map(Some)
+            }
             (Some(ex), BlockRef::Rdd { rdd_id, split_index }) => {
                 self.shared.store.rdd_segment(&ex.dirs, rdd_id, split_index).map_err(|e| e.java_text())
             }

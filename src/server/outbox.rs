@@ -36,6 +36,53 @@ pub struct Outbox {
     buffered: usize,
     files: usize,
     coalesce_max_bytes: u64,
+    window: ReadWindow,
+}
+
+/// How far ahead a sequential run of small blocks is read: one pread then serves the next
+/// blocks of the same map output (a fetch asks for them in file order).
+const READ_AHEAD: usize = 128 * 1024;
+
+/// The bytes of the last read, for the blocks that follow it in the same file.
+#[derive(Debug, Default)]
+struct ReadWindow {
+    file: Option<std::sync::Arc<std::fs::File>>,
+    start: u64,
+    filled: usize,
+    /// Where the block after the last one served starts: a request there is sequential.
+    next: u64,
+    buf: Vec<u8>,
+}
+
+impl ReadWindow {
+    /// The segment's bytes, from the window or from one pread (longer when access is sequential).
+    fn read(&mut self, segment: &Segment) -> io::Result<&[u8]> {
+        let len = segment.len as usize;
+        let same = self.file.as_ref().is_some_and(|f| std::sync::Arc::ptr_eq(f, &segment.file));
+        let end = segment.offset + segment.len;
+        if !(same && segment.offset >= self.start && end <= self.start + self.filled as u64) {
+            let want = if same && segment.offset == self.next { len.max(READ_AHEAD) } else { len };
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            let mut filled = 0;
+            // At least the segment must arrive; what the read-ahead gets past it is a bonus.
+            while filled < len {
+                match segment.file.read_at(&mut self.buf[filled..want], segment.offset + filled as u64) {
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "block file ended early")),
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.file = Some(std::sync::Arc::clone(&segment.file));
+            self.start = segment.offset;
+            self.filled = filled;
+        }
+        self.next = end;
+        let at = (segment.offset - self.start) as usize;
+        Ok(&self.buf[at..at + len])
+    }
 }
 
 /// How a segment could not be queued.
@@ -53,6 +100,7 @@ impl Outbox {
             buffered: 0,
             files: 0,
             coalesce_max_bytes,
+            window: ReadWindow::default(),
         }
     }
 
@@ -86,15 +134,17 @@ impl Outbox {
             return Ok(());
         }
         // Small body: copy it next to its header now, so the descriptor is not held.
-        let len = segment.len as usize;
-        let start = self.tail.len();
-        self.tail.resize(start + len, 0);
-        if let Err(e) = segment.file.read_exact_at(&mut self.tail[start..], segment.offset) {
-            // Nothing of this response may leave: drop its header too.
-            self.tail.truncate(mark);
-            return Err(QueueError::Read(e));
+        match self.window.read(&segment) {
+            Ok(bytes) => {
+                self.tail.extend_from_slice(bytes);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of this response may leave: drop its header too.
+                self.tail.truncate(mark);
+                Err(QueueError::Read(e))
+            }
         }
-        Ok(())
     }
 
     fn push_tail(&mut self) {
@@ -118,6 +168,8 @@ impl Outbox {
         }
         self.buffered = 0;
         self.files = 0;
+        // Between batches the connection may idle for long: give the window's memory back.
+        self.window = ReadWindow::default();
         Ok(written)
     }
 }

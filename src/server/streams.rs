@@ -61,7 +61,7 @@ impl Stream {
 #[derive(Debug)]
 pub enum ChunkTurn {
     /// Serve this block; call [`ConnectionStreams::finish_chunk`] with the outcome.
-    Serve { executor: Option<Arc<Executor>>, block: BlockRef, app_id: String, exec_id: String },
+    Serve { executor: Option<Arc<Executor>>, block: BlockRef },
     /// Refuse with this text.
     Refuse(String),
 }
@@ -153,12 +153,12 @@ impl ConnectionStreams {
             )));
         };
         stream.cur_chunk += 1;
-        ChunkTurn::Serve {
-            executor: stream.executor.clone(),
-            block,
-            app_id: stream.app_id.clone(),
-            exec_id: stream.exec_id.clone(),
-        }
+        ChunkTurn::Serve { executor: stream.executor.clone(), block }
+    }
+
+    /// The (app, executor) ids a stream was opened for, for error texts.
+    pub fn ids(&self, stream_id: i64) -> (String, String) {
+        self.streams.get(&stream_id).map(|s| (s.app_id.clone(), s.exec_id.clone())).unwrap_or_default()
     }
 
     /// Records the outcome of the chunk started last: on `advanced`, the stream moves to its

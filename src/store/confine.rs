@@ -32,6 +32,11 @@ pub(crate) enum OpenFailure {
 pub(crate) struct ConfinedFile {
     pub file: File,
     pub len: u64,
+    /// Where the kernel says the file is: inside the dirs it was checked against.
+    pub real: PathBuf,
+    /// Device and inode, to notice later that the path names another file.
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// Opens `path` read-only and verifies where it really is.
@@ -41,13 +46,12 @@ pub(crate) struct ConfinedFile {
 pub(crate) fn open_confined(path: &Path, dirs: &ExecutorDirs) -> Result<ConfinedFile, OpenFailure> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| OpenFailure::Io(e.into()))?;
-    check_inside(fd.as_fd(), path, dirs).map_err(OpenFailure::Refused)?;
-    let file = File::from(fd);
-    let meta = file.metadata().map_err(OpenFailure::Io)?;
-    if !meta.is_file() {
+    let real = check_inside(fd.as_fd(), path, dirs).map_err(OpenFailure::Refused)?;
+    let meta = rustix::fs::fstat(&fd).map_err(|e| OpenFailure::Io(e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(meta.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(OpenFailure::NotRegular);
     }
-    Ok(ConfinedFile { file, len: meta.len() })
+    Ok(ConfinedFile { file: File::from(fd), len: meta.st_size as u64, real, dev: meta.st_dev, ino: meta.st_ino })
 }
 
 /// Opens the directory `path` and verifies it lies inside the dirs, so that an `*at` call on
@@ -61,11 +65,11 @@ pub(crate) fn open_dir_confined(path: &Path, dirs: &ExecutorDirs) -> Result<Owne
 
 /// Ok when the opened `fd` lies under one of the canonical dirs. `shown` is the hashed path,
 /// the one error texts name (the real service names it too, not the symlink target).
-fn check_inside(fd: BorrowedFd<'_>, shown: &Path, dirs: &ExecutorDirs) -> Result<(), StoreError> {
+fn check_inside(fd: BorrowedFd<'_>, shown: &Path, dirs: &ExecutorDirs) -> Result<PathBuf, StoreError> {
     let real =
         real_path(fd, shown).map_err(|source| StoreError::ResolveFailed { path: shown.to_path_buf(), source })?;
     if dirs.canonical_dirs().iter().any(|dir| is_within(&real, dir)) {
-        Ok(())
+        Ok(real)
     } else {
         Err(StoreError::OutsideDirs { path: shown.to_path_buf() })
     }

@@ -17,13 +17,14 @@ mod diagnose;
 mod error;
 mod index;
 mod layout;
+mod open_files;
 mod remove;
 mod segment;
 
 #[cfg(test)]
 mod fixture;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use checksum::{ChecksumAlgorithm, Checksummer, CorruptionCause};
@@ -33,19 +34,25 @@ pub use index::{CacheStats, IndexCache, ShuffleIndex};
 pub use layout::{java_string_hash, non_negative_hash, ExecutorDirs};
 pub use segment::Segment;
 
-use confine::{open_confined, ConfinedFile, OpenFailure};
+use confine::OpenFailure;
+use open_files::{OpenFile, OpenFiles};
 
 /// The store: shared by all connections (wrap in Arc by caller). Holds the index cache.
 #[derive(Debug)]
 pub struct Store {
     index_cache: IndexCache,
+    open_files: OpenFiles,
 }
+
+/// Descriptors of block files kept open for reuse (see [`open_files`]); well under the usual
+/// 1024 soft limit together with connections.
+const OPEN_FILES: usize = 512;
 
 impl Store {
     /// A store whose index cache holds up to `index_cache_bytes` of index weight
     /// (`spark.shuffle.service.index.cache.size`, default 100 MiB).
     pub fn new(index_cache_bytes: u64) -> Store {
-        Store { index_cache: IndexCache::new(index_cache_bytes) }
+        Store { index_cache: IndexCache::new(index_cache_bytes), open_files: OpenFiles::new(OPEN_FILES) }
     }
 
     /// The index cache, for metrics.
@@ -64,16 +71,24 @@ impl Store {
         end_reduce_exclusive: i32,
     ) -> Result<Segment, StoreError> {
         let index = self.shuffle_index(dirs, shuffle_id, map_id)?;
-        let (offset, len) = index.range(start_reduce, end_reduce_exclusive)?;
+        // The range is checked before the data file is opened: Java reports a bad reduce id
+        // even when the data file is missing too.
+        index.range(start_reduce, end_reduce_exclusive)?;
         let path = dirs.file_path(&shuffle_file_name(shuffle_id, map_id, "data"));
         // Opened now, not lazily as Java does (NOTES §5 "lazyFD"): a missing file becomes a
         // ChunkFetchFailure instead of a success header followed by a dropped connection.
-        let data = open_data(&path, dirs)?;
-        let end = offset.saturating_add(len);
-        if data.len < end {
-            return Err(StoreError::TruncatedData { path, expected: end, actual: data.len });
-        }
-        Ok(Segment { file: Arc::new(data.file), offset, len, path })
+        let data = self.open_data(&path, dirs)?;
+        MapOutput { index, data, data_path: path }.segment(start_reduce, end_reduce_exclusive)
+    }
+
+    /// One map output, index and data file, for serving several of its blocks in a row
+    /// without resolving paths again. Errors as [`Store::shuffle_segment`] gives them, except
+    /// that a bad reduce id is only seen by [`MapOutput::segment`].
+    pub fn map_output(&self, dirs: &ExecutorDirs, shuffle_id: i32, map_id: i64) -> Result<MapOutput, StoreError> {
+        let index = self.shuffle_index(dirs, shuffle_id, map_id)?;
+        let data_path = dirs.file_path(&shuffle_file_name(shuffle_id, map_id, "data"));
+        let data = self.open_data(&data_path, dirs)?;
+        Ok(MapOutput { index, data, data_path })
     }
 
     /// Whole file `rdd_<rdd>_<split>`; `Ok(None)` when the file does not exist (the server
@@ -85,8 +100,8 @@ impl Store {
         split_index: i32,
     ) -> Result<Option<Segment>, StoreError> {
         let path = dirs.file_path(&format!("rdd_{rdd_id}_{split_index}"));
-        match open_data(&path, dirs) {
-            Ok(data) => Ok(Some(Segment { file: Arc::new(data.file), offset: 0, len: data.len, path })),
+        match self.open_data(&path, dirs) {
+            Ok(data) => Ok(Some(Segment { file: data.file, offset: 0, len: data.len, path })),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -95,6 +110,7 @@ impl Store {
     /// Forget cached indexes under these dirs (used when an app/executor is removed).
     pub fn forget(&self, dirs: &ExecutorDirs) {
         self.index_cache.remove_under(dirs.normalised_dirs());
+        self.open_files.remove_under(dirs.normalised_dirs());
     }
 
     /// The parsed index of one map output, from the cache or from disk.
@@ -118,21 +134,63 @@ impl Store {
     }
 }
 
+/// A map output's parsed index and open data file.
+#[derive(Debug, Clone)]
+pub struct MapOutput {
+    index: Arc<ShuffleIndex>,
+    data: OpenFile,
+    data_path: PathBuf,
+}
+
+impl MapOutput {
+    /// Byte range `[index[start], index[end_exclusive])` of the data file, checked to lie
+    /// within the file as it was opened, so a success header promising it can be completed.
+    pub fn segment(&self, start_reduce: i32, end_reduce_exclusive: i32) -> Result<Segment, StoreError> {
+        let (offset, len) = self.index.range(start_reduce, end_reduce_exclusive)?;
+        let end = offset.saturating_add(len);
+        if self.data.len < end {
+            return Err(StoreError::TruncatedData {
+                path: self.data_path.clone(),
+                expected: end,
+                actual: self.data.len,
+            });
+        }
+        Ok(Segment { file: Arc::clone(&self.data.file), offset, len, path: self.data_path.clone() })
+    }
+}
+
 /// `shuffle_<shuffle>_<map>_0.<suffix>` (spec §4.2; the 0 is NOOP_REDUCE_ID).
 fn shuffle_file_name(shuffle_id: i32, map_id: i64, suffix: &str) -> String {
     format!("shuffle_{shuffle_id}_{map_id}_0.{suffix}")
 }
 
-/// Opens a data or rdd file that must exist, with the errors Java gives for it.
-fn open_data(path: &Path, dirs: &ExecutorDirs) -> Result<ConfinedFile, StoreError> {
-    open_confined(path, dirs).map_err(|failure| match failure {
+impl Store {
+    /// Opens (or reuses) a data or rdd file that must exist, with the errors Java gives for it.
+    fn open_data(&self, path: &Path, dirs: &ExecutorDirs) -> Result<OpenFile, StoreError> {
+        self.open_files.open(path, dirs).map_err(|failure| open_error(path, failure))
+    }
+
+    /// Closes cached block files nobody asked for in `idle` (the lifecycle sweep calls this).
+    pub fn purge_idle_files(&self, idle: std::time::Duration) {
+        self.open_files.purge_idle(idle);
+    }
+
+    /// Hit and miss counts of the open-file cache, for metrics.
+    pub fn open_file_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.open_files.hits.load(Relaxed), self.open_files.misses.load(Relaxed))
+    }
+}
+
+fn open_error(path: &Path, failure: OpenFailure) -> StoreError {
+    match failure {
         OpenFailure::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
             StoreError::NotFound { path: path.to_path_buf() }
         }
         OpenFailure::Io(source) => StoreError::Io { what: "Failed to open", path: path.to_path_buf(), source },
         OpenFailure::NotRegular => StoreError::NotRegularFile { path: path.to_path_buf() },
         OpenFailure::Refused(e) => e,
-    })
+    }
 }
 
 #[cfg(test)]

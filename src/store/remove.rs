@@ -24,6 +24,7 @@ impl Store {
             // Drop the cached index whatever happens: if the file is gone or going, the
             // cached offsets describe nothing that will be served again.
             self.index_cache.remove(&path);
+            self.open_files.remove(&path);
             match unlink_confined(&path, dirs) {
                 Ok(()) => removed = removed.saturating_add(1),
                 Err(reason) => {
