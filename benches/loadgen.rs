@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench loadgen -- [--profile 4k|mixed|1m] [--connections 16] [--seconds 10]
-//!     [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1]
+//!     [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1] [--register-probe]
 //! ```
 //!
 //! It writes the profile's shuffle files under a temp root, starts the agent pinned to
@@ -39,6 +39,8 @@ struct Args {
     agent: PathBuf,
     server_cpu: String,
     client_cpu: usize,
+    /// Also time RegisterExecutor on fresh connections (as executors register) during the load.
+    register_probe: bool,
 }
 
 fn args() -> Args {
@@ -49,6 +51,7 @@ fn args() -> Args {
         agent: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/spark-shuffle-agent")),
         server_cpu: "0".into(),
         client_cpu: 1,
+        register_probe: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +63,7 @@ fn args() -> Args {
             "--agent" => a.agent = PathBuf::from(value()),
             "--server-cpu" => a.server_cpu = value(),
             "--client-cpu" => a.client_cpu = value().parse().expect("--client-cpu"),
+            "--register-probe" => a.register_probe = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown flag {other}"),
         }
@@ -84,7 +88,8 @@ fn profile(name: &str) -> Vec<Vec<u64>> {
                 (0..32)
                     .map(|_| {
                         // Lognormal, median 32 KiB, sigma 1 (Box-Muller), clipped to [64 B, 8 MiB].
-                        let z = (-2.0 * uniform().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
+                        let z =
+                            (-2.0 * uniform().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
                         ((32768f64).ln() + z).exp().clamp(64.0, (8 << 20) as f64) as u64
                     })
                     .collect()
@@ -242,6 +247,28 @@ async fn drive(addr: String, maps: usize, reduces: Vec<usize>, deadline: Instant
     latencies_us
 }
 
+/// RegisterExecutor every 20 ms on a new connection until `deadline`; latencies in µs.
+async fn probe_registrations(addr: String, local_dirs: Vec<String>, deadline: Instant) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let info = ExecutorShuffleInfo {
+            local_dirs: local_dirs.clone(),
+            sub_dirs_per_local_dir: 64,
+            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+        };
+        let started = Instant::now();
+        let mut conn = Conn::open(&addr).await;
+        conn.rpc(&BlockTransferMessage::RegisterExecutor { app_id: APP.into(), exec_id: format!("probe-{n}"), info })
+            .await;
+        latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies
+}
+
 fn pin_self(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
@@ -274,7 +301,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let reduces: Vec<usize> = sizes.iter().map(Vec::len).collect();
     let totals = Arc::new(Totals::default());
-    let (cpu, secs, mut latencies) = rt.block_on(async {
+    let (cpu, secs, mut latencies, registrations) = rt.block_on(async {
         let mut conn = Conn::open(&addr).await;
         let info = ExecutorShuffleInfo {
             local_dirs: local_dirs.clone(),
@@ -296,11 +323,18 @@ fn main() {
         let tasks: Vec<_> = (0..a.connections)
             .map(|_| tokio::spawn(drive(addr.clone(), sizes.len(), reduces.clone(), deadline, Arc::clone(&totals))))
             .collect();
+        let probe =
+            a.register_probe.then(|| tokio::spawn(probe_registrations(addr.clone(), local_dirs.clone(), deadline)));
         let mut latencies = Vec::new();
         for t in tasks {
             latencies.extend(t.await.expect("connection task"));
         }
-        (cpu_seconds(child.id()) - cpu0, start.elapsed().as_secs_f64(), latencies)
+        let mut registrations = match probe {
+            Some(p) => p.await.expect("probe"),
+            None => Vec::new(),
+        };
+        registrations.sort_unstable();
+        (cpu_seconds(child.id()) - cpu0, start.elapsed().as_secs_f64(), latencies, registrations)
     });
     latencies.sort_unstable();
     let blocks = totals.blocks.load(Ordering::Relaxed) as f64;
@@ -308,7 +342,10 @@ fn main() {
     let peak_mib = status_kib(child.id(), "VmHWM") as f64 / 1024.0;
     let _ = child.kill();
     let _ = child.wait();
-    println!("profile {} | {} connections, pipelined | server pinned to cpu {}", a.profile, a.connections, a.server_cpu);
+    println!(
+        "profile {} | {} connections, pipelined | server pinned to cpu {}",
+        a.profile, a.connections, a.server_cpu
+    );
     println!("  blocks/s             {:>12.0}", blocks / secs);
     println!("  MB/s                 {:>12.1}", bytes / 1e6 / secs);
     println!("  chunk latency p50    {:>12.3} ms", percentile(&latencies, 0.50));
@@ -317,4 +354,13 @@ fn main() {
     println!("  server CPU per GB    {:>12.3} s", cpu / (bytes / 1e9));
     println!("  server peak RSS      {:>12.1} MiB", peak_mib);
     println!("  failures             {:>12}", totals.failures.load(Ordering::Relaxed));
+    if !registrations.is_empty() {
+        println!(
+            "  registration (fresh connection, journaled) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {}",
+            percentile(&registrations, 0.50),
+            percentile(&registrations, 0.99),
+            percentile(&registrations, 1.0),
+            registrations.len()
+        );
+    }
 }

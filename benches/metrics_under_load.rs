@@ -98,7 +98,7 @@ fn run(placement: Placement, clients: usize, probes: usize, cores: usize) -> Out
     let shutdown = CancellationToken::new();
     let listener = data.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let shuffle = listener.local_addr().expect("addr");
-    data.spawn(server::run(listener, Arc::clone(&shared), shutdown.clone(), Duration::from_secs(1)));
+    data.spawn(server::run(listener, Arc::clone(&shared), shutdown.clone(), Duration::from_secs(1), None));
     health.set_listening();
     let http_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind metrics");
     let http = http_listener.local_addr().expect("addr");

@@ -323,13 +323,46 @@ async fn serve(config: Config, kube: Option<(kube::Config, k8s::K8sSettings)>) -
     info!(addr = %metrics_server.local_addr(), "metrics listening");
     tokio::spawn(stop_on_signal(shutdown.clone(), health));
     let cleaner = tokio::spawn(worker.run(shutdown.clone()));
-    server::run(listener, shared, shutdown, config.drain_grace).await;
+    serve_with_control_thread(listener, shared, shutdown, config.drain_grace).await?;
     let _ = cleaner.await;
     // The disk thread may be mid-walk; it stops at its next wait, the process does not wait.
     drop(disk);
     metrics_server.stop();
     info!("stopped");
     Ok(())
+}
+
+/// Runs the accept loop on a control runtime in a thread of its own, with this (data) runtime
+/// for connections that fetch. Registrations and other small RPCs are then answered by a thread
+/// the kernel schedules on its own, however busy the data path is (SPARK-20640, SPARK-24355:
+/// registrations timing out on a busy service).
+async fn serve_with_control_thread(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    let data = tokio::runtime::Handle::current();
+    let listener = listener.into_std().context("moving the listener to the control thread")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the control runtime")
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        server::run(listener, shared, shutdown, grace, Some(data)).await;
+                        Ok(())
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the control thread")?;
+    done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the control thread died")))
 }
 
 /// Test hook: with this variable set to a path, recovery waits until that path exists, so a test

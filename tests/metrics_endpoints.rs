@@ -65,7 +65,7 @@ async fn start_node(roots: &[PathBuf], settings: Settings, watch_disk: bool) -> 
     metrics.set_shuffle_addr(shuffle);
     health.set_listening();
     let shutdown = CancellationToken::new();
-    tokio::spawn(server::run(listener, shared, shutdown.clone(), Duration::from_secs(1)));
+    tokio::spawn(server::run(listener, shared, shutdown.clone(), Duration::from_secs(1), None));
     Node { shuffle, http: server.local_addr(), metrics, registry, health, shutdown, _server: server, _disk: disk }
 }
 

@@ -60,18 +60,84 @@ struct Connection {
     fetch_starts: Vec<Instant>,
     /// The map output the last shuffle block came from (see [`Connection::shuffle_segment`]).
     last_map: Option<((usize, i32, i64), MapOutput)>,
+    /// Served on the control runtime: data requests stop handling for a hand-over.
+    control: bool,
 }
 
 /// Capacity `fetch_starts` keeps between flushes; a burst past it is given back.
 const FETCH_STARTS_KEPT: usize = 1024;
+
+/// Where a connection is being served. New connections start on the control runtime (a
+/// thread of its own), where registrations and other small RPCs are answered at once even
+/// while the data runtime is saturated; the first data request (a fetch, a chunk, a stream)
+/// moves the connection to the data runtime for good.
+#[derive(Debug, Clone)]
+pub(super) enum Placement {
+    Control { data: tokio::runtime::Handle },
+    Data,
+}
 
 pub(super) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     conn_id: u64,
     shutdown: CancellationToken,
+    placement: Placement,
 ) -> ConnectionEnd {
     let _ = stream.set_nodelay(true);
+    let input = BytesMut::with_capacity(8 * 1024);
+    match serve_from(Arc::clone(&shared), stream, conn_id, shutdown.clone(), placement, input, None).await {
+        Served::End(end) => end,
+        Served::HandOver { stream, input, first, data } => {
+            // The socket leaves this runtime's reactor and joins the data runtime's; nothing
+            // is buffered in between (the outbox was flushed, `input` travels along).
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => return ConnectionEnd::Io(e),
+            };
+            let task = data.spawn(async move {
+                let stream = match TcpStream::from_std(std_stream) {
+                    Ok(s) => s,
+                    Err(e) => return ConnectionEnd::Io(e),
+                };
+                match serve_from(shared, stream, conn_id, shutdown, Placement::Data, input, Some(first)).await {
+                    Served::End(end) => end,
+                    Served::HandOver { .. } => ConnectionEnd::Refused("handed over twice".into()),
+                }
+            });
+            task.await.unwrap_or_else(|e| ConnectionEnd::Refused(format!("connection task failed: {e}")))
+        }
+    }
+}
+
+/// How [`serve_from`] stopped.
+enum Served {
+    End(ConnectionEnd),
+    HandOver { stream: TcpStream, input: BytesMut, first: Message, data: tokio::runtime::Handle },
+}
+
+/// Why handling stopped: the connection ends, or (on the control runtime) `Message` is the
+/// first data request and the connection moves.
+enum Stop {
+    End(ConnectionEnd),
+    HandOver(Message),
+}
+
+impl From<ConnectionEnd> for Stop {
+    fn from(end: ConnectionEnd) -> Stop {
+        Stop::End(end)
+    }
+}
+
+async fn serve_from(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    conn_id: u64,
+    shutdown: CancellationToken,
+    placement: Placement,
+    mut input: BytesMut,
+    first: Option<Message>,
+) -> Served {
     let idle = shared.settings.idle_timeout;
     let mut conn = Connection {
         streams: ConnectionStreams::new(conn_id, Arc::clone(&shared.streams)),
@@ -79,32 +145,57 @@ pub(super) async fn serve(
         queued_chunks: 0,
         fetch_starts: Vec::new(),
         last_map: None,
+        control: matches!(placement, Placement::Control { .. }),
         shared,
     };
     let mut codec = FrameCodec::new(conn.shared.settings.max_frame_bytes);
-    let mut input = BytesMut::with_capacity(8 * 1024);
     let mut stream = stream;
-    let end = loop {
-        if let Err(end) = conn.handle_buffered(&mut codec, &mut input, &stream).await {
-            break end;
+    let mut first = first;
+    let stop = loop {
+        if let Some(msg) = first.take() {
+            if let Err(stop) = conn.handle_one(msg, &stream).await {
+                break stop;
+            }
+        }
+        if let Err(stop) = conn.handle_buffered(&mut codec, &mut input, &stream).await {
+            break stop;
         }
         if let Err(e) = conn.flush(&stream).await {
-            break e;
+            break e.into();
         }
         let read = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break ConnectionEnd::Shutdown,
+            _ = shutdown.cancelled() => break ConnectionEnd::Shutdown.into(),
             read = tokio::time::timeout(idle, stream.read_buf(&mut input)) => read,
         };
         match read {
-            Err(_) => break ConnectionEnd::Idle(idle),
-            Ok(Ok(0)) => break ConnectionEnd::PeerClosed,
+            Err(_) => break ConnectionEnd::Idle(idle).into(),
+            Ok(Ok(0)) => break ConnectionEnd::PeerClosed.into(),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => break ConnectionEnd::Io(e),
+            Ok(Err(e)) => break ConnectionEnd::Io(e).into(),
         }
     };
     conn.release_queued();
-    end
+    match (stop, placement) {
+        (Stop::HandOver(first), Placement::Control { data }) => Served::HandOver { stream, input, first, data },
+        (Stop::HandOver(_), Placement::Data) => {
+            Served::End(ConnectionEnd::Refused("handed over on the data runtime".into()))
+        }
+        (Stop::End(end), _) => Served::End(end),
+    }
+}
+
+/// Requests that read block data: they belong on the data runtime.
+fn is_data_request(msg: &Message) -> bool {
+    match msg {
+        Message::ChunkFetchRequest(_)
+        | Message::StreamRequest { .. }
+        | Message::UploadStream { .. }
+        | Message::MergedBlockMetaRequest { .. } => true,
+        // OpenBlocks (0), FetchShuffleBlocks (9) and FetchShuffleBlockChunks (15) open streams.
+        Message::RpcRequest { body, .. } => matches!(body.first(), Some(0 | 9 | 15)),
+        _ => false,
+    }
 }
 
 impl Connection {
@@ -114,7 +205,7 @@ impl Connection {
         codec: &mut FrameCodec,
         input: &mut BytesMut,
         stream: &TcpStream,
-    ) -> Result<(), ConnectionEnd> {
+    ) -> Result<(), Stop> {
         loop {
             let msg = match codec.decode(input) {
                 Ok(Some(Inbound::Message(msg))) => msg,
@@ -124,19 +215,30 @@ impl Connection {
                 Err(e) => {
                     // Answers to the requests before the bad frame still go out, as on the JVM.
                     self.flush(stream).await?;
-                    return Err(e.into());
+                    return Err(ConnectionEnd::from(e).into());
                 }
             };
-            if let Err(end) = self.handle(msg).await {
-                // Replies queued before the request that ends the connection still go out, as
-                // the JVM service writes each reply as soon as it is handled.
-                self.flush(stream).await?;
-                return Err(end);
-            }
-            if self.outbox.should_flush() {
-                self.flush(stream).await?;
-            }
+            self.handle_one(msg, stream).await?;
         }
+    }
+
+    /// Handles one request, or stops for a hand-over to the data runtime.
+    async fn handle_one(&mut self, msg: Message, stream: &TcpStream) -> Result<(), Stop> {
+        if self.control && is_data_request(&msg) {
+            // Earlier replies leave from here, so the order on the wire is kept.
+            self.flush(stream).await?;
+            return Err(Stop::HandOver(msg));
+        }
+        if let Err(end) = self.handle(msg).await {
+            // Replies queued before the request that ends the connection still go out, as
+            // the JVM service writes each reply as soon as it is handled.
+            self.flush(stream).await?;
+            return Err(end.into());
+        }
+        if self.outbox.should_flush() {
+            self.flush(stream).await?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self, stream: &TcpStream) -> Result<(), ConnectionEnd> {

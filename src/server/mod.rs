@@ -135,9 +135,16 @@ fn random_stream_base() -> i64 {
     (h.finish() >> 1) as i64
 }
 
-/// Serves connections until `shutdown` fires, then gives open connections up to `grace` to
-/// finish what they were sending.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken, grace: Duration) {
+/// Serves connections until `shutdown`, then gives open connections up to `grace` to finish.
+/// Connections start on the runtime this runs on (the control runtime) and move to `data` at
+/// their first data request; pass `None` to serve everything where this runs.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    data: Option<tokio::runtime::Handle>,
+) {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
     let mut next_conn_id = 0u64;
@@ -168,10 +175,14 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
         let conn_id = next_conn_id;
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
+        let placement = match &data {
+            Some(handle) => connection::Placement::Control { data: handle.clone() },
+            None => connection::Placement::Data,
+        };
         tracker.spawn(async move {
             shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
             shared.counters.connections_active.fetch_add(1, Ordering::Relaxed);
-            let end = connection::serve(Arc::clone(&shared), socket, conn_id, shutdown).await;
+            let end = connection::serve(Arc::clone(&shared), socket, conn_id, shutdown, placement).await;
             shared.counters.connections_active.fetch_sub(1, Ordering::Relaxed);
             shared.counters.count_end(&end);
             // Routine ends at debug (executors come and go, pools close idle connections); a

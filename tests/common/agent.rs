@@ -39,7 +39,7 @@ pub async fn start_agent_with(roots: &[PathBuf], settings: Settings) -> TestAgen
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::run(listener, Arc::clone(&shared), shutdown.clone(), Duration::from_secs(1)));
+    let task = tokio::spawn(server::run(listener, Arc::clone(&shared), shutdown.clone(), Duration::from_secs(1), None));
     TestAgent { addr, shared, shutdown, task: Some(task) }
 }
 
