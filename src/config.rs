@@ -41,6 +41,8 @@ pub struct Config {
     pub sendfile_min_bytes: u64,
     /// `agent.max.connections`: connections served at once.
     pub max_connections: usize,
+    /// `agent.max.streams.per.connection`: streams one connection may hold open.
+    pub max_streams_per_connection: usize,
     /// `agent.drain.grace`: how long SIGTERM waits for connections to finish.
     pub drain_grace: Duration,
     /// `agent.app.retention`: remove apps idle (no registration, no fetch) this long; 0 = never.
@@ -82,6 +84,7 @@ impl Default for Config {
             max_frame_bytes: 16 << 20,
             sendfile_min_bytes: 64 << 10,
             max_connections: 4096,
+            max_streams_per_connection: 4096,
             drain_grace: Duration::from_secs(30),
             app_retention: Duration::ZERO,
             cleanup_interval: Duration::from_secs(60),
@@ -139,6 +142,9 @@ impl Config {
             "agent.max.frame.bytes" => self.max_frame_bytes = parse_bytes(value, 1).map_err(bad)? as usize,
             "agent.sendfile.min.bytes" => self.sendfile_min_bytes = parse_bytes(value, 1).map_err(bad)?,
             "agent.max.connections" => self.max_connections = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.max.streams.per.connection" => {
+                self.max_streams_per_connection = value.parse().map_err(|e| bad(format!("{e}")))?
+            }
             "agent.drain.grace" => self.drain_grace = parse_duration(value).map_err(bad)?,
             "agent.app.retention" => self.app_retention = parse_duration(value).map_err(bad)?,
             "agent.cleanup.interval" => self.cleanup_interval = parse_duration(value).map_err(bad)?,
@@ -197,6 +203,7 @@ impl Config {
             coalesce_max_bytes: self.sendfile_min_bytes,
             max_chunks_being_transferred: self.max_chunks_being_transferred,
             max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
         }
     }
 }

@@ -1026,3 +1026,20 @@ async fn a_connection_idle_after_an_rpc_is_closed_by_the_server() {
     let mut fresh = registered_client(&agent, &layout).await;
     still_serves(&mut fresh, &layout).await;
 }
+
+#[tokio::test]
+async fn streams_past_the_per_connection_limit_are_refused_until_one_is_read_to_its_end() {
+    let (_layout, _agent, mut client) =
+        setup_with(Settings { max_streams_per_connection: 2, ..Settings::default() }).await;
+    let ask = fetch("0", 0, &[0], &[&[0]], false);
+    let (first, _) = client.open_stream(&ask).await.expect("first stream");
+    client.open_stream(&ask).await.expect("second stream");
+    let refused = client.open_stream(&ask).await.expect_err("third stream");
+    assert!(
+        refused.starts_with("java.lang.IllegalStateException: Too many open streams on this connection (2"),
+        "{refused}"
+    );
+    // Reading a stream's last chunk closes it and frees its place; the connection stays usable.
+    client.chunk(first, 0).await.expect("chunk");
+    client.open_stream(&ask).await.expect("a stream after one was read");
+}

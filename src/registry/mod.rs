@@ -326,7 +326,7 @@ pub fn pin_port(state_dir: &Path, port: u16, registrations: usize) -> Result<(),
         let previous = text.trim().parse::<u16>().ok();
         if let Some(previous) = previous.filter(|p| *p != port && registrations > 0) {
             return Err(format!(
-                "{} holds {registrations} registrations made on port {previous}, but the agent was started on port {port}; \
+                "{} holds {registrations} registration(s) made on port {previous}, but the agent was started on port {port}; \
                  executors would not find it. Start it on port {previous}, or give it another --state-dir",
                 state_dir.display()
             ));

@@ -21,7 +21,7 @@ use crate::protocol::block_id::{java_parse_int, java_split};
 use crate::protocol::frame::JAVA_MAX_FRAME;
 use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, Message, StreamChunkId};
 use crate::registry::Executor;
-use crate::store::{MapOutput, Segment};
+use crate::store::{MapOutput, Segment, StoreError};
 
 /// Why a connection ended, for the log line and the error counters.
 #[derive(Debug, thiserror::Error)]
@@ -366,15 +366,17 @@ impl Connection {
         failure: impl Fn(String) -> Message,
     ) {
         let len = segment.len;
-        let path = segment.path.clone();
         match self.outbox.message_with_segment(header, segment, in_frame) {
             Ok(()) => {
                 self.fetch_starts.push(started);
                 self.shared.counters.chunks_served.fetch_add(1, Ordering::Relaxed);
                 self.shared.counters.chunk_bytes_served.fetch_add(len, Ordering::Relaxed);
             }
-            Err(QueueError::Read(e)) => {
-                self.fail(failure(format!("java.io.IOException: Failed to read {}: {e}", path.display())))
+            Err(QueueError::Read { path, error }) => {
+                self.fail(failure(format!("java.io.IOException: Failed to read {}: {error}", path.display())))
+            }
+            Err(QueueError::Truncated { path, expected, actual }) => {
+                self.fail(failure(StoreError::TruncatedData { path, expected, actual }.java_text()))
             }
         }
     }

@@ -92,7 +92,7 @@ async fn handle_message(
         }
         M::FetchShuffleBlocks { app_id, exec_id, shuffle_id, map_ids, reduce_ids, batch_fetch_enabled } => {
             let blocks = shuffle_blocks(shuffle_id, &map_ids, &reduce_ids, batch_fetch_enabled)?;
-            Ok(open_stream(shared, streams, app_id, exec_id, blocks))
+            open_stream(shared, streams, app_id, exec_id, blocks)
         }
         M::OpenBlocks { app_id, exec_id, block_ids } => {
             let blocks = match parse_open_blocks(&block_ids)? {
@@ -105,12 +105,12 @@ async fn handle_message(
                 }
                 OpenBlocksPlan::ShuffleChunk { chunks, .. } => vec![BlockRef::Merged; chunks.len()],
             };
-            Ok(open_stream(shared, streams, app_id, exec_id, blocks))
+            open_stream(shared, streams, app_id, exec_id, blocks)
         }
         M::FetchShuffleBlockChunks { app_id, exec_id, chunk_ids, .. } => {
             // Served like the JVM service without a merge manager: a handle, then failing chunks.
             let n = chunk_ids.iter().map(Vec::len).sum();
-            Ok(open_stream(shared, streams, app_id, exec_id, vec![BlockRef::Merged; n]))
+            open_stream(shared, streams, app_id, exec_id, vec![BlockRef::Merged; n])
         }
         M::GetLocalDirsForExecutors { app_id, exec_ids } => local_dirs(shared, &app_id, exec_ids),
         M::RemoveBlocks { app_id, exec_id, block_ids } => {
@@ -190,7 +190,15 @@ fn open_stream(
     app_id: String,
     exec_id: String,
     blocks: Vec<BlockRef>,
-) -> Bytes {
+) -> Result<Bytes, String> {
+    // Streams a client opens and never reads stay until its connection closes; bound them so
+    // one connection cannot hold unbounded memory (the JVM service has no such limit).
+    let limit = shared.settings.max_streams_per_connection;
+    if streams.open_count() >= limit {
+        return Err(java_error::illegal_state(format_args!(
+            "Too many open streams on this connection ({limit}, agent.max.streams.per.connection)"
+        )));
+    }
     // The executor is looked up now but only reported missing when a chunk is asked for, as the
     // JVM service does (spec §3.2: errors of a fetch appear as chunk failures).
     let executor = shared.registry.executor(&app_id, &exec_id);
@@ -199,7 +207,7 @@ fn open_stream(
     }
     let num_chunks = blocks.len() as i32;
     let stream_id = streams.open(Stream::new(app_id, exec_id, executor, blocks));
-    BlockTransferMessage::StreamHandle { stream_id, num_chunks }.encode()
+    Ok(BlockTransferMessage::StreamHandle { stream_id, num_chunks }.encode())
 }
 
 fn local_dirs(shared: &Shared, app_id: &str, exec_ids: Vec<String>) -> Result<Bytes, String> {

@@ -37,6 +37,8 @@ pub struct Settings {
     pub max_chunks_being_transferred: u64,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Streams one connection may hold open; past it, a fetch RPC fails.
+    pub max_streams_per_connection: usize,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
             coalesce_max_bytes: 64 << 10,
             max_chunks_being_transferred: u64::MAX,
             max_connections: 4096,
+            max_streams_per_connection: 4096,
         }
     }
 }

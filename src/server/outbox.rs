@@ -89,7 +89,9 @@ impl ReadWindow {
 #[derive(Debug)]
 pub enum QueueError {
     /// Reading the file failed before anything was queued: answer with a failure message.
-    Read(io::Error),
+    Read { path: std::path::PathBuf, error: io::Error },
+    /// The file is now shorter than the block (truncated in place since it was opened).
+    Truncated { path: std::path::PathBuf, expected: u64, actual: u64 },
 }
 
 impl Outbox {
@@ -126,6 +128,16 @@ impl Outbox {
         body_in_frame: bool,
     ) -> Result<(), QueueError> {
         let mark = self.tail.len();
+        if segment.len >= self.coalesce_max_bytes {
+            // Checked right before the header is queued: a success header must never promise
+            // bytes the file no longer has (one fstat, against a block of 64 KiB or more).
+            let expected = segment.offset + segment.len;
+            match segment.file.metadata() {
+                Ok(meta) if meta.len() >= expected => {}
+                Ok(meta) => return Err(QueueError::Truncated { path: segment.path, expected, actual: meta.len() }),
+                Err(error) => return Err(QueueError::Read { path: segment.path, error }),
+            }
+        }
         header.encode_header(&mut self.tail, if body_in_frame { segment.len } else { 0 });
         if segment.len >= self.coalesce_max_bytes {
             self.push_tail();
@@ -142,7 +154,12 @@ impl Outbox {
             Err(e) => {
                 // Nothing of this response may leave: drop its header too.
                 self.tail.truncate(mark);
-                Err(QueueError::Read(e))
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    let actual = segment.file.metadata().map(|m| m.len()).unwrap_or(0);
+                    let expected = segment.offset + segment.len;
+                    return Err(QueueError::Truncated { path: segment.path, expected, actual });
+                }
+                Err(QueueError::Read { path: segment.path, error: e })
             }
         }
     }

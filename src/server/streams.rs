@@ -126,6 +126,11 @@ impl ConnectionStreams {
         ConnectionStreams { conn_id, owners, streams: HashMap::new() }
     }
 
+    /// Streams open on this connection.
+    pub fn open_count(&self) -> usize {
+        self.streams.len()
+    }
+
     /// Registers a stream and returns its id.
     pub fn open(&mut self, stream: Stream) -> i64 {
         let id = self.owners.open(self.conn_id);

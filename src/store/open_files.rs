@@ -93,10 +93,12 @@ impl OpenFiles {
             }
         };
         if let Some(identity) = stale {
-            if same_file(path, identity) {
+            if let Some(len) = same_file(path, identity) {
                 let mut shard = lock(self.shard(path));
                 if let Some(entry) = shard.get_mut(path) {
                     entry.checked = now;
+                    // Truncated (or grown) in place: segments are checked against today's size.
+                    entry.open.len = len;
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(entry.open.clone());
                 }
@@ -151,9 +153,10 @@ impl OpenFiles {
     }
 }
 
-/// Whether `path` still names the inode we hold (following symlinks, as opening it would).
-fn same_file(path: &Path, (dev, ino): (u64, u64)) -> bool {
-    rustix::fs::stat(path).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+/// The current size of the file at `path`, if it is still the inode we hold (following
+/// symlinks, as opening it would).
+fn same_file(path: &Path, (dev, ino): (u64, u64)) -> Option<u64> {
+    rustix::fs::stat(path).ok().filter(|st| st.st_dev == dev && st.st_ino == ino).map(|st| st.st_size as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

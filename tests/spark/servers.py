@@ -21,6 +21,7 @@ from pathlib import Path
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ADDR = re.compile(r"addr=\"?(127\.0\.0\.1):(\d+)")
+METRICS_ADDR = re.compile(r"metrics listening addr=\"?127\.0\.0\.1:(\d+)")
 
 
 def free_port() -> int:
@@ -72,6 +73,18 @@ class ServerHandle:
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
+
+    def signal(self, sig: int, timeout_s: float = 40.0) -> int:
+        """Send `sig` to this server's process group and wait (bounded) for it to exit; its exit code
+        (negative = killed by that signal, as subprocess reports it). Output pumps are joined too."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        rc = self.proc.wait(timeout=timeout_s)
+        for t in self._threads:
+            t.join(timeout=5)
+        return rc
 
     def stop(self, grace_s: float = 20.0) -> int | None:
         """SIGTERM, bounded wait, then SIGKILL. Only this process (and its own session) is signalled."""
@@ -161,16 +174,66 @@ def find_agent_bin(repo: Path) -> Path | None:
 
 
 def start_agent(binary: Path, work_dir: Path, roots: list[str], extra_args: list[str] | None = None,
-                timeout_s: float = 30.0) -> ServerHandle:
-    state_dir = work_dir / "agent-state"
+                timeout_s: float = 30.0, port: int = 0, state_dir: Path | None = None) -> ServerHandle:
+    """Start the agent on 127.0.0.1:`port` (0 = any free port) with `state_dir` (default <work_dir>/agent-state).
+
+    A fixed port matters for restart tests: the agent records the port of its registrations only when it is
+    not 0, and refuses to start on another one later (registry::pin_port)."""
+    state_dir = Path(state_dir) if state_dir is not None else work_dir / "agent-state"
     state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = work_dir / "agent.log"
     # --metrics-port 0: the default metrics port (7338) is fixed and would collide between agents.
-    argv = [str(binary), "--bind", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    argv = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--metrics-port", "0"]
     for r in roots:
         argv += ["--root", r]
     argv += ["--state-dir", str(state_dir)]
     argv += extra_args or []
+    return _launch_agent(argv, work_dir, list(roots), timeout_s)
+
+
+def agent_argv_on_port(h: ServerHandle, port: int) -> list[str]:
+    """The argv `h` was started with, with its --port replaced (same state dir, roots and other flags)."""
+    argv = list(h.argv)
+    i = argv.index("--port")
+    argv[i + 1] = str(port)
+    return argv
+
+
+def restart_agent(h: ServerHandle, port: int | None = None, timeout_s: float = 30.0) -> ServerHandle:
+    """Start the agent again with h's argv (same --state-dir, so it recovers h's registrations) on `port`
+    (default: the port h was listening on). `h` must have exited. Its log goes on in the same file."""
+    assert not h.alive(), "restart_agent: the previous agent is still running"
+    argv = agent_argv_on_port(h, h.port if port is None else port)
+    return _launch_agent(argv, h.log_path.parent, list(h.roots), timeout_s)
+
+
+def agent_metrics_url(h: ServerHandle) -> str:
+    """http://127.0.0.1:PORT of the agent's metrics server, from its last `metrics listening addr=` line
+    (the log of a restarted agent holds one such line per start; the last one is the running process's)."""
+    ports = [m.group(1) for m in METRICS_ADDR.finditer(ANSI.sub("", h.log_text()))]
+    assert ports, f"no 'metrics listening addr=' line in {h.log_path}"
+    return f"http://127.0.0.1:{ports[-1]}"
+
+
+def scrape_metrics(url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """GET <url>/metrics and return {'name{labels}': value} for every sample line (Prometheus text format)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as r:
+        text = r.read().decode("utf-8", errors="replace")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _launch_agent(argv: list[str], work_dir: Path, roots: list[str], timeout_s: float) -> ServerHandle:
+    log_path = work_dir / "agent.log"
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env.setdefault("RUST_BACKTRACE", "1")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import urllib.request
@@ -40,6 +41,16 @@ appender.console.layout.pattern = %d{HH:mm:ss.SSS} %p %c{1}: %m%n%ex
 logger.ess.name = org.apache.spark.network
 logger.ess.level = warn
 """
+
+
+# SPARK_LOG4J2 plus RetryingBlockTransferor at INFO, whose retries ("Retrying fetch (1/3) for 6 outstanding
+# blocks after 5000 ms") are otherwise invisible. For executors (-Dlog4j2.configurationFile in
+# spark.executor.extraJavaOptions) and the Java driver (jvm_opts); count them with RETRY_LINE.
+RETRY_LOG4J2 = SPARK_LOG4J2 + """\
+logger.retry.name = org.apache.spark.network.shuffle.RetryingBlockTransferor
+logger.retry.level = info
+"""
+RETRY_LINE = re.compile(r"Retrying (fetch|\w+) \((\d+)/(\d+)\)")
 
 
 def prepare_spark_home(pyspark_dir: Path, base: Path) -> tuple[Path, Path]:
