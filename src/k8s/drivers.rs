@@ -194,26 +194,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use watcher::Event;
 
     fn driver(name: &str, app: &str, phase: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("jobs".into()),
-                labels: Some(
-                    [(pods::ROLE_LABEL, "driver"), (pods::APP_LABEL, app)]
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus { phase: Some(phase.into()), ..PodStatus::default() }),
-            ..Pod::default()
-        }
+        pods::test_pod(name, Some(phase), &[(pods::ROLE_LABEL, "driver"), (pods::APP_LABEL, app)])
     }
 
     fn listed(view: &mut DriverView, pods: Vec<Pod>) -> Vec<String> {

@@ -137,26 +137,14 @@ pub async fn watch(client: kube::Client, node: String, targets: Targets, shutdow
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use watcher::Event;
 
     fn executor(name: &str, exec: &str, phase: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("jobs".into()),
-                labels: Some(
-                    [(pods::ROLE_LABEL, "executor"), (pods::APP_LABEL, "app-1"), (pods::EXEC_LABEL, exec)]
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus { phase: Some(phase.into()), ..PodStatus::default() }),
-            ..Pod::default()
-        }
+        pods::test_pod(
+            name,
+            Some(phase),
+            &[(pods::ROLE_LABEL, "executor"), (pods::APP_LABEL, "app-1"), (pods::EXEC_LABEL, exec)],
+        )
     }
 
     fn listed(view: &mut ExecutorView, pods: Vec<Pod>) -> Vec<(String, String)> {

@@ -79,23 +79,30 @@ pub fn is_label_value(value: &str) -> bool {
         && bytes.iter().all(|b| alnum(b) || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A pod in namespace `jobs` with these labels and phase, for the watchers' unit tests.
+#[cfg(test)]
+pub(crate) fn test_pod(name: &str, phase: Option<&str>, labels: &[(&str, &str)]) -> Pod {
+    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("jobs".into()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..ObjectMeta::default()
+        },
+        status: Some(PodStatus { phase: phase.map(str::to_string), ..PodStatus::default() }),
+        ..Pod::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pod(phase: Option<&str>, labels: &[(&str, &str)]) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some("p".into()),
-                namespace: Some("ns".into()),
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-                ..ObjectMeta::default()
-            },
-            status: Some(PodStatus { phase: phase.map(str::to_string), ..PodStatus::default() }),
-            ..Pod::default()
-        }
+        test_pod("p", phase, labels)
     }
 
     #[test]
@@ -123,7 +130,7 @@ mod tests {
         let p = pod(Some("Running"), &[(APP_LABEL, "spark-123"), (EXEC_LABEL, ""), (ROLE_LABEL, "executor")]);
         assert_eq!(app_id(&p), Some("spark-123"));
         assert_eq!(exec_id(&p), None);
-        assert_eq!(key(&p), "ns/p");
+        assert_eq!(key(&p), "jobs/p");
     }
 
     #[test]

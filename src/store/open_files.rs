@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,9 +68,7 @@ impl OpenFiles {
     }
 
     fn shard(&self, path: &Path) -> &Mutex<HashMap<PathBuf, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        path.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(path) as usize) % SHARDS]
     }
 
     /// The open file at `path`, from the cache or freshly opened and verified against `dirs`.
