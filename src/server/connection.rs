@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use super::dispatch::{self, RpcReply};
 use super::outbox::{Outbox, QueueError};
+use super::placement::{is_data_request, Placement};
 use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
 use super::Shared;
 use crate::protocol::block_id::{java_parse_int, java_split};
@@ -67,51 +68,8 @@ struct Connection {
 /// Capacity `fetch_starts` keeps between flushes; a burst past it is given back.
 const FETCH_STARTS_KEPT: usize = 1024;
 
-/// Where a connection is being served. New connections start on the control runtime (a
-/// thread of its own), where registrations and other small RPCs are answered at once even
-/// while the data runtime is saturated; the first data request (a fetch, a chunk, a stream)
-/// moves the connection to the data runtime for good.
-#[derive(Debug, Clone)]
-pub(super) enum Placement {
-    Control { data: tokio::runtime::Handle },
-    Data,
-}
-
-pub(super) async fn serve(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    conn_id: u64,
-    shutdown: CancellationToken,
-    placement: Placement,
-) -> ConnectionEnd {
-    let _ = stream.set_nodelay(true);
-    let input = BytesMut::with_capacity(8 * 1024);
-    match serve_from(Arc::clone(&shared), stream, conn_id, shutdown.clone(), placement, input, None).await {
-        Served::End(end) => end,
-        Served::HandOver { stream, input, first, data } => {
-            // The socket leaves this runtime's reactor and joins the data runtime's; nothing
-            // is buffered in between (the outbox was flushed, `input` travels along).
-            let std_stream = match stream.into_std() {
-                Ok(s) => s,
-                Err(e) => return ConnectionEnd::Io(e),
-            };
-            let task = data.spawn(async move {
-                let stream = match TcpStream::from_std(std_stream) {
-                    Ok(s) => s,
-                    Err(e) => return ConnectionEnd::Io(e),
-                };
-                match serve_from(shared, stream, conn_id, shutdown, Placement::Data, input, Some(first)).await {
-                    Served::End(end) => end,
-                    Served::HandOver { .. } => ConnectionEnd::Refused("handed over twice".into()),
-                }
-            });
-            task.await.unwrap_or_else(|e| ConnectionEnd::Refused(format!("connection task failed: {e}")))
-        }
-    }
-}
-
 /// How [`serve_from`] stopped.
-enum Served {
+pub(super) enum Served {
     End(ConnectionEnd),
     HandOver { stream: TcpStream, input: BytesMut, first: Message, data: tokio::runtime::Handle },
 }
@@ -129,7 +87,7 @@ impl From<ConnectionEnd> for Stop {
     }
 }
 
-async fn serve_from(
+pub(super) async fn serve_from(
     shared: Arc<Shared>,
     stream: TcpStream,
     conn_id: u64,
@@ -182,19 +140,6 @@ async fn serve_from(
             Served::End(ConnectionEnd::Refused("handed over on the data runtime".into()))
         }
         (Stop::End(end), _) => Served::End(end),
-    }
-}
-
-/// Requests that read block data: they belong on the data runtime.
-fn is_data_request(msg: &Message) -> bool {
-    match msg {
-        Message::ChunkFetchRequest(_)
-        | Message::StreamRequest { .. }
-        | Message::UploadStream { .. }
-        | Message::MergedBlockMetaRequest { .. } => true,
-        // OpenBlocks (0), FetchShuffleBlocks (9) and FetchShuffleBlockChunks (15) open streams.
-        Message::RpcRequest { body, .. } => matches!(body.first(), Some(0 | 9 | 15)),
-        _ => false,
     }
 }
 

@@ -5,6 +5,7 @@
 mod connection;
 mod dispatch;
 mod outbox;
+mod placement;
 mod streams;
 
 pub use connection::ConnectionEnd;
@@ -179,13 +180,13 @@ pub async fn run(
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         let placement = match &data {
-            Some(handle) => connection::Placement::Control { data: handle.clone() },
-            None => connection::Placement::Data,
+            Some(handle) => placement::Placement::Control { data: handle.clone() },
+            None => placement::Placement::Data,
         };
         tracker.spawn(async move {
             shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
             shared.counters.connections_active.fetch_add(1, Ordering::Relaxed);
-            let end = connection::serve(Arc::clone(&shared), socket, conn_id, shutdown, placement).await;
+            let end = placement::serve(Arc::clone(&shared), socket, conn_id, shutdown, placement).await;
             shared.counters.connections_active.fetch_sub(1, Ordering::Relaxed);
             shared.counters.count_end(&end);
             // Routine ends at debug (executors come and go, pools close idle connections); a

@@ -1,0 +1,70 @@
+//! Which runtime serves a connection. New connections start on the control runtime (a thread
+//! of its own), where registrations and other small RPCs are answered at once even while the
+//! data runtime is saturated (SPARK-20640, SPARK-24355); the first data request moves the
+//! socket to the data runtime for good, at a message boundary with every earlier reply sent.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{serve_from, ConnectionEnd, Served};
+use super::Shared;
+use crate::protocol::Message;
+
+/// Where a connection is being served. New connections start on the control runtime (a
+/// thread of its own), where registrations and other small RPCs are answered at once even
+/// while the data runtime is saturated; the first data request (a fetch, a chunk, a stream)
+/// moves the connection to the data runtime for good.
+#[derive(Debug, Clone)]
+pub(super) enum Placement {
+    Control { data: tokio::runtime::Handle },
+    Data,
+}
+
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    conn_id: u64,
+    shutdown: CancellationToken,
+    placement: Placement,
+) -> ConnectionEnd {
+    let _ = stream.set_nodelay(true);
+    let input = BytesMut::with_capacity(8 * 1024);
+    match serve_from(Arc::clone(&shared), stream, conn_id, shutdown.clone(), placement, input, None).await {
+        Served::End(end) => end,
+        Served::HandOver { stream, input, first, data } => {
+            // The socket leaves this runtime's reactor and joins the data runtime's; nothing
+            // is buffered in between (the outbox was flushed, `input` travels along).
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => return ConnectionEnd::Io(e),
+            };
+            let task = data.spawn(async move {
+                let stream = match TcpStream::from_std(std_stream) {
+                    Ok(s) => s,
+                    Err(e) => return ConnectionEnd::Io(e),
+                };
+                match serve_from(shared, stream, conn_id, shutdown, Placement::Data, input, Some(first)).await {
+                    Served::End(end) => end,
+                    Served::HandOver { .. } => ConnectionEnd::Refused("handed over twice".into()),
+                }
+            });
+            task.await.unwrap_or_else(|e| ConnectionEnd::Refused(format!("connection task failed: {e}")))
+        }
+    }
+}
+
+/// Requests that read block data: they belong on the data runtime.
+pub(super) fn is_data_request(msg: &Message) -> bool {
+    match msg {
+        Message::ChunkFetchRequest(_)
+        | Message::StreamRequest { .. }
+        | Message::UploadStream { .. }
+        | Message::MergedBlockMetaRequest { .. } => true,
+        // OpenBlocks (0), FetchShuffleBlocks (9) and FetchShuffleBlockChunks (15) open streams.
+        Message::RpcRequest { body, .. } => matches!(body.first(), Some(0 | 9 | 15)),
+        _ => false,
+    }
+}
