@@ -22,6 +22,7 @@
 //!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
+pub mod clock;
 pub mod config;
 pub mod k8s;
 pub mod lifecycle;
@@ -30,3 +31,4 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod sync;

@@ -22,7 +22,7 @@ async fn simulated_api_driver_completion_deletes_the_app_dirs() {
     let disk = Disk::new();
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
     sim.apply(driver_pod(NS, "b-driver", "spark-b", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let a1 = node.register(&disk, "spark-a", "1").await;
     let a2 = node.register(&disk, "spark-a", "2").await;
     let b1 = node.register(&disk, "spark-b", "1").await;
@@ -46,7 +46,7 @@ async fn simulated_api_driver_pod_deletion_deletes_the_app_dirs_and_phase_unknow
     let disk = Disk::new();
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
     sim.apply(driver_pod("other-ns", "b-driver", "spark-b", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let a = node.register(&disk, "spark-a", "1").await;
     let b = node.register(&disk, "spark-b", "1").await;
     node.wait_synced().await;
@@ -101,7 +101,7 @@ async fn simulated_api_dropped_watch_is_resumed_without_a_relist() {
     let sim = SimApi::start().await;
     let disk = Disk::new();
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let a = node.register(&disk, "spark-a", "1").await;
     node.wait_synced().await;
     let before = node.health();
@@ -128,7 +128,7 @@ async fn simulated_api_watch_ended_by_the_server_is_resumed_quietly() {
     let sim = SimApi::start().await;
     let disk = Disk::new();
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let a = node.register(&disk, "spark-a", "1").await;
     node.wait_synced().await;
     let before = node.health();
@@ -155,7 +155,7 @@ async fn simulated_api_outage_deletes_nothing_and_recovery_catches_up() {
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
     sim.apply(driver_pod(NS, "b-driver", "spark-b", "Running"));
     sim.fail_requests_containing("/api/v1/pods");
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let a = node.register(&disk, "spark-a", "1").await;
     let b = node.register(&disk, "spark-b", "1").await;
     wait_until("the API's 500s were seen by both watches", || {
@@ -186,7 +186,7 @@ async fn simulated_api_expired_watch_relists_and_catches_the_deletion_it_missed(
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
     sim.apply(driver_pod(NS, "b-driver", "spark-b", "Running"));
     sim.apply(executor_pod(NS, "a-exec-1", "spark-a", "1", NODE, "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let a = node.register(&disk, "spark-a", "1").await;
     let b = node.register(&disk, "spark-b", "1").await;
     node.wait_synced().await;
@@ -240,7 +240,7 @@ async fn simulated_api_executor_pod_deletion_removes_non_shuffle_files_and_keeps
     sim.apply(executor_pod(NS, "a-exec-1", "spark-a", "1", NODE, "Running"));
     sim.apply(executor_pod(NS, "a-exec-2", "spark-a", "2", NODE, "Running"));
     sim.apply(executor_pod(NS, "a-exec-3", "spark-a", "3", NODE, "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let e1 = node.register(&disk, "spark-a", "1").await;
     let e2 = node.register(&disk, "spark-a", "2").await;
     let e3 = node.register(&disk, "spark-a", "3").await;
@@ -273,7 +273,7 @@ async fn simulated_api_executor_pods_of_other_nodes_are_not_this_agents_business
     // Same app and executor id as one registered here, but on another node.
     sim.apply(executor_pod(NS, "elsewhere", "spark-a", "1", "node-b", "Running"));
     sim.apply(executor_pod(NS, "here", "spark-a", "2", NODE, "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let e1 = node.register(&disk, "spark-a", "1").await;
     let e2 = node.register(&disk, "spark-a", "2").await;
     node.wait_synced().await;
@@ -290,7 +290,7 @@ async fn simulated_api_executor_pods_of_other_nodes_are_not_this_agents_business
 async fn simulated_api_failing_confirmation_keeps_an_app_without_a_driver_pod_until_the_api_answers() {
     let sim = SimApi::start().await;
     let disk = Disk::new();
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     // The per-app LISTs fail; the watches themselves work.
     sim.fail_requests_containing("spark-app-selector=spark-a");
     let a = node.register(&disk, "spark-a", "1").await;
@@ -310,7 +310,7 @@ async fn simulated_api_client_mode_app_with_running_executors_and_no_driver_pod_
     // Client mode: the driver is no labelled pod, only executors carry the app id.
     sim.apply(executor_pod(NS, "nb-exec-1", "spark-notebook", "1", NODE, "Running"));
     sim.apply(executor_pod(NS, "nb-exec-2", "spark-notebook", "2", "node-b", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     let e1 = node.register(&disk, "spark-notebook", "1").await;
     node.wait_synced().await;
     wait_until("the app was checked", || {
@@ -333,7 +333,7 @@ async fn simulated_api_fork_app_registered_with_register_driver_ends_with_its_dr
     let sim = SimApi::start().await;
     let disk = Disk::new();
     sim.apply(driver_pod("default", "fork-driver", "spark-fork-1", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     node.register_driver("spark-fork-1").await;
     let e = node.register(&disk, "spark-fork-1", "1").await;
     node.wait_synced().await;
@@ -349,7 +349,7 @@ async fn simulated_api_watches_ask_for_what_the_rbac_grants() {
     let sim = SimApi::start().await;
     let disk = Disk::new();
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
-    let node = Node::start(&disk, Some(&kubeconfig(&disk.scratch, &sim.url()))).await;
+    let node = Node::watching(&disk, &sim.url()).await;
     node.register(&disk, "spark-a", "1").await;
     node.register(&disk, "spark-x", "1").await; // no driver pod: confirmed with per-app LISTs
     node.wait_synced().await;

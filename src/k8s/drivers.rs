@@ -7,6 +7,7 @@
 //! longer holds (a deletion missed while the watch was down). Apps with no driver pod in the
 //! view at all are not judged here; the reconciler asks the API about them directly.
 
+use crate::sync::lock;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -184,11 +185,6 @@ pub async fn watch(
         // next_event said the stream ended (it never should): start a new one, gently.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is one map update; a panic elsewhere cannot leave it half done.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

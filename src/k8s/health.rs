@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One watch (executor pods on this node, or driver pods cluster-wide).
 #[derive(Debug, Default)]
@@ -48,7 +47,7 @@ impl WatchHealth {
 
     pub(crate) fn synced(&self) {
         self.lists.fetch_add(1, Ordering::Relaxed);
-        self.last_sync_unix_secs.store(now_secs(), Ordering::Relaxed);
+        self.last_sync_unix_secs.store(crate::clock::unix_secs(), Ordering::Relaxed);
     }
 
     pub(crate) fn failed(&self) {
@@ -196,8 +195,4 @@ where
             result
         })
     }
-}
-
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -29,9 +29,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::drivers::{lock, DriverState, DriverView};
-use super::health::now_secs;
+use super::drivers::{DriverState, DriverView};
 use super::{pods, K8sSettings, Targets};
+use crate::clock::unix_secs;
+use crate::sync::lock;
 
 /// Runs a pass on every tick and after every complete LIST of driver pods, until `shutdown`.
 pub async fn run(
@@ -118,7 +119,7 @@ impl Reconciler {
             }
         }
         self.targets.health.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.targets.health.last_reconcile_unix_secs.store(now_secs(), Ordering::Relaxed);
+        self.targets.health.last_reconcile_unix_secs.store(unix_secs(), Ordering::Relaxed);
     }
 
     async fn judge_absent(&mut self, app: &str) {

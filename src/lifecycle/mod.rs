@@ -154,7 +154,7 @@ impl Worker {
     async fn clean_executor(&self, app_id: String, exec_id: String) {
         let Some(executor) = self.inner.registry.executor(&app_id, &exec_id) else { return };
         // Cached descriptors of files about to be deleted would hold their space.
-        self.inner.store.forget(&executor.dirs);
+        self.inner.store.close_files(&executor.dirs);
         let roots = self.inner.registry.roots().dirs().to_vec();
         let keep = KeepServed { rdd: self.inner.settings.keep_rdd };
         let dirs = executor.dirs.canonical_dirs().to_vec();
@@ -226,7 +226,7 @@ impl Worker {
     /// Drops apps whose dirs have all vanished, and apps idle past the retention limit.
     async fn sweep(&self) {
         self.inner.store.purge_idle_files(self.inner.settings.sweep_interval);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = crate::clock::unix_secs();
         for app_id in self.inner.registry.app_ids() {
             let executors = self.inner.registry.executors_of(&app_id);
             if executors.is_empty() {

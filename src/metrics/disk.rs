@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -77,7 +77,7 @@ pub fn walk_apps(registry: &Registry) -> AppUsage {
         })
         .collect();
     apps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.app_id.cmp(&b.app_id)));
-    AppUsage { apps, scanned_at_unix: unix_now(), scan_seconds: started.elapsed().as_secs_f64() }
+    AppUsage { apps, scanned_at_unix: crate::clock::unix_secs(), scan_seconds: started.elapsed().as_secs_f64() }
 }
 
 /// The dirs of `dirs` not inside another one of them, so nothing is counted twice.
@@ -135,10 +135,6 @@ pub fn root_space(roots: &[PathBuf]) -> Vec<RootSpace> {
             },
         })
         .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// How often the watcher measures.

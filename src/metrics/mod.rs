@@ -29,6 +29,7 @@ pub use report::{
     AppStatus, Cleanups, DiskStatus, JournalStatus, KubernetesStatus, StatusReport, Traffic, WatchStatus,
 };
 
+use crate::sync::lock;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -404,12 +405,6 @@ fn sync(counter: &IntCounter, value: u64) {
 
 fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-// Each critical section here is a plain field update or clone; a poisoned lock (a panic elsewhere
-// while it was held) cannot leave it half-done.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! from the same refresh as `/metrics`.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -131,10 +130,10 @@ impl From<&WatchSnapshot> for WatchStatus {
 /// Builds the report from freshly refreshed metrics (the caller holds the scrape lock).
 pub(super) fn collect(metrics: &Metrics) -> StatusReport {
     let m = &metrics.m;
-    let sources = super::lock(&metrics.sources).clone();
+    let sources = crate::sync::lock(&metrics.sources).clone();
     let shared = sources.server.as_ref().and_then(std::sync::Weak::upgrade);
     let usage = metrics.app_usage();
-    let now = unix_now();
+    let now = crate::clock::unix_secs();
     let mut apps: BTreeMap<String, AppStatus> = BTreeMap::new();
     if let Some(shared) = &shared {
         for app_id in shared.registry.app_ids() {
@@ -223,8 +222,4 @@ pub(super) fn collect(metrics: &Metrics) -> StatusReport {
             last_reconcile_unix: k.last_reconcile_unix_secs,
         }),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

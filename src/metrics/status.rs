@@ -2,16 +2,12 @@
 //! TcpStream (no HTTP client crate for one request), and the report printed as tables.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::report::{StatusReport, WatchStatus};
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// Why the status could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +137,7 @@ pub fn render(r: &StatusReport, addr: &str) -> String {
     let scanned = if r.disk.scanned_at_unix == 0 {
         "no disk walk yet".to_string()
     } else {
-        format!("disk walked {} ago", duration(unix_now().saturating_sub(r.disk.scanned_at_unix)))
+        format!("disk walked {} ago", duration(crate::clock::unix_secs().saturating_sub(r.disk.scanned_at_unix)))
     };
     let _ = writeln!(
         out,
@@ -310,7 +306,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.set_app_usage(AppUsage {
             apps: vec![AppDisk { app_id: "spark-a".into(), bytes: 2048, files: 3, removed: true }],
-            scanned_at_unix: unix_now(),
+            scanned_at_unix: crate::clock::unix_secs(),
             scan_seconds: 0.01,
         });
         let report = metrics.status();

@@ -35,7 +35,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -358,7 +357,7 @@ fn cut_tail(opened: &Opened, bytes: &[u8], at: usize, reason: String, corrupt: b
 }
 
 fn save_dropped(path: &Path, dropped: &[u8]) -> Option<PathBuf> {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = crate::clock::unix_secs();
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".corrupt-{secs}"));
     let saved = PathBuf::from(name);

@@ -13,12 +13,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
+use crate::clock::unix_secs;
 use crate::protocol::{java_error, ExecutorShuffleInfo};
 use crate::store::ExecutorDirs;
+use crate::sync::{lock, read, write};
 
 /// A registered executor: what it sent, and its dirs ready for path hashing.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub struct Executor {
 impl Executor {
     /// Records use by a fetch; cheap enough for every stream opened (one relaxed store).
     pub fn touch(&self) {
-        self.last_used.store(now_secs(), Ordering::Relaxed);
+        self.last_used.store(unix_secs(), Ordering::Relaxed);
     }
 
     pub fn last_used_secs(&self) -> u64 {
@@ -204,7 +205,7 @@ impl Registry {
             exec_id: exec_id.to_string(),
             info,
             dirs,
-            last_used: AtomicU64::new(now_secs()),
+            last_used: AtomicU64::new(unix_secs()),
         })
     }
 
@@ -333,22 +334,4 @@ pub fn pin_port(state_dir: &Path, port: u16, registrations: usize) -> Result<(),
         }
     }
     std::fs::write(&path, format!("{port}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-// Every critical section is a single map operation, so a poisoned lock (a panic elsewhere while
-// it was held) cannot leave a map half-updated and is still safe to use.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    lock.lock().unwrap_or_else(|e| e.into_inner())
 }

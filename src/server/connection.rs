@@ -321,7 +321,7 @@ impl Connection {
                 self.fail(failure(format!("java.io.IOException: Failed to read {}: {error}", path.display())))
             }
             Err(QueueError::Truncated { path, expected, actual }) => {
-                self.fail(failure(StoreError::TruncatedData { path, expected, actual }.java_text()))
+                self.fail(failure(StoreError::TruncatedData { path: path.to_path_buf(), expected, actual }.java_text()))
             }
         }
     }

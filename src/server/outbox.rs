@@ -89,9 +89,9 @@ impl ReadWindow {
 #[derive(Debug)]
 pub enum QueueError {
     /// Reading the file failed before anything was queued: answer with a failure message.
-    Read { path: std::path::PathBuf, error: io::Error },
+    Read { path: std::sync::Arc<std::path::Path>, error: io::Error },
     /// The file is now shorter than the block (truncated in place since it was opened).
-    Truncated { path: std::path::PathBuf, expected: u64, actual: u64 },
+    Truncated { path: std::sync::Arc<std::path::Path>, expected: u64, actual: u64 },
 }
 
 impl Outbox {

@@ -108,8 +108,7 @@ impl StreamOwners {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, u64>> {
-        // Every critical section is a single map operation; poisoning cannot leave it torn.
-        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.owners)
     }
 }
 

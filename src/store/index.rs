@@ -218,9 +218,7 @@ impl IndexCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheState> {
-        // Nothing under this lock can panic halfway through an update short of an allocation
-        // failure, so the state behind a poisoned lock is still consistent: keep using it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 }
 

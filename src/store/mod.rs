@@ -24,7 +24,7 @@ mod segment;
 #[cfg(test)]
 mod fixture;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 pub use checksum::{ChecksumAlgorithm, Checksummer, CorruptionCause};
@@ -78,7 +78,7 @@ impl Store {
         // Opened now, not lazily as Java does (NOTES §5 "lazyFD"): a missing file becomes a
         // ChunkFetchFailure instead of a success header followed by a dropped connection.
         let data = self.open_data(&path, dirs)?;
-        MapOutput { index, data, data_path: path }.segment(start_reduce, end_reduce_exclusive)
+        MapOutput { index, data, data_path: path.into() }.segment(start_reduce, end_reduce_exclusive)
     }
 
     /// One map output, index and data file, for serving several of its blocks in a row
@@ -88,7 +88,7 @@ impl Store {
         let index = self.shuffle_index(dirs, shuffle_id, map_id)?;
         let data_path = dirs.file_path(&shuffle_file_name(shuffle_id, map_id, "data"));
         let data = self.open_data(&data_path, dirs)?;
-        Ok(MapOutput { index, data, data_path })
+        Ok(MapOutput { index, data, data_path: data_path.into() })
     }
 
     /// Whole file `rdd_<rdd>_<split>`; `Ok(None)` when the file does not exist (the server
@@ -101,16 +101,22 @@ impl Store {
     ) -> Result<Option<Segment>, StoreError> {
         let path = dirs.file_path(&format!("rdd_{rdd_id}_{split_index}"));
         match self.open_data(&path, dirs) {
-            Ok(data) => Ok(Some(Segment { file: data.file, offset: 0, len: data.len, path })),
+            Ok(data) => Ok(Some(Segment { file: data.file, offset: 0, len: data.len, path: path.into() })),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Forget cached indexes under these dirs (used when an app/executor is removed).
+    /// Closes cached descriptors of files under these dirs, keeping their parsed indexes (an
+    /// executor's unserved files are about to be deleted; its shuffle files stay served).
+    pub fn close_files(&self, dirs: &ExecutorDirs) {
+        self.open_files.remove_under(dirs.normalised_dirs());
+    }
+
+    /// Forgets cached indexes and descriptors under these dirs (an application is removed).
     pub fn forget(&self, dirs: &ExecutorDirs) {
         self.index_cache.remove_under(dirs.normalised_dirs());
-        self.open_files.remove_under(dirs.normalised_dirs());
+        self.close_files(dirs);
     }
 
     /// The parsed index of one map output, from the cache or from disk.
@@ -139,7 +145,8 @@ impl Store {
 pub struct MapOutput {
     index: Arc<ShuffleIndex>,
     data: OpenFile,
-    data_path: PathBuf,
+    /// Shared with every segment served from it: no path allocation per block.
+    data_path: Arc<Path>,
 }
 
 impl MapOutput {
@@ -150,12 +157,12 @@ impl MapOutput {
         let end = offset.saturating_add(len);
         if self.data.len < end {
             return Err(StoreError::TruncatedData {
-                path: self.data_path.clone(),
+                path: self.data_path.to_path_buf(),
                 expected: end,
                 actual: self.data.len,
             });
         }
-        Ok(Segment { file: Arc::clone(&self.data.file), offset, len, path: self.data_path.clone() })
+        Ok(Segment { file: Arc::clone(&self.data.file), offset, len, path: Arc::clone(&self.data_path) })
     }
 }
 
@@ -212,7 +219,7 @@ mod tests {
         let store = Store::new(1 << 20);
         let seg = store.shuffle_segment(&fx.dirs, 0, 0, 2, 3).expect("segment");
         assert_eq!((seg.offset, seg.len), (13, 29));
-        assert_eq!(seg.path, fx.dirs.file_path("shuffle_0_0_0.data"));
+        assert_eq!(*seg.path, *fx.dirs.file_path("shuffle_0_0_0.data"));
         assert_eq!(read_segment(&seg), partition_bytes(0, 0, 2, 29));
         let batch = store.shuffle_segment(&fx.dirs, 0, 0, 0, 4).expect("batch");
         assert_eq!((batch.offset, batch.len), (0, 49));

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use super::confine::{open_confined, OpenFailure};
 use super::layout::is_within;
 use super::ExecutorDirs;
+use crate::sync::lock;
 
 /// How long an entry is trusted before its path is stat'ed again.
 pub const REVALIDATE_AFTER: Duration = Duration::from_secs(2);
@@ -155,11 +156,6 @@ impl OpenFiles {
 /// symlinks, as opening it would).
 fn same_file(path: &Path, (dev, ino): (u64, u64)) -> Option<u64> {
     rustix::fs::stat(path).ok().filter(|st| st.st_dev == dev && st.st_ino == ino).map(|st| st.st_size as u64)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each critical section is one map operation: a poisoned shard is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A resolved block: an open file and the byte range of it to send.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 /// A byte range of an open file, ready to be sent (the server uses sendfile on `file`).
@@ -18,5 +18,5 @@ pub struct Segment {
     /// How many bytes the block has.
     pub len: u64,
     /// The hashed path of the file (spec §4.1), for logs and error texts.
-    pub path: PathBuf,
+    pub path: Arc<Path>,
 }

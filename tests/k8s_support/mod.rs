@@ -162,6 +162,12 @@ impl Node {
         Node::start_with(disk, kubeconfig, settings()).await
     }
 
+    /// [`Node::start`] with watchers pointed at the API server at `url` (a kubeconfig in the
+    /// disk's scratch dir).
+    pub async fn watching(disk: &Disk, url: &str) -> Node {
+        Node::start(disk, Some(&kubeconfig(&disk.scratch, url))).await
+    }
+
     pub async fn start_with(disk: &Disk, kubeconfig: Option<&Path>, settings: K8sSettings) -> Node {
         // RUST_LOG=debug shows what the watchers and kube do (stderr is captured per test).
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {

@@ -27,17 +27,12 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from client_driver import DRIVER_LOG4J2
 from servers import wait_until
 from wiretap import WireTap
 
-SPARK_LOG4J2 = """\
-rootLogger.level = warn
-rootLogger.appenderRef.stderr.ref = console
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{HH:mm:ss.SSS} %p %c{1}: %m%n%ex
+# The driver's console logging (WARN to stderr), and Spark's network classes kept at WARN too.
+SPARK_LOG4J2 = DRIVER_LOG4J2 + """\
 logger.ess.name = org.apache.spark.network
 logger.ess.level = warn
 """
