@@ -37,6 +37,8 @@ pub struct Config {
     pub server_threads: usize,
     /// `agent.max.frame.bytes`: largest request frame accepted.
     pub max_frame_bytes: usize,
+    /// `agent.max.pending.frame.bytes`: node-wide memory for large request frames being received.
+    pub max_pending_frame_bytes: usize,
     /// `agent.sendfile.min.bytes`: chunk bodies this large or larger go out with sendfile(2).
     pub sendfile_min_bytes: u64,
     /// `agent.max.connections`: connections served at once.
@@ -49,6 +51,12 @@ pub struct Config {
     pub app_retention: Duration,
     /// `agent.cleanup.interval`: how often the lifecycle sweep runs.
     pub cleanup_interval: Duration,
+    /// `agent.k8s.reconcile.interval`: how often every app registered here is checked against
+    /// the driver pods.
+    pub k8s_reconcile_interval: Duration,
+    /// `agent.k8s.absent.recheck`: how long an app with running executors but no driver pod (a
+    /// client-mode app) is left alone before the API is asked about it again.
+    pub k8s_absent_recheck: Duration,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -82,12 +90,15 @@ impl Default for Config {
             fetch_rdd_enabled: false,
             server_threads: 0,
             max_frame_bytes: 16 << 20,
+            max_pending_frame_bytes: 64 << 20,
             sendfile_min_bytes: 64 << 10,
             max_connections: 4096,
             max_streams_per_connection: 4096,
             drain_grace: Duration::from_secs(30),
             app_retention: Duration::ZERO,
             cleanup_interval: Duration::from_secs(60),
+            k8s_reconcile_interval: Duration::from_secs(30),
+            k8s_absent_recheck: Duration::from_secs(300),
         }
     }
 }
@@ -140,6 +151,9 @@ impl Config {
             "spark.shuffle.service.fetch.rdd.enabled" => self.fetch_rdd_enabled = parse_bool(value).map_err(bad)?,
             "spark.shuffle.io.serverThreads" => self.server_threads = value.parse().map_err(|e| bad(format!("{e}")))?,
             "agent.max.frame.bytes" => self.max_frame_bytes = parse_bytes(value, 1).map_err(bad)? as usize,
+            "agent.max.pending.frame.bytes" => {
+                self.max_pending_frame_bytes = parse_bytes(value, 1).map_err(bad)? as usize
+            }
             "agent.sendfile.min.bytes" => self.sendfile_min_bytes = parse_bytes(value, 1).map_err(bad)?,
             "agent.max.connections" => self.max_connections = value.parse().map_err(|e| bad(format!("{e}")))?,
             "agent.max.streams.per.connection" => {
@@ -148,6 +162,8 @@ impl Config {
             "agent.drain.grace" => self.drain_grace = parse_duration(value).map_err(bad)?,
             "agent.app.retention" => self.app_retention = parse_duration(value).map_err(bad)?,
             "agent.cleanup.interval" => self.cleanup_interval = parse_duration(value).map_err(bad)?,
+            "agent.k8s.reconcile.interval" => self.k8s_reconcile_interval = parse_duration(value).map_err(bad)?,
+            "agent.k8s.absent.recheck" => self.k8s_absent_recheck = parse_duration(value).map_err(bad)?,
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         }
         Ok(())
@@ -170,8 +186,21 @@ impl Config {
         if self.max_frame_bytes < 1024 {
             return bad("agent.max.frame.bytes", self.max_frame_bytes.to_string(), "must be at least 1k");
         }
-        if self.cleanup_interval.is_zero() {
-            return bad("agent.cleanup.interval", "0".into(), "must be positive");
+        if self.max_pending_frame_bytes < self.max_frame_bytes {
+            return bad(
+                "agent.max.pending.frame.bytes",
+                self.max_pending_frame_bytes.to_string(),
+                "must be at least agent.max.frame.bytes (a frame it cannot hold could never be received)",
+            );
+        }
+        for (key, interval) in [
+            ("agent.cleanup.interval", self.cleanup_interval),
+            ("agent.k8s.reconcile.interval", self.k8s_reconcile_interval),
+            ("agent.k8s.absent.recheck", self.k8s_absent_recheck),
+        ] {
+            if interval.is_zero() {
+                return bad(key, "0".into(), "must be positive");
+            }
         }
         if self.metrics_port != 0 && self.metrics_port == self.port {
             return bad(
@@ -195,11 +224,21 @@ impl Config {
         }
     }
 
+    /// How the Kubernetes watchers and the reconciler run, on the node `node_name`.
+    pub fn k8s_settings(&self, node_name: Option<String>) -> crate::k8s::K8sSettings {
+        crate::k8s::K8sSettings {
+            node_name,
+            reconcile_interval: self.k8s_reconcile_interval,
+            absent_recheck: self.k8s_absent_recheck,
+        }
+    }
+
     /// The data-path settings the server runs with.
     pub fn server_settings(&self) -> Settings {
         Settings {
             idle_timeout: self.idle_timeout,
             max_frame_bytes: self.max_frame_bytes,
+            max_pending_frame_bytes: self.max_pending_frame_bytes,
             coalesce_max_bytes: self.sendfile_min_bytes,
             max_chunks_being_transferred: self.max_chunks_being_transferred,
             max_connections: self.max_connections,
@@ -314,6 +353,53 @@ mod tests {
         assert!(parse_bytes("12q", 1).is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_pending_frame_budget_parses_and_must_hold_the_largest_frame() {
+        let mut c = Config::default();
+        c.set("agent.max.pending.frame.bytes", "512m").unwrap();
+        assert_eq!(c.max_pending_frame_bytes, 512 << 20);
+        assert_eq!(c.server_settings().max_pending_frame_bytes, 512 << 20);
+        c.set("agent.max.pending.frame.bytes", "8m").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid value \"8388608\" for agent.max.pending.frame.bytes"), "{err}");
+        assert!(err.contains("agent.max.frame.bytes"), "{err}");
+        c.set("agent.max.frame.bytes", "8m").unwrap();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn kubernetes_intervals_parse_and_reach_the_k8s_settings() {
+        let mut c = Config::default();
+        c.set("agent.k8s.reconcile.interval", "5s").unwrap();
+        c.set("agent.k8s.absent.recheck", "10min").unwrap();
+        c.validate().unwrap();
+        let k = c.k8s_settings(Some("node-a".into()));
+        assert_eq!(k.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(k.absent_recheck, Duration::from_secs(600));
+        assert_eq!(k.node_name.as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn the_default_kubernetes_intervals_are_the_watchers_defaults() {
+        let (config, watchers) = (Config::default().k8s_settings(None), crate::k8s::K8sSettings::default());
+        assert_eq!(config.reconcile_interval, watchers.reconcile_interval);
+        assert_eq!(config.absent_recheck, watchers.absent_recheck);
+    }
+
+    #[test]
+    fn a_zero_or_negative_kubernetes_interval_is_refused_naming_its_key() {
+        for key in ["agent.k8s.reconcile.interval", "agent.k8s.absent.recheck"] {
+            let mut c = Config::default();
+            c.set(key, "0s").unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert_eq!(err, format!("invalid value \"0\" for {key}: must be positive"));
+            c.set(key, "0ms").unwrap();
+            assert!(c.validate().is_err(), "{key} 0ms");
+            let err = Config::default().set(key, "-30s").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid value \"-30s\" for {key}:")), "{err}");
+        }
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn serve_command(args: ServeArgs) -> ExitCode {
         }
     };
     init_tracing(args.log_format);
-    let kube = match kube_setup(&args) {
+    let kube = match kube_setup(&args, &config) {
         Ok(kube) => kube,
         Err(e) => {
             eprintln!("error: {e}");
@@ -201,7 +201,7 @@ fn init_tracing(format: LogFormat) {
 /// The API server the agent follows pods through, and how; None when Kubernetes is off. A bad
 /// `--kubeconfig` is a configuration error; an unusable in-cluster service account is logged
 /// and the agent serves without Kubernetes (it must serve shuffle data regardless).
-fn kube_setup(args: &ServeArgs) -> anyhow::Result<Option<(kube::Config, k8s::K8sSettings)>> {
+fn kube_setup(args: &ServeArgs, agent: &Config) -> anyhow::Result<Option<(kube::Config, k8s::K8sSettings)>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let config = match runtime.block_on(k8s::client_config(args.kubeconfig.as_deref())) {
         Ok(Some(config)) => config,
@@ -216,7 +216,7 @@ fn kube_setup(args: &ServeArgs) -> anyhow::Result<Option<(kube::Config, k8s::K8s
         }
     };
     let node_name = args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()).filter(|n| !n.is_empty());
-    Ok(Some((config, k8s::K8sSettings { node_name, ..k8s::K8sSettings::default() })))
+    Ok(Some((config, agent.k8s_settings(node_name))))
 }
 
 fn discover_command(args: DiscoverArgs) -> ExitCode {

@@ -362,3 +362,24 @@ async fn simulated_api_watches_ask_for_what_the_rbac_grants() {
     }
     node.stop().await;
 }
+
+#[tokio::test]
+async fn simulated_api_reconcile_interval_from_the_config_key_paces_repeated_passes() {
+    let sim = SimApi::start().await;
+    let disk = Disk::new();
+    // As an operator sets it. The default (30 s) would give at most one more pass within the wait.
+    let conf = disk.scratch.join("agent.conf");
+    std::fs::write(&conf, "agent.k8s.reconcile.interval 100ms\n").expect("write the config file");
+    let mut config = spark_shuffle_agent::config::Config::default();
+    config.load_file(&conf).expect("a valid config file");
+    config.validate().expect("valid");
+    sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
+    let settings = config.k8s_settings(Some(NODE.to_string()));
+    let node = Node::start_with(&disk, Some(&kubeconfig(&disk.scratch, &sim.url())), settings).await;
+    let e = node.register(&disk, "spark-a", "1").await;
+    node.wait_synced().await;
+    let first = node.health().reconciles;
+    wait_until("three more passes ran", || node.health().reconciles >= first + 3).await;
+    assert!(node.knows("spark-a") && all_there(&e.shuffle), "a running app is kept through every pass");
+    node.stop().await;
+}

@@ -1043,3 +1043,69 @@ async fn streams_past_the_per_connection_limit_are_refused_until_one_is_read_to_
     client.chunk(first, 0).await.expect("chunk");
     client.open_stream(&ask).await.expect("a stream after one was read");
 }
+
+// ---- warnings under a flood of bad connections ---------------------------------------------
+
+/// Everything logged on this thread while it lives (the test's runtime and the agent's tasks
+/// run on it), as text lines.
+struct CapturedLogs {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl CapturedLogs {
+    fn start() -> CapturedLogs {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&text);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogSink(std::sync::Arc::clone(&sink)))
+            .finish();
+        CapturedLogs { text, _guard: tracing::subscriber::set_default(subscriber) }
+    }
+
+    fn lines_with(&self, level: &str, needle: &str) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned();
+        text.lines().filter(|l| l.contains(level) && l.contains(needle)).map(str::to_string).collect()
+    }
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_frames_logs_a_bounded_number_of_warnings_and_counts_every_one() {
+    let logs = CapturedLogs::start();
+    let layout = VectorLayout::new();
+    let agent = start_agent(&layout.roots()).await;
+    const FLOOD: u64 = 60;
+    for _ in 0..FLOOD {
+        let mut bad = agent.connect().await;
+        bad.send_raw(&[0; 8]).await;
+        bad.expect_closed_silently().await;
+    }
+    wait_until("every bad frame is counted", || agent.counter(|c| &c.bad_frames) == FLOOD).await;
+    let warned = logs.lines_with("WARN", "connection closed");
+    assert_eq!(warned.len(), 10, "the first ten of the minute are logged:\n{}", warned.join("\n"));
+    assert!(warned.iter().all(|l| l.contains("Frame length should be positive")), "{warned:?}");
+    let quiet = logs.lines_with("DEBUG", "connection closed (warning rate-limited)");
+    assert_eq!(quiet.len(), FLOOD as usize - 10, "the rest are still there at debug");
+    // The agent still serves, and stopping it reports what was suppressed.
+    let mut client = registered_client(&agent, &layout).await;
+    still_serves(&mut client, &layout).await;
+    agent.stop().await;
+    let summary = logs.lines_with("WARN", "suppressed 50 similar warnings in the last");
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert!(summary[0].contains("kind=\"bad_frame\"") || summary[0].contains("kind=bad_frame"), "{}", summary[0]);
+}

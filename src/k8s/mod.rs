@@ -76,10 +76,12 @@ pub struct K8sSettings {
     /// This node's name (`--node-name`, else `$NODE_NAME` from the downward API). Without it the
     /// executor watch is off: watching every executor in the cluster is not this agent's job.
     pub node_name: Option<String>,
-    /// How often every app registered here is checked against the driver pods.
+    /// How often every app registered here is checked against the driver pods
+    /// (`agent.k8s.reconcile.interval`). Must not be zero.
     pub reconcile_interval: Duration,
     /// How long to wait before asking the API again about an app that has no driver pod but
-    /// still has running executors (a client-mode app, whose driver is not a labelled pod).
+    /// still has running executors (a client-mode app, whose driver is not a labelled pod;
+    /// `agent.k8s.absent.recheck`).
     pub absent_recheck: Duration,
 }
 

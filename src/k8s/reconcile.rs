@@ -1,6 +1,7 @@
 //! The reconciler: every app registered here, judged against the driver view, at start (after
 //! the first complete LIST of driver pods), after every re-list, and every
-//! `reconcile_interval` (which also picks up apps registered since).
+//! `reconcile_interval` (`agent.k8s.reconcile.interval`, 30 s by default; which also picks up
+//! apps registered since).
 //!
 //! * driver pods all finished → the app is removed (also catches an app whose driver ended
 //!   before the app registered here, and retries a removal the journal could not record);
@@ -45,8 +46,10 @@ pub async fn run(
 ) {
     // No pass at once: the first comes with the first complete LIST (`synced`), or a tick later
     // if the API server does not answer (which is then logged).
-    let first = tokio::time::Instant::now() + settings.reconcile_interval;
-    let mut tick = tokio::time::interval_at(first, settings.reconcile_interval);
+    // Config validation refuses 0 (tokio's interval panics on it); settings built by hand too.
+    let period = settings.reconcile_interval.max(std::time::Duration::from_millis(1));
+    let first = tokio::time::Instant::now() + period;
+    let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconciler = Reconciler { client, targets, view, settings, recheck_at: HashMap::new(), waiting: false };
     loop {

@@ -33,6 +33,8 @@ pub(super) struct Mirror {
     pub(super) errors: Vec<(ErrorKind, IntCounter)>,
     pub(super) streams_open: IntGauge,
     pub(super) chunks_in_flight: IntGauge,
+    pub(super) pending_frame_bytes: IntGauge,
+    pub(super) pending_frame_waits: IntCounter,
     pub(super) registered_apps: IntGauge,
     pub(super) registered_executors: IntGauge,
     pub(super) journal_bytes: IntGauge,
@@ -120,8 +122,8 @@ pub(super) fn build() -> Built {
         errors: {
             let vec = f.counter_vec(
                 "spark_shuffle_agent_errors_total",
-                "Errors by kind: connection-ending (bad_frame, idle_timeout, io, refused, chunk_limit, accept) \
-                 and failure replies (chunk_failure, rpc_failure).",
+                "Errors by kind: connection-ending (bad_frame, idle_timeout, io, refused, chunk_limit, \
+                 frame_budget, accept) and failure replies (chunk_failure, rpc_failure).",
                 &["kind"],
             );
             ErrorKind::ALL.iter().map(|k| (*k, vec.with_label_values(&[k.as_str()]))).collect()
@@ -133,6 +135,15 @@ pub(super) fn build() -> Built {
         chunks_in_flight: f.gauge(
             "spark_shuffle_agent_chunks_in_flight",
             "Chunks queued or being written, server-wide (what spark.shuffle.maxChunksBeingTransferred caps).",
+        ),
+        pending_frame_bytes: f.gauge(
+            "spark_shuffle_agent_pending_frame_bytes",
+            "Memory granted to large request frames (over 64 KiB) being received, node-wide \
+             (what agent.max.pending.frame.bytes caps).",
+        ),
+        pending_frame_waits: f.counter(
+            "spark_shuffle_agent_pending_frame_waits_total",
+            "Times a connection stopped reading because agent.max.pending.frame.bytes was used up.",
         ),
         registered_apps: f
             .gauge("spark_shuffle_agent_registered_apps", "Applications with at least one registered executor."),

@@ -64,6 +64,9 @@ pub enum ErrorKind {
     Refused,
     /// A connection closed for exceeding `spark.shuffle.maxChunksBeingTransferred`.
     ChunkLimit,
+    /// A connection closed because its large frame found no room in
+    /// `agent.max.pending.frame.bytes` within the idle timeout.
+    FrameBudget,
     /// A ChunkFetchFailure or StreamFailure sent (missing file, unregistered executor, ...).
     ChunkFailure,
     /// An RpcFailure sent (refused registration, bad request, unsupported message, ...).
@@ -73,12 +76,13 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::BadFrame,
         ErrorKind::IdleTimeout,
         ErrorKind::Io,
         ErrorKind::Refused,
         ErrorKind::ChunkLimit,
+        ErrorKind::FrameBudget,
         ErrorKind::ChunkFailure,
         ErrorKind::RpcFailure,
         ErrorKind::Accept,
@@ -92,6 +96,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Refused => "refused",
             ErrorKind::ChunkLimit => "chunk_limit",
+            ErrorKind::FrameBudget => "frame_budget",
             ErrorKind::ChunkFailure => "chunk_failure",
             ErrorKind::RpcFailure => "rpc_failure",
             ErrorKind::Accept => "accept",
@@ -106,6 +111,7 @@ impl ErrorKind {
             ErrorKind::Io => &c.io_errors,
             ErrorKind::Refused => &c.refused,
             ErrorKind::ChunkLimit => &c.chunk_limit_closes,
+            ErrorKind::FrameBudget => &c.frame_budget_closes,
             ErrorKind::ChunkFailure => &c.chunk_failures,
             ErrorKind::RpcFailure => &c.rpc_failures,
             ErrorKind::Accept => &c.accept_errors,
@@ -292,6 +298,8 @@ impl Metrics {
             }
             m.streams_open.set(gauge_value(shared.streams.len() as u64));
             m.chunks_in_flight.set(gauge_value(shared.chunks_in_flight.load(Ordering::Relaxed)));
+            m.pending_frame_bytes.set(gauge_value(shared.frame_budget.in_use_bytes()));
+            sync(&m.pending_frame_waits, shared.frame_budget.waits());
             m.registered_apps.set(gauge_value(shared.registry.app_count() as u64));
             m.registered_executors.set(gauge_value(shared.registry.executor_count() as u64));
             m.cleanups_pending.set(gauge_value(shared.registry.pending_cleanups().len() as u64));

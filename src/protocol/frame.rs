@@ -238,8 +238,13 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// tokio-util codec for transport frames. `max_frame` bounds what is accepted (and so what may
-/// ever be buffered): a server takes small requests, a test client takes whole chunks.
+/// tokio-util codec for transport frames. `max_frame` bounds what is accepted: a server takes
+/// small requests, a test client takes whole chunks.
+///
+/// The codec never reserves room for a frame it is waiting for: how much a reader may buffer is
+/// the reader's decision ([`FrameCodec::incomplete_frame_len`] says what the frame needs). The
+/// server draws large frames from a node-wide budget before its buffer grows for them
+/// (`agent.max.pending.frame.bytes`); reserving the declared size here would allocate it first.
 #[derive(Debug)]
 pub struct FrameCodec {
     max_frame: usize,
@@ -256,6 +261,38 @@ impl FrameCodec {
     pub fn in_body(&self) -> bool {
         self.body_left > 0
     }
+
+    /// The whole length (its length field included) of the frame that starts `src` but is not
+    /// all there yet: what a reader must make room for before [`Decoder::decode`] can yield it.
+    /// None while fewer than 8 bytes are there, inside an out-of-frame body, or when the frame
+    /// is complete or invalid (then `decode` does not wait for more bytes).
+    pub fn incomplete_frame_len(&self, src: &[u8]) -> Option<usize> {
+        if self.body_left > 0 {
+            return None;
+        }
+        match self.frame_len(src) {
+            Ok(Some(total)) if src.len() < total => Some(total),
+            _ => None,
+        }
+    }
+
+    /// The whole length of the frame starting `src`, once its length field is there, checked
+    /// against the limits before anything is allocated for it.
+    fn frame_len(&self, src: &[u8]) -> Result<Option<usize>, FrameError> {
+        let Some(field) = src.first_chunk::<8>() else {
+            return Ok(None);
+        };
+        let frame_len = i64::from_be_bytes(*field);
+        // The length counts its own 8 bytes (spec §1.1).
+        let payload = frame_len.wrapping_sub(8);
+        if payload <= 0 {
+            return Err(FrameError::NotPositive(payload));
+        }
+        if payload as u64 > self.max_frame as u64 {
+            return Err(FrameError::TooLarge { len: payload, limit: self.max_frame });
+        }
+        Ok(Some(frame_len as usize))
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -271,21 +308,10 @@ impl Decoder for FrameCodec {
             self.body_left -= n as u64;
             return Ok(Some(Inbound::Body(src.split_to(n).freeze())));
         }
-        if src.len() < 8 {
+        let Some(total) = self.frame_len(src)? else {
             return Ok(None);
-        }
-        let frame_len = i64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
-        // The length counts its own 8 bytes (spec §1.1); check it before reserving anything.
-        let payload = frame_len.wrapping_sub(8);
-        if payload <= 0 {
-            return Err(FrameError::NotPositive(payload));
-        }
-        if payload as u64 > self.max_frame as u64 {
-            return Err(FrameError::TooLarge { len: payload, limit: self.max_frame });
-        }
-        let total = frame_len as usize;
+        };
         if src.len() < total {
-            src.reserve(total - src.len());
             return Ok(None);
         }
         let mut frame = src.split_to(total).freeze();

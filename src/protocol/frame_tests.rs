@@ -195,3 +195,35 @@ fn a_truncated_frame_waits_for_more_bytes() {
     let mut src = BytesMut::from(&bytes[..bytes.len() - 1]);
     assert_eq!(codec.decode(&mut src).unwrap(), None);
 }
+
+#[test]
+fn waiting_for_a_large_frame_reserves_nothing() {
+    // 9 bytes of a frame announcing 8 MiB: the reader decides how much to buffer, not the codec.
+    let mut codec = FrameCodec::new(16 << 20);
+    let mut src = BytesMut::with_capacity(64);
+    src.extend_from_slice(&hex("0000000000800008 03"));
+    assert_eq!(codec.decode(&mut src).unwrap(), None);
+    assert_eq!(src.capacity(), 64, "decode grew the buffer for a frame that has not arrived");
+}
+
+#[test]
+fn the_incomplete_frame_length_is_known_once_its_length_field_is() {
+    let codec = FrameCodec::new(1 << 20);
+    let bytes = encoded(&Message::ChunkFetchRequest(StreamChunkId { stream_id: 1, chunk_index: 0 }));
+    assert_eq!(bytes.len(), 21);
+    assert_eq!(codec.incomplete_frame_len(&bytes[..7]), None, "length field not there yet");
+    assert_eq!(codec.incomplete_frame_len(&bytes[..8]), Some(21));
+    assert_eq!(codec.incomplete_frame_len(&bytes[..20]), Some(21));
+    assert_eq!(codec.incomplete_frame_len(&bytes), None, "complete");
+    assert_eq!(codec.incomplete_frame_len(&hex("0000000000000000")), None, "invalid: decode refuses it");
+    assert_eq!(codec.incomplete_frame_len(&hex("0000000100000000")), None, "over the limit: decode refuses it");
+}
+
+#[test]
+fn inside_an_out_of_frame_body_no_frame_is_pending() {
+    let mut codec = FrameCodec::new(1 << 20);
+    let mut src = BytesMut::from(&encoded(&Message::StreamResponse { stream_id: "1_0".into(), byte_count: 100 })[..]);
+    assert!(matches!(codec.decode(&mut src).unwrap(), Some(Inbound::Message(_))));
+    // The next 100 bytes are raw body, whatever they look like.
+    assert_eq!(codec.incomplete_frame_len(&hex("0000000000001000")), None);
+}

@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::dispatch::{self, RpcReply};
+use super::input::Input;
 use super::outbox::{Outbox, QueueError};
 use super::placement::{is_data_request, Placement};
 use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
@@ -48,6 +48,10 @@ pub enum ConnectionEnd {
     /// Too many chunks are being transferred server-wide (`spark.shuffle.maxChunksBeingTransferred`).
     #[error("too many chunks being transferred ({0})")]
     ChunkLimit(u64),
+    /// A large request frame found no room in the node-wide budget for frames being received
+    /// (`agent.max.pending.frame.bytes`) within the idle timeout.
+    #[error("no room for a {len}-byte request frame in agent.max.pending.frame.bytes after waiting {waited:?}")]
+    FrameBudget { len: usize, waited: std::time::Duration },
 }
 
 struct Connection {
@@ -71,7 +75,7 @@ const FETCH_STARTS_KEPT: usize = 1024;
 /// How [`serve_from`] stopped.
 pub(super) enum Served {
     End(ConnectionEnd),
-    HandOver { stream: TcpStream, input: BytesMut, first: Message, data: tokio::runtime::Handle },
+    HandOver { stream: TcpStream, input: Input, first: Message, data: tokio::runtime::Handle },
 }
 
 /// Why handling stopped: the connection ends, or (on the control runtime) `Message` is the
@@ -93,7 +97,7 @@ pub(super) async fn serve_from(
     conn_id: u64,
     shutdown: CancellationToken,
     placement: Placement,
-    mut input: BytesMut,
+    mut input: Input,
     first: Option<Message>,
 ) -> Served {
     let idle = shared.settings.idle_timeout;
@@ -115,16 +119,20 @@ pub(super) async fn serve_from(
                 break stop;
             }
         }
-        if let Err(stop) = conn.handle_buffered(&mut codec, &mut input, &stream).await {
+        if let Err(stop) = conn.handle_buffered(&mut codec, &mut input.buf, &stream).await {
             break stop;
         }
         if let Err(e) = conn.flush(&stream).await {
             break e.into();
         }
+        // Waits (not reading) while a large frame finds no budget: bounded by the idle timeout.
+        if let Err(end) = input.make_room(&codec, &conn.shared.frame_budget, idle, &shutdown).await {
+            break end.into();
+        }
         let read = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break ConnectionEnd::Shutdown.into(),
-            read = tokio::time::timeout(idle, stream.read_buf(&mut input)) => read,
+            read = tokio::time::timeout(idle, stream.read_buf(&mut input.buf)) => read,
         };
         match read {
             Err(_) => break ConnectionEnd::Idle(idle).into(),
@@ -148,7 +156,7 @@ impl Connection {
     async fn handle_buffered(
         &mut self,
         codec: &mut FrameCodec,
-        input: &mut BytesMut,
+        input: &mut bytes::BytesMut,
         stream: &TcpStream,
     ) -> Result<(), Stop> {
         loop {
@@ -255,7 +263,8 @@ impl Connection {
         let now = self.shared.chunks_in_flight.fetch_add(1, Ordering::Relaxed);
         self.queued_chunks += 1;
         if now >= limit {
-            warn!(in_flight = now, limit, "too many chunks being transferred; closing the connection");
+            // The WARN comes with the connection's end, rate-limited there (server::run).
+            debug!(in_flight = now, limit, "too many chunks being transferred; closing the connection");
             return Err(ConnectionEnd::ChunkLimit(limit));
         }
         Ok(())

@@ -4,16 +4,19 @@
 
 mod connection;
 mod dispatch;
+mod input;
 mod outbox;
 mod placement;
 mod streams;
+mod warn_throttle;
 
 pub use connection::ConnectionEnd;
+pub use input::{FrameBudget, SMALL_FRAME};
 pub use streams::StreamOwners;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -24,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
+use warn_throttle::{ConnectionWarnings, Verdict, WarnKind};
 
 /// The knobs of the data path, taken from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -32,6 +36,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Largest request frame accepted; larger ones close the connection before any allocation.
     pub max_frame_bytes: usize,
+    /// Node-wide budget for request frames larger than [`SMALL_FRAME`] being received; should
+    /// be at least `max_frame_bytes` (a frame larger than the budget closes its connection).
+    pub max_pending_frame_bytes: usize,
     /// Chunk bodies below this size are copied next to their header; larger ones use sendfile.
     pub coalesce_max_bytes: u64,
     /// Server-wide limit of chunks queued or being written (`spark.shuffle.maxChunksBeingTransferred`).
@@ -47,6 +54,7 @@ impl Default for Settings {
         Settings {
             idle_timeout: Duration::from_secs(120),
             max_frame_bytes: 16 << 20,
+            max_pending_frame_bytes: 64 << 20,
             coalesce_max_bytes: 64 << 10,
             max_chunks_being_transferred: u64::MAX,
             max_connections: 4096,
@@ -76,6 +84,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Connections closed over `spark.shuffle.maxChunksBeingTransferred`.
     pub chunk_limit_closes: AtomicU64,
+    /// Connections closed because a large frame found no room in `agent.max.pending.frame.bytes`.
+    pub frame_budget_closes: AtomicU64,
     /// Failed accept(2) calls.
     pub accept_errors: AtomicU64,
 }
@@ -90,6 +100,7 @@ impl Counters {
             ConnectionEnd::Io(_) => &self.io_errors,
             ConnectionEnd::Refused(_) => &self.refused,
             ConnectionEnd::ChunkLimit(_) => &self.chunk_limit_closes,
+            ConnectionEnd::FrameBudget { .. } => &self.frame_budget_closes,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -104,6 +115,8 @@ pub struct Shared {
     pub streams: Arc<StreamOwners>,
     /// Chunks queued or being written, server-wide.
     pub chunks_in_flight: AtomicU64,
+    /// Memory for large request frames being received, node-wide (`agent.max.pending.frame.bytes`).
+    pub frame_budget: FrameBudget,
     pub counters: Counters,
     /// The latency histograms, and everything `/metrics` reads.
     pub metrics: Arc<Metrics>,
@@ -112,6 +125,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(settings: Settings, registry: Arc<Registry>, store: Arc<Store>) -> Shared {
         Shared {
+            frame_budget: FrameBudget::new(settings.max_pending_frame_bytes),
             settings,
             registry,
             store,
@@ -151,6 +165,8 @@ pub async fn run(
 ) {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
+    let warnings = Arc::new(ConnectionWarnings::new(warn_throttle::WINDOW, warn_throttle::PER_WINDOW));
+    let summaries = tokio::spawn(summarise_warnings(Arc::clone(&warnings), shutdown.clone()));
     let mut next_conn_id = 0u64;
     loop {
         // A permit is taken *before* accept: at the limit, new clients wait in the backlog
@@ -179,6 +195,7 @@ pub async fn run(
         let conn_id = next_conn_id;
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
+        let warnings = Arc::clone(&warnings);
         let placement = match &data {
             Some(handle) => placement::Placement::Control { data: handle.clone() },
             None => placement::Placement::Data,
@@ -189,17 +206,7 @@ pub async fn run(
             let end = placement::serve(Arc::clone(&shared), socket, conn_id, shutdown, placement).await;
             shared.counters.connections_active.fetch_sub(1, Ordering::Relaxed);
             shared.counters.count_end(&end);
-            // Routine ends at debug (executors come and go, pools close idle connections); a
-            // socket error or a refused request at info; garbage or overload at warn.
-            match &end {
-                ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown | ConnectionEnd::Idle(_) => {
-                    debug!(%peer, conn_id, %end, "connection ended")
-                }
-                ConnectionEnd::Io(_) | ConnectionEnd::Refused(_) => info!(%peer, conn_id, %end, "connection closed"),
-                ConnectionEnd::BadFrame(_) | ConnectionEnd::ChunkLimit(_) => {
-                    warn!(%peer, conn_id, %end, "connection closed")
-                }
-            }
+            log_end(&warnings, peer, conn_id, &end);
             drop(permit);
         });
     }
@@ -211,5 +218,43 @@ pub async fn run(
     }
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(open = tracker.len(), "grace period over; dropping the remaining connections");
+    }
+    summaries.abort();
+    warnings.flush(Instant::now(), true);
+}
+
+/// Logs how a connection ended. Routine ends at debug (executors come and go, pools close idle
+/// connections); a socket error or a refused request at info; garbage or overload at warn,
+/// rate-limited per kind (a flood of bad connections would otherwise flood the log).
+fn log_end(warnings: &ConnectionWarnings, peer: std::net::SocketAddr, conn_id: u64, end: &ConnectionEnd) {
+    let kind = match end {
+        ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown | ConnectionEnd::Idle(_) => {
+            debug!(%peer, conn_id, %end, "connection ended");
+            return;
+        }
+        ConnectionEnd::Io(_) | ConnectionEnd::Refused(_) => {
+            info!(%peer, conn_id, %end, "connection closed");
+            return;
+        }
+        ConnectionEnd::BadFrame(_) => WarnKind::BadFrame,
+        ConnectionEnd::ChunkLimit(_) => WarnKind::ChunkLimit,
+        ConnectionEnd::FrameBudget { .. } => WarnKind::FrameBudget,
+    };
+    match warnings.admit(kind, Instant::now()) {
+        Verdict::Log => warn!(%peer, conn_id, %end, "connection closed"),
+        Verdict::Suppress => debug!(%peer, conn_id, %end, "connection closed (warning rate-limited)"),
+    }
+}
+
+/// Logs the summary of each warning window that suppressed something, soon after it is over,
+/// so a flood that stopped is reported without waiting for the next warning.
+async fn summarise_warnings(warnings: Arc<ConnectionWarnings>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(warn_throttle::WINDOW / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => warnings.flush(Instant::now(), false),
+        }
     }
 }

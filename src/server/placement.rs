@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve_from, ConnectionEnd, Served};
+use super::input::Input;
 use super::Shared;
 use crate::protocol::Message;
 
@@ -31,12 +31,13 @@ pub(super) async fn serve(
     placement: Placement,
 ) -> ConnectionEnd {
     let _ = stream.set_nodelay(true);
-    let input = BytesMut::with_capacity(8 * 1024);
+    let input = Input::new();
     match serve_from(Arc::clone(&shared), stream, conn_id, shutdown.clone(), placement, input, None).await {
         Served::End(end) => end,
         Served::HandOver { stream, input, first, data } => {
             // The socket leaves this runtime's reactor and joins the data runtime's; nothing
-            // is buffered in between (the outbox was flushed, `input` travels along).
+            // is buffered in between (the outbox was flushed, `input` travels along, with the
+            // frame budget it holds; if the move fails, dropping it gives the budget back).
             let std_stream = match stream.into_std() {
                 Ok(s) => s,
                 Err(e) => return ConnectionEnd::Io(e),

@@ -43,6 +43,37 @@ pub async fn start_agent_with(roots: &[PathBuf], settings: Settings) -> TestAgen
     TestAgent { addr, shared, shutdown, task: Some(task) }
 }
 
+/// Starts an agent as the binary runs it: the accept loop on a control runtime in a thread of
+/// its own, each connection moving to the test's runtime (the data runtime) at its first data
+/// request (src/server/placement.rs).
+pub async fn start_agent_with_control_thread(roots: &[PathBuf], settings: Settings) -> TestAgent {
+    let roots = Roots::new(roots).expect("test roots exist");
+    let registry = Arc::new(Registry::in_memory(roots));
+    let shared = Arc::new(Shared::new(settings, registry, Arc::new(Store::new(100 << 20))));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let data = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (run_shared, run_shutdown) = (Arc::clone(&shared), shutdown.clone());
+    std::thread::Builder::new()
+        .name("test-control".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("control runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("listener on the control runtime");
+                server::run(listener, run_shared, run_shutdown, Duration::from_secs(1), Some(data)).await;
+            });
+            let _ = done_tx.send(());
+        })
+        .expect("control thread");
+    let task = tokio::spawn(async move {
+        let _ = done_rx.await;
+    });
+    TestAgent { addr, shared, shutdown, task: Some(task) }
+}
+
 impl TestAgent {
     /// A new connection to the agent.
     pub async fn connect(&self) -> TestClient {

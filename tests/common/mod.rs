@@ -14,7 +14,7 @@ pub mod vector_layout;
 
 use std::time::Duration;
 
-pub use agent::{start_agent, start_agent_with, TestAgent};
+pub use agent::{start_agent, start_agent_with, start_agent_with_control_thread, TestAgent};
 pub use client::{RecvError, TestClient};
 pub use shuffle_files::{partition_bytes, rdd_bytes, ChecksumKind, ExecutorFiles};
 pub use vector_layout::{VectorLayout, APP_ID};

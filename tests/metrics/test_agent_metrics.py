@@ -26,7 +26,8 @@ from agent_client import (ShuffleConnection, agent_binary, fetch_shuffle_blocks,
                           start_agent, try_get, wait_until, write_map_output, block_path)
 
 APP = "app-20260101000000-0777"
-ERROR_KINDS = {"bad_frame", "idle_timeout", "io", "refused", "chunk_limit", "chunk_failure", "rpc_failure", "accept"}
+ERROR_KINDS = {"bad_frame", "idle_timeout", "io", "refused", "chunk_limit", "frame_budget", "chunk_failure", "rpc_failure",
+               "accept"}
 
 
 @pytest.fixture
