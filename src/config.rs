@@ -35,6 +35,10 @@ pub struct Config {
     pub fetch_rdd_enabled: bool,
     /// `spark.shuffle.io.serverThreads`: runtime worker threads; 0 = one per core.
     pub server_threads: usize,
+    /// `agent.data.threads.nice`: how many nice levels the data runtime's threads run below the
+    /// control thread and the journal writer (0 to 19), so registrations are not queued behind a
+    /// saturated data path (src/thread_priority.rs).
+    pub data_threads_nice: i32,
     /// `agent.max.frame.bytes`: largest request frame accepted.
     pub max_frame_bytes: usize,
     /// `agent.max.pending.frame.bytes`: node-wide memory for large request frames being received.
@@ -89,6 +93,7 @@ impl Default for Config {
             max_chunks_being_transferred: i64::MAX as u64,
             fetch_rdd_enabled: false,
             server_threads: 0,
+            data_threads_nice: 10,
             max_frame_bytes: 16 << 20,
             max_pending_frame_bytes: 64 << 20,
             sendfile_min_bytes: 64 << 10,
@@ -150,6 +155,10 @@ impl Config {
             }
             "spark.shuffle.service.fetch.rdd.enabled" => self.fetch_rdd_enabled = parse_bool(value).map_err(bad)?,
             "spark.shuffle.io.serverThreads" => self.server_threads = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "agent.data.threads.nice" => match value.parse::<i32>() {
+                Ok(n) if (0..=19).contains(&n) => self.data_threads_nice = n,
+                _ => return Err(bad("an integer from 0 to 19 (lower priority only)".into())),
+            },
             "agent.max.frame.bytes" => self.max_frame_bytes = parse_bytes(value, 1).map_err(bad)? as usize,
             "agent.max.pending.frame.bytes" => {
                 self.max_pending_frame_bytes = parse_bytes(value, 1).map_err(bad)? as usize
@@ -338,6 +347,18 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("agent.metrics.port"), "{err}");
         assert!(Config { port: 0, metrics_port: 0, ..Config::default() }.validate().is_ok(), "two free ports");
+    }
+
+    #[test]
+    fn data_threads_may_only_be_lowered() {
+        let mut c = Config::default();
+        c.set("agent.data.threads.nice", "10").unwrap();
+        assert_eq!(c.data_threads_nice, 10);
+        for refused in ["-1", "20", "high"] {
+            let err = c.set("agent.data.threads.nice", refused).unwrap_err().to_string();
+            assert!(err.contains("agent.data.threads.nice") && err.contains("0 to 19"), "{err}");
+        }
+        assert_eq!(c.data_threads_nice, 10, "a refused value changes nothing");
     }
 
     #[test]

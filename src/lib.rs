@@ -32,3 +32,4 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod thread_priority;

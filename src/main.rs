@@ -250,6 +250,8 @@ fn run(config: Config, kube: Option<(kube::Config, k8s::K8sSettings)>) -> anyhow
     if config.server_threads > 0 {
         runtime.worker_threads(config.server_threads);
     }
+    let nice = config.data_threads_nice;
+    runtime.on_thread_start(move || spark_shuffle_agent::thread_priority::lower_this_thread(nice));
     let runtime = runtime.enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(config, kube))
 }

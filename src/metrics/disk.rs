@@ -165,9 +165,11 @@ impl DiskWatcher {
     /// Starts measuring now (the first walk and statvfs happen immediately), then on the intervals.
     pub fn spawn(metrics: Arc<Metrics>, registry: Arc<Registry>, settings: DiskSettings) -> io::Result<DiskWatcher> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("disk-usage".into())
-            .spawn(move || watch(&metrics, &registry, settings, &stopped))?;
+        let thread = std::thread::Builder::new().name("disk-usage".into()).spawn(move || {
+            // Bookkeeping: it must never take a core from serving or registering.
+            crate::thread_priority::lower_this_thread(19);
+            watch(&metrics, &registry, settings, &stopped)
+        })?;
         Ok(DiskWatcher { stop: Some(stop), thread: Some(thread) })
     }
 

@@ -1,0 +1,80 @@
+//! The real binary's threads run at the priorities src/thread_priority.rs promises: the data
+//! runtime's workers below the control thread and the journal writer, the disk walk lowest.
+//! Read from /proc of a running agent, so a runtime built without the hook fails here.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts the agent with `config` lines and waits until it listens.
+fn start(dir: &Path, config: &str) -> Child {
+    std::fs::create_dir_all(dir.join("root")).expect("mkdir");
+    std::fs::write(dir.join("agent.conf"), config).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spark-shuffle-agent"))
+        .args(["--port", "0", "--metrics-port", "0", "--bind", "127.0.0.1", "--root"])
+        .arg(dir.join("root"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--config")
+        .arg(dir.join("agent.conf"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    if lines.map_while(Result::ok).any(|line| line.contains("metrics listening")) {
+        return child;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the agent exited before listening");
+}
+
+/// Nice value of every thread, by thread name (several threads may share a name).
+fn nice_by_thread(pid: u32) -> BTreeMap<String, Vec<i32>> {
+    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc") {
+        let task = task.expect("task").path();
+        let name = std::fs::read_to_string(task.join("comm")).expect("comm").trim().to_string();
+        let stat = std::fs::read_to_string(task.join("stat")).expect("stat");
+        // Fields after the ")" closing the name: nice is field 19 of stat, the 17th after it.
+        let nice = stat.rsplit_once(')').expect("stat").1.split_whitespace().nth(16).expect("nice");
+        out.entry(name).or_default().push(nice.parse().expect("a number"));
+    }
+    out
+}
+
+fn check(config: &str, data_nice: i32) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = start(dir.path(), config);
+    let as_promised = |threads: &BTreeMap<String, Vec<i32>>| {
+        threads.get("tokio-rt-worker").is_some_and(|w| w.iter().all(|&n| n == data_nice))
+            && ["control", "journal-writer", "metrics-http"].iter().all(|name| threads.get(*name) == Some(&vec![0]))
+            && threads.get("disk-usage") == Some(&vec![19])
+    };
+    // Threads are named, and lower themselves, as they start: some may start just after "listening".
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let threads = loop {
+        let threads = nice_by_thread(agent.id());
+        if as_promised(&threads) || std::time::Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(as_promised(&threads), "data workers at {data_nice}, control path at 0, disk walk at 19: {threads:?}");
+}
+
+#[test]
+fn data_workers_run_ten_nice_levels_below_the_control_path_by_default() {
+    check("", 10);
+}
+
+#[test]
+fn the_config_key_sets_how_far_data_workers_are_lowered() {
+    check("agent.data.threads.nice 3\n", 3);
+}
