@@ -55,7 +55,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(120),
             max_frame_bytes: 16 << 20,
             max_pending_frame_bytes: 64 << 20,
-            coalesce_max_bytes: 64 << 10,
+            coalesce_max_bytes: 16 << 10,
             max_chunks_being_transferred: u64::MAX,
             max_connections: 4096,
             max_streams_per_connection: 4096,

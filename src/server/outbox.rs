@@ -130,7 +130,7 @@ impl Outbox {
         let mark = self.tail.len();
         if segment.len >= self.coalesce_max_bytes {
             // Checked right before the header is queued: a success header must never promise
-            // bytes the file no longer has (one fstat, against a block of 64 KiB or more).
+            // bytes the file no longer has (one fstat, against a block of agent.sendfile.min.bytes or more).
             let expected = segment.offset + segment.len;
             match segment.file.metadata() {
                 Ok(meta) if meta.len() >= expected => {}
