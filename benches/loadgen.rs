@@ -3,7 +3,7 @@
 //! per-block cost dominates there), so the agent's own cost per block shows.
 //!
 //! ```text
-//! cargo bench --bench loadgen -- [--profile 4k|mixed|1m] [--connections 16] [--seconds 10]
+//! cargo bench --bench loadgen -- [--profile 4k|4k-reducer|mixed|1m] [--connections 16] [--seconds 10]
 //!     [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1] [--register-probe]
 //! ```
 //!
@@ -11,6 +11,10 @@
 //! `--server-cpu` (taskset), pins itself to `--client-cpu`, registers one executor, runs for
 //! `--seconds` (bounded by a call count too), and prints one line per metric: blocks/s, MB/s,
 //! per-chunk latency p50/p99, server CPU per block and per GB, server peak RSS. Loopback only.
+//!
+//! Calls of `4k`, `mixed` and `1m` name every block of one map output. `4k-reducer` has the shape of
+//! Spark's usual reducer fetch: one reduce partition from each of 64 map outputs per call, so the
+//! server resolves a map output (index, path, open file) for every block it sends.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -71,6 +75,30 @@ fn args() -> Args {
     a
 }
 
+/// Which blocks one fetch call names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    /// Every reduce of one map output.
+    Map,
+    /// One reduce of every map output (the same reduce for all of them).
+    Reducer,
+}
+
+/// What the connections fetch: the reduce count of each map output and the shape of a call.
+struct Workload {
+    reduces: Vec<usize>,
+    shape: Shape,
+}
+
+/// The call shape of a profile.
+fn shape(name: &str) -> Shape {
+    if name.ends_with("-reducer") {
+        Shape::Reducer
+    } else {
+        Shape::Map
+    }
+}
+
 /// Block sizes of each map output: `sizes[map][reduce]`.
 fn profile(name: &str) -> Vec<Vec<u64>> {
     let mut seed = 0x9e3779b97f4a7c15u64;
@@ -82,6 +110,7 @@ fn profile(name: &str) -> Vec<Vec<u64>> {
     };
     match name {
         "4k" => vec![vec![4096; 64]; 32],
+        "4k-reducer" => vec![vec![4096; 64]; 64],
         "1m" => vec![vec![1 << 20; 16]; 16],
         "mixed" => (0..32)
             .map(|_| {
@@ -233,21 +262,36 @@ struct Totals {
     failures: AtomicU64,
 }
 
-/// One connection: fetch one map output's blocks per call, all chunk requests pipelined.
-async fn drive(addr: String, maps: usize, reduces: Vec<usize>, deadline: Instant, totals: Arc<Totals>) -> Vec<u32> {
+/// The map ids and per-map reduce ids of call number `pick` (spread over the maps or reduces).
+fn call_blocks(w: &Workload, pick: usize) -> (Vec<i64>, Vec<Vec<i32>>) {
+    let maps = w.reduces.len();
+    match w.shape {
+        Shape::Map => {
+            let map = pick % maps;
+            (vec![map as i64], vec![(0..w.reduces[map] as i32).collect()])
+        }
+        Shape::Reducer => {
+            let reduce = (pick % w.reduces.iter().copied().min().unwrap_or(1).max(1)) as i32;
+            ((0..maps as i64).collect(), vec![vec![reduce]; maps])
+        }
+    }
+}
+
+/// One connection: one fetch call after another (see [`Shape`]), all chunk requests pipelined.
+async fn drive(addr: String, work: Arc<Workload>, deadline: Instant, totals: Arc<Totals>) -> Vec<u32> {
     let mut conn = Conn::open(&addr).await;
     let mut latencies_us = Vec::new();
     for call in 0..MAX_CALLS_PER_CONNECTION {
         if Instant::now() >= deadline {
             break;
         }
-        let map = (call as usize * 7 + latencies_us.len()) % maps;
+        let (map_ids, reduce_ids) = call_blocks(&work, call as usize * 7 + latencies_us.len());
         let ask = BlockTransferMessage::FetchShuffleBlocks {
             app_id: APP.into(),
             exec_id: "0".into(),
             shuffle_id: 0,
-            map_ids: vec![map as i64],
-            reduce_ids: vec![(0..reduces[map] as i32).collect()],
+            map_ids,
+            reduce_ids,
             batch_fetch_enabled: false,
         };
         let handle = BlockTransferMessage::decode(&conn.rpc(&ask).await).expect("stream handle");
@@ -325,7 +369,7 @@ fn main() {
     let (mut child, addr, metrics_addr) = start_agent(&a.agent, &root, &tmp.path().join("state"), &a.server_cpu);
     pin_self(a.client_cpu);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let reduces: Vec<usize> = sizes.iter().map(Vec::len).collect();
+    let work = Arc::new(Workload { reduces: sizes.iter().map(Vec::len).collect(), shape: shape(&a.profile) });
     let totals = Arc::new(Totals::default());
     let (cpu, secs, mut latencies, registrations) = rt.block_on(async {
         let mut conn = Conn::open(&addr).await;
@@ -338,7 +382,7 @@ fn main() {
         // Warm-up: page cache, index cache, connection set-up.
         let warm = Instant::now() + Duration::from_secs(1);
         let tasks: Vec<_> = (0..a.connections)
-            .map(|_| tokio::spawn(drive(addr.clone(), sizes.len(), reduces.clone(), warm, Arc::new(Totals::default()))))
+            .map(|_| tokio::spawn(drive(addr.clone(), Arc::clone(&work), warm, Arc::new(Totals::default()))))
             .collect();
         for t in tasks {
             t.await.expect("warm-up");
@@ -347,7 +391,7 @@ fn main() {
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(a.seconds);
         let tasks: Vec<_> = (0..a.connections)
-            .map(|_| tokio::spawn(drive(addr.clone(), sizes.len(), reduces.clone(), deadline, Arc::clone(&totals))))
+            .map(|_| tokio::spawn(drive(addr.clone(), Arc::clone(&work), deadline, Arc::clone(&totals))))
             .collect();
         // The probe gets its own thread and runtime: on the load's runtime, each reply would wait
         // behind 64 busy connections' work, and the client's queueing would be measured, not the agent.

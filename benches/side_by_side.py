@@ -7,7 +7,11 @@ to core 0 and the client to core 1 (taskset), one server at a time. For every bl
 client first warms up (JIT, page cache), then runs a bounded measured load; the bench reads the
 server's CPU time (utime+stime of /proc/<pid>/stat) before and after, and its peak RSS (VmHWM).
 
-Run:   .venv/bin/python benches/side_by_side.py [--seconds 10] [--profiles 4k,mixed,1m] [--json out.json]
+Profiles `4k`, `mixed` and `1m` name blocks of a few map outputs per call, reduce after reduce of each; `4k-reducer`
+has the shape of Spark's usual reducer fetch: one reduce partition from each of 64 map outputs per call, so the
+server resolves a map output (index, path, open file) for every block.
+
+Run:   .venv/bin/python benches/side_by_side.py [--seconds 10] [--profiles 4k,4k-reducer,mixed,1m] [--json out.json]
 Needs: target/release/spark-shuffle-agent (cargo build --release), .venv with pyspark (tests/run-all.sh).
 Every load loop is bounded by a call count and by time; servers listen on 127.0.0.1 only.
 """
@@ -46,6 +50,9 @@ class Profile:
     sizes: list[list[int]]  # sizes[map][reduce]
     ids_per_call: int
     concurrency: int
+    # "map": a call names consecutive reduces of one map output (then the next map's);
+    # "reducer": a call names one reduce of every map output, and successive calls take successive reduces.
+    shape: str = "map"
 
     def total_bytes(self) -> int:
         return sum(sum(s) for s in self.sizes)
@@ -60,14 +67,24 @@ def make_profiles(rng: random.Random) -> dict[str, Profile]:
     ]
     mixed = Profile("mixed (lognormal, median 32 KiB)", 32, mixed_sizes, 32, 8)
     one_m = Profile("1 MiB", 16, [[1 << 20] * 16 for _ in range(16)], 8, 4)
-    return {"4k": four_k, "mixed": mixed, "1m": one_m}
+    reducer = Profile("4 KiB reducer (1 block from each of 64 maps per call)", 64,
+                      [[4096] * 64 for _ in range(64)], 64, 8, shape="reducer")
+    return {"4k": four_k, "4k-reducer": reducer, "mixed": mixed, "1m": one_m}
 
 
 def write_profile(dirs, shuffle_id: int, prof: Profile) -> list[list[str]]:
-    """Writes the map outputs; returns the id lists of the fetch calls (one map's ids per call)."""
+    """Writes the map outputs; returns the id lists of the fetch calls in the profile's shape."""
     calls = []
     for m in range(prof.maps):
         dirs.write_map_output(shuffle_id, m, prof.sizes[m], checksum_algorithms=())
+    if prof.shape == "reducer":
+        reduces = min(len(s) for s in prof.sizes)
+        for r in range(reduces):
+            maps = [f"shuffle_{shuffle_id}_{m}_{r}" for m in range(prof.maps)]
+            for start in range(0, len(maps), prof.ids_per_call):
+                calls.append(maps[start:start + prof.ids_per_call])
+        return calls
+    for m in range(prof.maps):
         reduces = len(prof.sizes[m])
         for start in range(0, reduces, prof.ids_per_call):
             calls.append([f"shuffle_{shuffle_id}_{m}_{r}" for r in range(start, min(reduces, start + prof.ids_per_call))])
@@ -101,9 +118,14 @@ class pinned:
         os.sched_setaffinity(0, self.saved)
 
 
-def run_load(driver: JavaDriver, port: int, ids: list[str], concurrency: int, count: int, seconds: float) -> dict:
+def run_load(driver: JavaDriver, port: int, ids: list[str], concurrency: int, count: int, seconds: float,
+             ids_per_call: int | None = None) -> dict:
+    """One load run; with `ids_per_call` the driver splits `ids` into calls of that many, round robin,
+    otherwise every call names all of `ids`."""
     steps = [["load", "--exec", EXEC, "--ids", ",".join(ids), "--concurrency", concurrency, "--count", count,
               "--seconds", seconds]]
+    if ids_per_call:
+        steps[0] += ["--ids-per-call", ids_per_call]
     with pinned(1):
         res = driver.run(steps, port=port, app=APP, timeout_s=seconds + 60, jvm_opts=("-XX:ActiveProcessorCount=1",))
     return [x for x in res.lines if x.get("op") == "load"][-1]
@@ -119,9 +141,14 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
         # One call's ids per load run: the load driver repeats the same call; pick the calls round robin by
         # running one load per call group would multiply JVM starts, so use a representative call of each map.
         ids = [i for c in calls[: max(1, 256 // prof.ids_per_call)] for i in c][: prof.ids_per_call * 8]
-        run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds))  # warm-up
+        per_call = None
+        if prof.shape == "reducer":
+            # Each call is one reduce from every map; the driver cycles through 8 reduces' calls.
+            ids = [i for c in calls[:8] for i in c]
+            per_call = prof.ids_per_call
+        run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds), per_call)  # warm-up
         cpu0 = cpu_seconds(pid)
-        r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds)
+        r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds, per_call)
         cpu = cpu_seconds(pid) - cpu0
         gb = r["bytes"] / 1e9
         out[key] = {
@@ -183,7 +210,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per profile and server")
     ap.add_argument("--max-calls", type=int, default=2_000_000, help="upper bound of fetch calls per run")
-    ap.add_argument("--profiles", default="4k,mixed,1m")
+    ap.add_argument("--profiles", default="4k,4k-reducer,mixed,1m")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()

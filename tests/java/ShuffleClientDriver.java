@@ -16,7 +16,9 @@
 //   remove     --exec E (--id X)... | --ids a,b,c  [--raw]
 //   diagnose   --exec E --shuffle S --map M --reduce R --checksum C --algorithm A [--raw]
 //   filepath   --dir D [--dir D]... --subdirs N --name F [--name F]...   (ExecutorDiskUtils.getFilePath; no server)
-//   load       --exec E --ids a,b,c --concurrency K [--count N] [--seconds T] [--download DIR]
+//   load       --exec E --ids a,b,c --concurrency K [--count N] [--seconds T] [--download DIR] [--ids-per-call N]
+//              (--ids-per-call splits the ids into consecutive calls of N ids, taken round robin; default: all
+//              ids in every call)
 // --raw sends the same BlockTransferMessage over the client's own pooled TransportClient with sendRpcSync, so
 // the server's RpcFailure text becomes visible (the high-level removeBlocks/diagnoseCorruption swallow it).
 //
@@ -428,7 +430,13 @@ public final class ShuffleClientDriver {
   static void load(Ctx ctx, Map<String, List<String>> o) throws InterruptedException {
     requirePort(ctx);
     String exec = one(o, "--exec", null);
-    String[] ids = ids(o);
+    String[] all = ids(o);
+    int perCall = Integer.parseInt(one(o, "--ids-per-call", String.valueOf(all.length)));
+    if (perCall <= 0) throw new UsageError("--ids-per-call must be positive");
+    List<String[]> calls = new ArrayList<>();
+    for (int i = 0; i < all.length; i += perCall) {
+      calls.add(Arrays.copyOfRange(all, i, Math.min(all.length, i + perCall)));
+    }
     int k = Integer.parseInt(one(o, "--concurrency", "1"));
     long count = Long.parseLong(one(o, "--count", "1000"));
     double seconds = Double.parseDouble(one(o, "--seconds", "30"));
@@ -448,6 +456,7 @@ public final class ShuffleClientDriver {
     long issued = 0;
     while (issued < count && System.nanoTime() < deadline) {
       if (!permits.tryAcquire(100, TimeUnit.MILLISECONDS)) continue;
+      final String[] ids = calls.get((int) (issued % calls.size()));
       issued++;
       final long callStart = System.nanoTime();
       final AtomicLong left = new AtomicLong(ids.length);
@@ -489,7 +498,7 @@ public final class ShuffleClientDriver {
       lat = new ArrayList<>(latencies);
     }
     Collections.sort(lat);
-    Json j = base(ctx, "load").put("concurrency", k).put("ids_per_call", ids.length)
+    Json j = base(ctx, "load").put("concurrency", k).put("ids_per_call", calls.get(0).length)
         .put("calls_issued", issued).put("calls_completed", completedCalls.get()).put("drained", drained)
         .put("blocks", blocks.get()).put("bytes", bytes.get()).put("failures", failures.get())
         .put("len_mismatches", lenMismatches.get()).put("seconds", secs)
