@@ -20,6 +20,8 @@ use crate::store::Segment;
 const FLUSH_BYTES: usize = 256 * 1024;
 /// Flush once this many files are queued, so open descriptors per connection stay bounded.
 const FLUSH_FILES: usize = 64;
+/// What the queue of headers and small bodies holds between batches (RPC replies, headers).
+const TAIL_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum Item {
@@ -98,7 +100,7 @@ impl Outbox {
     pub fn new(coalesce_max_bytes: u64) -> Outbox {
         Outbox {
             items: Vec::new(),
-            tail: BytesMut::with_capacity(16 * 1024),
+            tail: BytesMut::with_capacity(TAIL_CAPACITY),
             buffered: 0,
             files: 0,
             coalesce_max_bytes,
@@ -148,6 +150,11 @@ impl Outbox {
         // Small body: copy it next to its header now, so the descriptor is not held.
         match self.window.read(&segment) {
             Ok(bytes) => {
+                if self.tail.capacity() - self.tail.len() < bytes.len() {
+                    // Room for the whole batch at once: growing by doubling copied everything
+                    // queued so far each time (perf: ~45% of the agent's memmove).
+                    self.tail.reserve(FLUSH_BYTES + self.coalesce_max_bytes as usize);
+                }
                 self.tail.extend_from_slice(bytes);
                 Ok(())
             }
@@ -185,8 +192,12 @@ impl Outbox {
         }
         self.buffered = 0;
         self.files = 0;
-        // Between batches the connection may idle for long: give the window's memory back.
+        // Between batches the connection may idle for long: give the window's memory back,
+        // and the batch-sized tail buffer.
         self.window = ReadWindow::default();
+        if self.tail.capacity() > TAIL_CAPACITY {
+            self.tail = BytesMut::with_capacity(TAIL_CAPACITY);
+        }
         Ok(written)
     }
 }
