@@ -1099,7 +1099,7 @@ async fn a_flood_of_bad_frames_logs_a_bounded_number_of_warnings_and_counts_ever
     let warned = logs.lines_with("WARN", "connection closed");
     assert_eq!(warned.len(), 10, "the first ten of the minute are logged:\n{}", warned.join("\n"));
     assert!(warned.iter().all(|l| l.contains("Frame length should be positive")), "{warned:?}");
-    let quiet = logs.lines_with("DEBUG", "connection closed (warning rate-limited)");
+    let quiet = logs.lines_with("DEBUG", "connection closed (rate-limited)");
     assert_eq!(quiet.len(), FLOOD as usize - 10, "the rest are still there at debug");
     // The agent still serves, and stopping it reports what was suppressed.
     let mut client = registered_client(&agent, &layout).await;
@@ -1108,4 +1108,27 @@ async fn a_flood_of_bad_frames_logs_a_bounded_number_of_warnings_and_counts_ever
     let summary = logs.lines_with("WARN", "suppressed 50 similar warnings in the last");
     assert_eq!(summary.len(), 1, "{summary:?}");
     assert!(summary[0].contains("kind=\"bad_frame\"") || summary[0].contains("kind=bad_frame"), "{}", summary[0]);
+}
+
+#[tokio::test]
+async fn a_flood_of_reset_connections_logs_a_bounded_number_of_info_lines() {
+    let logs = CapturedLogs::start();
+    let layout = VectorLayout::new();
+    let agent = start_agent(&layout.roots()).await;
+    const FLOOD: u64 = 40;
+    for _ in 0..FLOOD {
+        // Half a frame, then a reset (linger 0): the agent's read fails with ECONNRESET.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let mut stream = socket.connect(agent.addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &[0, 0, 0, 0]).await.expect("half a length");
+        stream.set_linger(Some(Duration::ZERO)).expect("linger 0");
+        drop(stream);
+    }
+    wait_until("every reset is counted", || agent.counter(|c| &c.io_errors) == FLOOD).await;
+    let logged = logs.lines_with("INFO", "connection closed");
+    assert_eq!(logged.len(), 10, "the first ten of the minute are logged:\n{}", logged.join("\n"));
+    assert!(logs.lines_with("WARN", "connection closed").is_empty(), "a peer's reset is not a warning");
+    agent.stop().await;
+    let summary = logs.lines_with("INFO", "suppressed 30 similar lines in the last");
+    assert_eq!(summary.len(), 1, "{summary:?}");
 }

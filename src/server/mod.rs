@@ -224,25 +224,25 @@ pub async fn run(
 }
 
 /// Logs how a connection ended. Routine ends at debug (executors come and go, pools close idle
-/// connections); a socket error or a refused request at info; garbage or overload at warn,
-/// rate-limited per kind (a flood of bad connections would otherwise flood the log).
+/// connections); a socket error or a refused request at info; garbage or overload at warn;
+/// all but the routine ones rate-limited per kind (a flood of bad connections would otherwise
+/// flood the log).
 fn log_end(warnings: &ConnectionWarnings, peer: std::net::SocketAddr, conn_id: u64, end: &ConnectionEnd) {
     let kind = match end {
         ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown | ConnectionEnd::Idle(_) => {
             debug!(%peer, conn_id, %end, "connection ended");
             return;
         }
-        ConnectionEnd::Io(_) | ConnectionEnd::Refused(_) => {
-            info!(%peer, conn_id, %end, "connection closed");
-            return;
-        }
+        ConnectionEnd::Io(_) => WarnKind::Io,
+        ConnectionEnd::Refused(_) => WarnKind::Refused,
         ConnectionEnd::BadFrame(_) => WarnKind::BadFrame,
         ConnectionEnd::ChunkLimit(_) => WarnKind::ChunkLimit,
         ConnectionEnd::FrameBudget { .. } => WarnKind::FrameBudget,
     };
     match warnings.admit(kind, Instant::now()) {
-        Verdict::Log => warn!(%peer, conn_id, %end, "connection closed"),
-        Verdict::Suppress => debug!(%peer, conn_id, %end, "connection closed (warning rate-limited)"),
+        Verdict::Log if kind.is_warning() => warn!(%peer, conn_id, %end, "connection closed"),
+        Verdict::Log => info!(%peer, conn_id, %end, "connection closed"),
+        Verdict::Suppress => debug!(%peer, conn_id, %end, "connection closed (rate-limited)"),
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::sync::lock;
 
@@ -99,31 +99,42 @@ fn take_suppressed(w: &mut Window, over: Duration) -> Option<Suppressed> {
     (w.suppressed > 0).then_some(Suppressed { count: w.suppressed, over })
 }
 
-/// The kinds of connection-closing warnings, each limited on its own: a flood of bad frames
-/// must not hide that the chunk limit was hit.
+/// The kinds of connection-closing lines, each limited on its own: a flood of bad frames
+/// must not hide that the chunk limit was hit. Socket errors and refused requests are logged
+/// at info, the others at warn; a peer resetting thousands of connections is a flood too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WarnKind {
     BadFrame,
     ChunkLimit,
     FrameBudget,
+    Io,
+    Refused,
 }
 
 impl WarnKind {
-    const ALL: [WarnKind; 3] = [WarnKind::BadFrame, WarnKind::ChunkLimit, WarnKind::FrameBudget];
+    const ALL: [WarnKind; 5] =
+        [WarnKind::BadFrame, WarnKind::ChunkLimit, WarnKind::FrameBudget, WarnKind::Io, WarnKind::Refused];
 
     fn as_str(self) -> &'static str {
         match self {
             WarnKind::BadFrame => "bad_frame",
             WarnKind::ChunkLimit => "chunk_limit",
             WarnKind::FrameBudget => "frame_budget",
+            WarnKind::Io => "io",
+            WarnKind::Refused => "refused",
         }
+    }
+
+    /// Whether this kind is logged at warn (else at info), and so is its summary.
+    pub(super) fn is_warning(self) -> bool {
+        !matches!(self, WarnKind::Io | WarnKind::Refused)
     }
 }
 
 /// The accept loop's warnings, one [`Throttle`] per [`WarnKind`].
 #[derive(Debug)]
 pub(super) struct ConnectionWarnings {
-    throttles: [Throttle; 3],
+    throttles: [Throttle; WarnKind::ALL.len()],
 }
 
 impl ConnectionWarnings {
@@ -153,7 +164,16 @@ impl ConnectionWarnings {
 
 fn log_suppressed(kind: WarnKind, s: Suppressed) {
     let secs = s.over.as_secs().max(1);
-    warn!(kind = kind.as_str(), suppressed = s.count, "suppressed {} similar warnings in the last {secs} s", s.count);
+    if kind.is_warning() {
+        warn!(
+            kind = kind.as_str(),
+            suppressed = s.count,
+            "suppressed {} similar warnings in the last {secs} s",
+            s.count
+        );
+    } else {
+        info!(kind = kind.as_str(), suppressed = s.count, "suppressed {} similar lines in the last {secs} s", s.count);
+    }
 }
 
 #[cfg(test)]
