@@ -31,7 +31,7 @@ pub use report::{
 
 use crate::sync::lock;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -103,9 +103,9 @@ impl ErrorKind {
         }
     }
 
-    /// The data-path counter this kind is read from.
-    fn count(self, c: &Counters) -> u64 {
-        let counter = match self {
+    /// The data-path counter of this kind: the server adds to it, `/metrics` reads it.
+    pub(crate) fn counter(self, c: &Counters) -> &AtomicU64 {
+        match self {
             ErrorKind::BadFrame => &c.bad_frames,
             ErrorKind::IdleTimeout => &c.idle_timeouts,
             ErrorKind::Io => &c.io_errors,
@@ -115,8 +115,7 @@ impl ErrorKind {
             ErrorKind::ChunkFailure => &c.chunk_failures,
             ErrorKind::RpcFailure => &c.rpc_failures,
             ErrorKind::Accept => &c.accept_errors,
-        };
-        counter.load(Ordering::Relaxed)
+        }
     }
 }
 
@@ -294,7 +293,7 @@ impl Metrics {
             sync(&m.blocks, c.blocks_served.load(Ordering::Relaxed));
             sync(&m.block_bytes, c.chunk_bytes_served.load(Ordering::Relaxed));
             for (kind, counter) in &m.errors {
-                sync(counter, kind.count(c));
+                sync(counter, kind.counter(c).load(Ordering::Relaxed));
             }
             m.streams_open.set(gauge_value(shared.streams.len() as u64));
             m.chunks_in_flight.set(gauge_value(shared.chunks_in_flight.load(Ordering::Relaxed)));

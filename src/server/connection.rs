@@ -18,6 +18,7 @@ use super::outbox::{Outbox, QueueError};
 use super::placement::{is_data_request, Placement};
 use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
 use super::Shared;
+use crate::metrics::ErrorKind;
 use crate::protocol::block_id::{java_parse_int, java_split};
 use crate::protocol::frame::JAVA_MAX_FRAME;
 use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, Message, StreamChunkId};
@@ -52,6 +53,22 @@ pub enum ConnectionEnd {
     /// (`agent.max.pending.frame.bytes`) within the idle timeout.
     #[error("no room for a {len}-byte request frame in agent.max.pending.frame.bytes after waiting {waited:?}")]
     FrameBudget { len: usize, waited: std::time::Duration },
+}
+
+impl ConnectionEnd {
+    /// The `errors_total` kind this end counts as; None for the routine ends (the peer closed,
+    /// the agent stops). The one classification both the counters and the log lines use.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => return None,
+            ConnectionEnd::Idle(_) => ErrorKind::IdleTimeout,
+            ConnectionEnd::BadFrame(_) => ErrorKind::BadFrame,
+            ConnectionEnd::Io(_) => ErrorKind::Io,
+            ConnectionEnd::Refused(_) => ErrorKind::Refused,
+            ConnectionEnd::ChunkLimit(_) => ErrorKind::ChunkLimit,
+            ConnectionEnd::FrameBudget { .. } => ErrorKind::FrameBudget,
+        })
+    }
 }
 
 struct Connection {

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::Registry;
 use crate::store::Store;
-use warn_throttle::{ConnectionWarnings, Verdict, WarnKind};
+use warn_throttle::{ConnectionWarnings, Verdict};
 
 /// The knobs of the data path, taken from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -93,16 +93,9 @@ pub struct Counters {
 impl Counters {
     /// Counts how a connection ended, for `spark_shuffle_agent_errors_total`.
     fn count_end(&self, end: &ConnectionEnd) {
-        let counter = match end {
-            ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => return,
-            ConnectionEnd::Idle(_) => &self.idle_timeouts,
-            ConnectionEnd::BadFrame(_) => &self.bad_frames,
-            ConnectionEnd::Io(_) => &self.io_errors,
-            ConnectionEnd::Refused(_) => &self.refused,
-            ConnectionEnd::ChunkLimit(_) => &self.chunk_limit_closes,
-            ConnectionEnd::FrameBudget { .. } => &self.frame_budget_closes,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(kind) = end.error_kind() {
+            kind.counter(self).fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -228,19 +221,15 @@ pub async fn run(
 /// all but the routine ones rate-limited per kind (a flood of bad connections would otherwise
 /// flood the log).
 fn log_end(warnings: &ConnectionWarnings, peer: std::net::SocketAddr, conn_id: u64, end: &ConnectionEnd) {
-    let kind = match end {
-        ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown | ConnectionEnd::Idle(_) => {
+    let kind = match end.error_kind() {
+        None | Some(ErrorKind::IdleTimeout) => {
             debug!(%peer, conn_id, %end, "connection ended");
             return;
         }
-        ConnectionEnd::Io(_) => WarnKind::Io,
-        ConnectionEnd::Refused(_) => WarnKind::Refused,
-        ConnectionEnd::BadFrame(_) => WarnKind::BadFrame,
-        ConnectionEnd::ChunkLimit(_) => WarnKind::ChunkLimit,
-        ConnectionEnd::FrameBudget { .. } => WarnKind::FrameBudget,
+        Some(kind) => kind,
     };
     match warnings.admit(kind, Instant::now()) {
-        Verdict::Log if kind.is_warning() => warn!(%peer, conn_id, %end, "connection closed"),
+        Verdict::Log if warn_throttle::is_warning(kind) => warn!(%peer, conn_id, %end, "connection closed"),
         Verdict::Log => info!(%peer, conn_id, %end, "connection closed"),
         Verdict::Suppress => debug!(%peer, conn_id, %end, "connection closed (rate-limited)"),
     }

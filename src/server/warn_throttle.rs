@@ -1,5 +1,6 @@
-//! Rate limits for the warnings the accept loop logs when it closes a connection for a bad
-//! frame, the chunk limit or the frame budget. One broken client (or a scanner speaking TLS to
+//! Rate limits for the lines the accept loop logs when it closes a connection for a bad frame,
+//! the chunk limit, the frame budget (warn), a socket error or a refused request (info), per
+//! `errors_total` kind. One broken client (or a scanner speaking TLS to
 //! the shuffle port) can end thousands of connections a minute, and each used to log one WARN
 //! line: a flood test produced 2,230 of them. Per kind, the first [`PER_WINDOW`] of each
 //! [`WINDOW`] are logged as before (they carry the peer and the reason an operator needs); the
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::metrics::ErrorKind;
 use crate::sync::lock;
 
 /// The length of a rate-limit window.
@@ -99,52 +101,27 @@ fn take_suppressed(w: &mut Window, over: Duration) -> Option<Suppressed> {
     (w.suppressed > 0).then_some(Suppressed { count: w.suppressed, over })
 }
 
-/// The kinds of connection-closing lines, each limited on its own: a flood of bad frames
-/// must not hide that the chunk limit was hit. Socket errors and refused requests are logged
-/// at info, the others at warn; a peer resetting thousands of connections is a flood too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum WarnKind {
-    BadFrame,
-    ChunkLimit,
-    FrameBudget,
-    Io,
-    Refused,
+/// Whether a connection end of this kind is logged at warn (garbage, overload) rather than at
+/// info (a peer's reset, a refused request), and so its summary line too.
+pub(super) fn is_warning(kind: ErrorKind) -> bool {
+    !matches!(kind, ErrorKind::Io | ErrorKind::Refused)
 }
 
-impl WarnKind {
-    const ALL: [WarnKind; 5] =
-        [WarnKind::BadFrame, WarnKind::ChunkLimit, WarnKind::FrameBudget, WarnKind::Io, WarnKind::Refused];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            WarnKind::BadFrame => "bad_frame",
-            WarnKind::ChunkLimit => "chunk_limit",
-            WarnKind::FrameBudget => "frame_budget",
-            WarnKind::Io => "io",
-            WarnKind::Refused => "refused",
-        }
-    }
-
-    /// Whether this kind is logged at warn (else at info), and so is its summary.
-    pub(super) fn is_warning(self) -> bool {
-        !matches!(self, WarnKind::Io | WarnKind::Refused)
-    }
-}
-
-/// The accept loop's warnings, one [`Throttle`] per [`WarnKind`].
+/// The accept loop's connection-closing lines, one [`Throttle`] per [`ErrorKind`], so a flood
+/// of bad frames does not hide that the chunk limit was hit.
 #[derive(Debug)]
 pub(super) struct ConnectionWarnings {
-    throttles: [Throttle; WarnKind::ALL.len()],
+    throttles: [Throttle; ErrorKind::ALL.len()],
 }
 
 impl ConnectionWarnings {
     pub(super) fn new(window: Duration, per_window: u32) -> ConnectionWarnings {
-        ConnectionWarnings { throttles: WarnKind::ALL.map(|_| Throttle::new(window, per_window)) }
+        ConnectionWarnings { throttles: ErrorKind::ALL.map(|_| Throttle::new(window, per_window)) }
     }
 
     /// Whether to log one warning of `kind` now; logs the summary of the kind's previous
     /// window first if it suppressed anything.
-    pub(super) fn admit(&self, kind: WarnKind, now: Instant) -> Verdict {
+    pub(super) fn admit(&self, kind: ErrorKind, now: Instant) -> Verdict {
         let (verdict, closed) = self.throttles[kind as usize].admit(now);
         if let Some(s) = closed {
             log_suppressed(kind, s);
@@ -154,7 +131,7 @@ impl ConnectionWarnings {
 
     /// Logs the summaries of the windows over by `now` (all of them with `force`).
     pub(super) fn flush(&self, now: Instant, force: bool) {
-        for kind in WarnKind::ALL {
+        for kind in ErrorKind::ALL {
             if let Some(s) = self.throttles[kind as usize].flush(now, force) {
                 log_suppressed(kind, s);
             }
@@ -162,9 +139,9 @@ impl ConnectionWarnings {
     }
 }
 
-fn log_suppressed(kind: WarnKind, s: Suppressed) {
+fn log_suppressed(kind: ErrorKind, s: Suppressed) {
     let secs = s.over.as_secs().max(1);
-    if kind.is_warning() {
+    if is_warning(kind) {
         warn!(
             kind = kind.as_str(),
             suppressed = s.count,
@@ -242,9 +219,9 @@ mod tests {
     fn each_kind_has_its_own_allowance() {
         let w = ConnectionWarnings::new(WINDOW, 1);
         let now = Instant::now();
-        assert_eq!(w.admit(WarnKind::BadFrame, now), Verdict::Log);
-        assert_eq!(w.admit(WarnKind::BadFrame, now), Verdict::Suppress);
-        assert_eq!(w.admit(WarnKind::ChunkLimit, now), Verdict::Log, "bad frames do not hide the chunk limit");
-        assert_eq!(w.admit(WarnKind::FrameBudget, now), Verdict::Log);
+        assert_eq!(w.admit(ErrorKind::BadFrame, now), Verdict::Log);
+        assert_eq!(w.admit(ErrorKind::BadFrame, now), Verdict::Suppress);
+        assert_eq!(w.admit(ErrorKind::ChunkLimit, now), Verdict::Log, "bad frames do not hide the chunk limit");
+        assert_eq!(w.admit(ErrorKind::FrameBudget, now), Verdict::Log);
     }
 }
