@@ -2,36 +2,11 @@
 //! runtime's workers below the control thread and the journal writer, the disk walk lowest.
 //! Read from /proc of a running agent, so a runtime built without the hook fails here.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
-/// Starts the agent with `config` lines and waits until it listens.
-fn start(dir: &Path, config: &str) -> Child {
-    std::fs::create_dir_all(dir.join("root")).expect("mkdir");
-    std::fs::write(dir.join("agent.conf"), config).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spark-shuffle-agent"))
-        .args(["--port", "0", "--metrics-port", "0", "--bind", "127.0.0.1", "--root"])
-        .arg(dir.join("root"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--config")
-        .arg(dir.join("agent.conf"))
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the agent");
-    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    if lines.map_while(Result::ok).any(|line| line.contains("metrics listening")) {
-        return child;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the agent exited before listening");
-}
+use std::collections::BTreeMap;
+
+use common::binary::{agent_command, Logs};
 
 /// Nice value of every thread, by thread name (several threads may share a name).
 fn nice_by_thread(pid: u32) -> BTreeMap<String, Vec<i32>> {
@@ -49,7 +24,10 @@ fn nice_by_thread(pid: u32) -> BTreeMap<String, Vec<i32>> {
 
 fn check(config: &str, data_nice: i32) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut agent = start(dir.path(), config);
+    let conf = dir.path().join("agent.conf");
+    std::fs::write(&conf, config).expect("write config");
+    let mut agent = Logs::start(agent_command(dir.path(), &["--config", conf.to_str().expect("utf-8")]));
+    agent.wait_for("metrics listening");
     let as_promised = |threads: &BTreeMap<String, Vec<i32>>| {
         threads.get("tokio-rt-worker").is_some_and(|w| w.iter().all(|&n| n == data_nice))
             && ["control", "journal-writer", "metrics-http"].iter().all(|name| threads.get(*name) == Some(&vec![0]))
@@ -58,14 +36,13 @@ fn check(config: &str, data_nice: i32) {
     // Threads are named, and lower themselves, as they start: some may start just after "listening".
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let threads = loop {
-        let threads = nice_by_thread(agent.id());
+        let threads = nice_by_thread(agent.pid());
         if as_promised(&threads) || std::time::Instant::now() > deadline {
             break threads;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert!(as_promised(&threads), "data workers at {data_nice}, control path at 0, disk walk at 19: {threads:?}");
 }
 

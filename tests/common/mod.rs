@@ -1,5 +1,5 @@
 //! Shared fixtures of the integration tests: an in-process agent on `127.0.0.1:0`
-//! ([`agent`]), shuffle files written in Spark's layout ([`shuffle_files`], [`vector_layout`]),
+//! ([`agent`]), the real binary as a child process with its log ([`binary`]), shuffle files written in Spark's layout ([`shuffle_files`], [`vector_layout`]),
 //! a small client speaking Spark's frames ([`client`]), and the reader of the captured
 //! conversations in `tests/vectors/` ([`capture`]).
 //!
@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod binary;
 pub mod capture;
 pub mod client;
 pub mod shuffle_files;
