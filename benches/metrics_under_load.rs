@@ -1,7 +1,7 @@
 //! How responsive is the metrics port while the data path is saturated?
 //!
 //! An agent runs in process the way main runs it: the data path on a multi-thread runtime with
-//! one worker per core, `/metrics` on [`MetricsServer`] (its own thread, its own current-thread
+//! one worker per core, `/metrics` on [`AdminServer`] (its own thread, its own current-thread
 //! runtime). Load clients (their own threads and runtimes) open streams of 64 chunks of 32 KiB
 //! and fetch them pipelined, in a loop, over loopback: on a small machine this saturates every
 //! core. Meanwhile a prober GETs `/metrics` every 10 ms and records how long each answer takes.
@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spark_shuffle_agent::metrics::{Health, Metrics, MetricsServer};
+use spark_shuffle_agent::admin::{Admin, AdminServer, Health};
+use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{
     BlockTransferMessage, ExecutorShuffleInfo, FrameCodec, Inbound, Message, StreamChunkId,
 };
 use spark_shuffle_agent::registry::{Registry, Roots};
-use spark_shuffle_agent::server::{self, Settings, Shared};
+use spark_shuffle_agent::server::{self, ServerSource, Shared};
 use spark_shuffle_agent::store::{ExecutorDirs, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
@@ -88,13 +89,11 @@ fn run(placement: Placement, clients: usize, probes: usize, cores: usize) -> Out
     let data = tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build().expect("runtime");
     let health = Health::new();
     health.set_recovered();
-    let metrics = Arc::new(Metrics::with_health(health.clone()));
+    let metrics = Arc::new(Admin::new(health.clone()));
     let registry = Arc::new(Registry::in_memory(Roots::new(std::slice::from_ref(&root_path)).expect("roots")));
-    let shared = Arc::new(
-        Shared::new(Settings::default(), Arc::clone(&registry), Arc::new(Store::new(100 << 20)))
-            .with_metrics(Arc::clone(&metrics)),
-    );
-    metrics.attach_server(&shared);
+    let settings = Config::default().server_settings();
+    let shared = Arc::new(Shared::new(settings, Arc::clone(&registry), Arc::new(Store::new(100 << 20))));
+    metrics.exporter.add(ServerSource::new(Arc::clone(&shared)));
     let shutdown = CancellationToken::new();
     let listener = data.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let shuffle = listener.local_addr().expect("addr");
@@ -103,16 +102,14 @@ fn run(placement: Placement, clients: usize, probes: usize, cores: usize) -> Out
     let http_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind metrics");
     let http = http_listener.local_addr().expect("addr");
     let _own = match placement {
-        Placement::OwnThread => {
-            Some(MetricsServer::start(http_listener, Arc::clone(&metrics)).expect("metrics server"))
-        }
+        Placement::OwnThread => Some(AdminServer::start(http_listener, Arc::clone(&metrics)).expect("metrics server")),
         Placement::DataRuntime => {
             http_listener.set_nonblocking(true).expect("nonblocking");
             let listener = {
                 let _enter = data.enter();
                 tokio::net::TcpListener::from_std(http_listener).expect("listener")
             };
-            data.spawn(spark_shuffle_agent::metrics::http::serve(listener, Arc::clone(&metrics), shutdown.clone()));
+            data.spawn(spark_shuffle_agent::admin::http::serve(listener, Arc::clone(&metrics), shutdown.clone()));
             None
         }
     };

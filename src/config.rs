@@ -11,6 +11,16 @@ use std::time::Duration;
 
 use crate::server::Settings;
 
+/// How log lines are written (`agent.log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, fields flattened.
+    Json,
+}
+
 /// Everything the agent can be told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -61,6 +71,13 @@ pub struct Config {
     /// `agent.k8s.absent.recheck`: how long an app with running executors but no driver pod (a
     /// client-mode app) is left alone before the API is asked about it again.
     pub k8s_absent_recheck: Duration,
+    /// `agent.k8s.kubeconfig`: follow pods through the API server in this kubeconfig; None = the
+    /// in-cluster service account when in a pod, else Kubernetes is off.
+    pub kubeconfig: Option<PathBuf>,
+    /// `agent.k8s.node.name`: this node's name for the executor-pod watch; None = `$NODE_NAME`.
+    pub node_name: Option<String>,
+    /// `agent.log.format`: `text` or `json`.
+    pub log_format: LogFormat,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -104,6 +121,9 @@ impl Default for Config {
             cleanup_interval: Duration::from_secs(60),
             k8s_reconcile_interval: Duration::from_secs(30),
             k8s_absent_recheck: Duration::from_secs(300),
+            kubeconfig: None,
+            node_name: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -173,6 +193,15 @@ impl Config {
             "agent.cleanup.interval" => self.cleanup_interval = parse_duration(value).map_err(bad)?,
             "agent.k8s.reconcile.interval" => self.k8s_reconcile_interval = parse_duration(value).map_err(bad)?,
             "agent.k8s.absent.recheck" => self.k8s_absent_recheck = parse_duration(value).map_err(bad)?,
+            "agent.k8s.kubeconfig" => self.kubeconfig = Some(PathBuf::from(value)),
+            "agent.k8s.node.name" => self.node_name = Some(value.to_string()).filter(|n| !n.is_empty()),
+            "agent.log.format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(bad("text or json".into())),
+                }
+            }
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         }
         Ok(())
@@ -233,10 +262,12 @@ impl Config {
         }
     }
 
-    /// How the Kubernetes watchers and the reconciler run, on the node `node_name`.
-    pub fn k8s_settings(&self, node_name: Option<String>) -> crate::k8s::K8sSettings {
+    /// How the Kubernetes watchers and the reconciler run, on this node (`agent.k8s.node.name`,
+    /// else `$NODE_NAME` from the downward API).
+    pub fn k8s_settings(&self) -> crate::k8s::K8sSettings {
+        let from_env = || std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
         crate::k8s::K8sSettings {
-            node_name,
+            node_name: self.node_name.clone().or_else(from_env),
             reconcile_interval: self.k8s_reconcile_interval,
             absent_recheck: self.k8s_absent_recheck,
         }
@@ -396,17 +427,11 @@ mod tests {
         c.set("agent.k8s.reconcile.interval", "5s").unwrap();
         c.set("agent.k8s.absent.recheck", "10min").unwrap();
         c.validate().unwrap();
-        let k = c.k8s_settings(Some("node-a".into()));
+        c.set("agent.k8s.node.name", "node-a").unwrap();
+        let k = c.k8s_settings();
         assert_eq!(k.reconcile_interval, Duration::from_secs(5));
         assert_eq!(k.absent_recheck, Duration::from_secs(600));
         assert_eq!(k.node_name.as_deref(), Some("node-a"));
-    }
-
-    #[test]
-    fn the_default_kubernetes_intervals_are_the_watchers_defaults() {
-        let (config, watchers) = (Config::default().k8s_settings(None), crate::k8s::K8sSettings::default());
-        assert_eq!(config.reconcile_interval, watchers.reconcile_interval);
-        assert_eq!(config.absent_recheck, watchers.absent_recheck);
     }
 
     #[test]

@@ -22,8 +22,11 @@
 //!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
+pub mod admin;
+pub mod app;
 pub mod clock;
 pub mod config;
+pub mod disk_usage;
 pub mod k8s;
 pub mod lifecycle;
 pub mod metrics;
@@ -33,3 +36,6 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod thread_priority;
+
+#[cfg(test)]
+mod layers;

@@ -10,19 +10,18 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{
-    start_agent_with, start_agent_with_control_thread, wait_until, TestAgent, TestClient, VectorLayout, APP_ID,
-};
+use common::{start_agent_with, test_config, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
+use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{BlockTransferMessage as M, Message};
-use spark_shuffle_agent::server::{Settings, SMALL_FRAME};
+use spark_shuffle_agent::server::SMALL_FRAME;
 
 const MAX_FRAME: usize = 1 << 20;
 const BUDGET: usize = 2 << 20;
 /// A large request frame: within the frame limit; two fit the budget, three do not.
 const LARGE: usize = 768 << 10;
 
-fn settings() -> Settings {
-    Settings { max_frame_bytes: MAX_FRAME, max_pending_frame_bytes: BUDGET, ..Settings::default() }
+fn settings() -> Config {
+    Config { max_frame_bytes: MAX_FRAME, max_pending_frame_bytes: BUDGET, ..test_config() }
 }
 
 /// The bytes of an RpcRequest frame of exactly `len` bytes whose body the agent cannot parse
@@ -77,7 +76,6 @@ async fn still_serves(client: &mut TestClient, layout: &VectorLayout) {
 async fn stalled_large_frames_hold_at_most_the_budget_and_ordinary_clients_are_served_meanwhile() {
     let layout = VectorLayout::new();
     let agent = start_agent_with(&layout.roots(), settings()).await;
-    agent.shared.metrics.attach_server(&agent.shared);
 
     // Two clients send most of a large frame and stall: the budget is full.
     let mut stalled = Vec::new();
@@ -95,7 +93,7 @@ async fn stalled_large_frames_hold_at_most_the_budget_and_ordinary_clients_are_s
     waiting.send_raw(&frame[..16 << 10]).await;
     wait_until("the third frame waits for budget", || agent.shared.frame_budget.waits() == 1).await;
     assert_eq!(pending(&agent), 2 * LARGE as u64, "the third frame took nothing");
-    let metrics = agent.shared.metrics.render();
+    let metrics = agent.agent().admin().exporter.render();
     assert!(metrics.contains(&format!("spark_shuffle_agent_pending_frame_bytes {}", 2 * LARGE)), "{metrics}");
     assert!(metrics.contains("spark_shuffle_agent_pending_frame_waits_total 1"), "{metrics}");
 
@@ -130,7 +128,7 @@ async fn stalled_large_frames_hold_at_most_the_budget_and_ordinary_clients_are_s
 #[tokio::test]
 async fn a_frame_that_finds_no_budget_within_the_idle_timeout_is_closed_and_counted() {
     let layout = VectorLayout::new();
-    let settings = Settings { max_pending_frame_bytes: MAX_FRAME, idle_timeout: Duration::from_secs(2), ..settings() };
+    let settings = Config { max_pending_frame_bytes: MAX_FRAME, idle_timeout: Duration::from_secs(2), ..settings() };
     let agent = start_agent_with(&layout.roots(), settings).await;
 
     let mut holder = agent.connect().await;
@@ -177,7 +175,7 @@ fn large_open_blocks(count: usize) -> Bytes {
 #[tokio::test]
 async fn budget_granted_on_the_control_runtime_moves_with_the_connection_and_comes_back_on_the_data_runtime() {
     let layout = VectorLayout::new();
-    let agent = start_agent_with_control_thread(&layout.roots(), settings()).await;
+    let agent = start_agent_with(&layout.roots(), settings()).await;
     let mut client = registered_client(&agent, &layout).await;
 
     // Most of a large data request: budget is taken on the control runtime.
@@ -224,7 +222,7 @@ async fn budget_granted_on_the_control_runtime_moves_with_the_connection_and_com
 async fn requests_below_the_small_frame_size_never_take_budget() {
     let layout = VectorLayout::new();
     // A budget too small for any large frame: small requests must not notice it.
-    let settings = Settings { max_frame_bytes: 1 << 20, max_pending_frame_bytes: 1 << 20, ..Settings::default() };
+    let settings = Config { max_frame_bytes: 1 << 20, max_pending_frame_bytes: 1 << 20, ..test_config() };
     let agent = start_agent_with(&layout.roots(), settings).await;
     let mut client = registered_client(&agent, &layout).await;
     let mut hold = agent.connect().await;

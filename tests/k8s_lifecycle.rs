@@ -369,12 +369,13 @@ async fn simulated_api_reconcile_interval_from_the_config_key_paces_repeated_pas
     let disk = Disk::new();
     // As an operator sets it. The default (30 s) would give at most one more pass within the wait.
     let conf = disk.scratch.join("agent.conf");
-    std::fs::write(&conf, "agent.k8s.reconcile.interval 100ms\n").expect("write the config file");
+    std::fs::write(&conf, format!("agent.k8s.reconcile.interval 100ms\nagent.k8s.node.name {NODE}\n"))
+        .expect("write the config file");
     let mut config = spark_shuffle_agent::config::Config::default();
     config.load_file(&conf).expect("a valid config file");
     config.validate().expect("valid");
     sim.apply(driver_pod(NS, "a-driver", "spark-a", "Running"));
-    let settings = config.k8s_settings(Some(NODE.to_string()));
+    let settings = config.k8s_settings();
     let node = Node::start_with(&disk, Some(&kubeconfig(&disk.scratch, &sim.url())), settings).await;
     let e = node.register(&disk, "spark-a", "1").await;
     node.wait_synced().await;

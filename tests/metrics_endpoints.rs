@@ -1,5 +1,5 @@
-//! The metrics port against real traffic: an agent in process (`server::run` on `127.0.0.1:0`,
-//! temp dirs, real shuffle files in Spark's layout) with its metrics server on its own thread;
+//! The metrics port against real traffic: an agent in process, built as the binary builds it
+//! (`app::build` on `127.0.0.1:0`, temp dirs, real shuffle files in Spark's layout);
 //! a client registers, fetches, fails, sends a bad frame; then `/metrics` and `/status` must
 //! show exactly that. Readiness is checked over HTTP as main drives it. Nothing here asserts a
 //! duration; every wait is a poll with a timeout.
@@ -13,60 +13,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_until, ExecutorFiles, TestClient, WAIT};
-use spark_shuffle_agent::lifecycle::{Lifecycle, LifecycleSettings};
-use spark_shuffle_agent::metrics::{status, DiskSettings, DiskWatcher, Health, Metrics, MetricsServer};
+use common::{start_agent_with, test_config, wait_until, ExecutorFiles, TestAgent, TestClient, WAIT};
+use spark_shuffle_agent::admin::{status_command as status, Admin, AdminServer, Health};
+use spark_shuffle_agent::config::Config;
+use spark_shuffle_agent::disk_usage::walk_apps;
 use spark_shuffle_agent::protocol::{BlockTransferMessage, Message};
-use spark_shuffle_agent::registry::{Registry, Roots};
-use spark_shuffle_agent::server::{self, Settings, Shared};
-use spark_shuffle_agent::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const APP: &str = "app-20260101000000-0042";
 
-/// An agent wired the way main wires it, minus the journal and signals.
+/// An agent built as the binary builds it, and the addresses and parts the tests look at.
 struct Node {
+    agent: TestAgent,
     shuffle: SocketAddr,
     http: SocketAddr,
-    metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
-    health: Health,
-    shutdown: CancellationToken,
-    _server: MetricsServer,
-    _disk: Option<DiskWatcher>,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+impl Node {
+    fn render(&self) -> String {
+        self.agent.agent().admin().exporter.render()
+    }
+
+    /// Walks the app dirs now, exactly as the disk thread does every minute.
+    fn walk_disk(&self) {
+        let agent = self.agent.agent();
+        agent.disk_usage().set_app_usage(walk_apps(&self.agent.shared.registry));
     }
 }
 
-async fn start_node(roots: &[PathBuf], settings: Settings, watch_disk: bool) -> Node {
-    let health = Health::new();
-    let metrics = Arc::new(Metrics::with_health(health.clone()));
-    let http_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the metrics port");
-    let server = MetricsServer::start(http_listener, Arc::clone(&metrics)).expect("metrics server starts");
-    let registry = Arc::new(Registry::in_memory(Roots::new(roots).expect("roots exist")));
-    health.set_recovered();
-    let store = Arc::new(Store::new(100 << 20));
-    let settings_lc =
-        LifecycleSettings { keep_rdd: false, app_retention: None, sweep_interval: Duration::from_secs(3600) };
-    let (lifecycle, _worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), settings_lc);
-    let shared = Arc::new(Shared::new(settings, Arc::clone(&registry), store).with_metrics(Arc::clone(&metrics)));
-    metrics.attach_server(&shared);
-    metrics.attach_lifecycle(&lifecycle);
-    let disk = watch_disk.then(|| {
-        DiskWatcher::spawn(Arc::clone(&metrics), Arc::clone(&registry), DiskSettings::default()).expect("disk thread")
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the shuffle port");
-    let shuffle = listener.local_addr().expect("local addr");
-    metrics.set_shuffle_addr(shuffle);
-    health.set_listening();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server::run(listener, shared, shutdown.clone(), Duration::from_secs(1), None));
-    Node { shuffle, http: server.local_addr(), metrics, registry, health, shutdown, _server: server, _disk: disk }
+async fn start_node(roots: &[PathBuf], config: Config) -> Node {
+    let agent = start_agent_with(roots, config).await;
+    let (shuffle, http) = (agent.addr, agent.agent().admin_addr());
+    Node { agent, shuffle, http }
 }
 
 /// A plain HTTP/1.1 request: (status code, body).
@@ -116,7 +94,7 @@ async fn counters_and_histograms_move_with_real_traffic_and_errors() {
     let root = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let root_path = std::fs::canonicalize(root.path()).unwrap();
-    let node = start_node(std::slice::from_ref(&root_path), Settings::default(), true).await;
+    let node = start_node(std::slice::from_ref(&root_path), test_config()).await;
     let files = ExecutorFiles::new(&[root_path.join("blockmgr-a"), root_path.join("blockmgr-b")], 4);
     let map0 = files.write_map_output(0, 0, &[100, 200, 0]);
     let map1 = files.write_map_output(0, 1, &[50, 60, 70]);
@@ -177,9 +155,13 @@ async fn counters_and_histograms_move_with_real_traffic_and_errors() {
     let block_bytes = (100 + 200 + 70 + 50 + 60 + 70) as f64;
     let mut now = scrape(&node).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    // The bad frame is counted when its connection task ends, just after the socket closes.
-    while value(&now, r#"spark_shuffle_agent_errors_total{kind="bad_frame"}"#) < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the bad frame was never counted");
+    // The bad frame is counted when its connection task ends, just after the socket closes; a
+    // chunk leaves chunks_in_flight just after its last byte was written (the agent runs on
+    // threads of its own, so the client can see the bytes first).
+    while value(&now, r#"spark_shuffle_agent_errors_total{kind="bad_frame"}"#) < 1.0
+        || value(&now, "spark_shuffle_agent_chunks_in_flight") != 0.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the bad frame was never counted, or chunks stay in flight");
         tokio::time::sleep(Duration::from_millis(5)).await;
         now = scrape(&node).await;
     }
@@ -207,7 +189,7 @@ async fn counters_and_histograms_move_with_real_traffic_and_errors() {
 
     // The disk thread took statvfs of the root at start; its first walk came before the
     // registration and the next is a minute away, so walk here exactly as the thread does.
-    node.metrics.set_app_usage(spark_shuffle_agent::metrics::disk::walk_apps(&node.registry));
+    node.walk_disk();
     let expected_disk = [&map0.index, &map0.data, &map1.index, &map1.data].iter().map(|p| file_len(p)).sum::<u64>();
     let root_series = format!(r#"spark_shuffle_agent_root_free_bytes{{root="{}"}}"#, root_path.display());
     let mut now = scrape(&node).await;
@@ -238,7 +220,7 @@ async fn counters_and_histograms_move_with_real_traffic_and_errors() {
 
     drop(client);
     wait_until("the closed connection's streams and the connection are gone", || {
-        let text = node.metrics.render();
+        let text = node.render();
         text.contains("spark_shuffle_agent_streams_open 0") && text.contains("spark_shuffle_agent_active_connections 0")
     })
     .await;
@@ -247,12 +229,12 @@ async fn counters_and_histograms_move_with_real_traffic_and_errors() {
 #[tokio::test]
 async fn an_idle_connection_closed_by_the_agent_counts_as_idle_timeout() {
     let root = tempfile::tempdir().unwrap();
-    let settings = Settings { idle_timeout: Duration::from_millis(50), ..Settings::default() };
-    let node = start_node(&[root.path().to_path_buf()], settings, false).await;
+    let settings = Config { idle_timeout: Duration::from_millis(50), ..test_config() };
+    let node = start_node(&[root.path().to_path_buf()], settings).await;
     let mut idle = TestClient::connect(node.shuffle).await;
     idle.expect_closed_silently().await;
     wait_until("the idle close is counted", || {
-        node.metrics.render().contains(r#"spark_shuffle_agent_errors_total{kind="idle_timeout"} 1"#)
+        node.render().contains(r#"spark_shuffle_agent_errors_total{kind="idle_timeout"} 1"#)
     })
     .await;
 }
@@ -260,8 +242,8 @@ async fn an_idle_connection_closed_by_the_agent_counts_as_idle_timeout() {
 #[tokio::test]
 async fn readiness_follows_recovery_the_listener_and_the_drain() {
     let health = Health::new();
-    let metrics = Arc::new(Metrics::with_health(health.clone()));
-    let server = MetricsServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), metrics).unwrap();
+    let admin = Arc::new(Admin::new(health.clone()));
+    let server = AdminServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), admin).unwrap();
     let addr = server.local_addr();
     assert_eq!(http(addr, "GET", "/readyz").await, (503, "not ready: recovering\n".into()));
     assert_eq!(http(addr, "GET", "/healthz").await, (200, "ok\n".into()), "recovering is alive");
@@ -280,7 +262,7 @@ async fn readiness_follows_recovery_the_listener_and_the_drain() {
 #[tokio::test]
 async fn unknown_paths_and_methods_get_http_errors() {
     let server =
-        MetricsServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Arc::new(Metrics::new())).unwrap();
+        AdminServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Arc::new(Admin::default())).unwrap();
     let addr = server.local_addr();
     assert_eq!(http(addr, "GET", "/nope").await.0, 404);
     assert_eq!(http(addr, "POST", "/metrics").await.0, 405);
@@ -301,28 +283,30 @@ async fn unknown_paths_and_methods_get_http_errors() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_metrics_port_answers_while_the_data_path_runtime_is_blocked() {
     use std::io::{Read, Write};
-    let root = tempfile::tempdir().unwrap();
-    let node = start_node(&[root.path().to_path_buf()], Settings::default(), false).await;
-    let mut stream = std::net::TcpStream::connect(node.http).unwrap();
+    let health = Health::new();
+    health.set_recovered();
+    health.set_listening();
+    let admin = Arc::new(Admin::new(health.clone()));
+    let server = AdminServer::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), admin).unwrap();
+    let mut stream = std::net::TcpStream::connect(server.local_addr()).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("answered while this runtime's only thread is blocked");
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    assert!(response.contains("spark_shuffle_agent_active_connections 0"));
-    assert!(node.health.is_ready());
+    assert!(response.contains("spark_shuffle_agent_ready 1"));
 }
 
 #[tokio::test]
 async fn an_rpc_that_is_not_a_shuffle_message_is_an_rpc_failure() {
     let root = tempfile::tempdir().unwrap();
-    let node = start_node(&[root.path().to_path_buf()], Settings::default(), false).await;
+    let node = start_node(&[root.path().to_path_buf()], test_config()).await;
     let mut client = TestClient::connect(node.shuffle).await;
     let request_id = client.request_id();
     client.send(&Message::RpcRequest { request_id, body: Bytes::from_static(&[99]) }).await;
     assert!(matches!(client.recv_message().await, Message::RpcFailure { .. }));
     wait_until("the failure is counted", || {
-        node.metrics.render().contains(r#"spark_shuffle_agent_errors_total{kind="rpc_failure"} 1"#)
+        node.render().contains(r#"spark_shuffle_agent_errors_total{kind="rpc_failure"} 1"#)
     })
     .await;
 }

@@ -13,21 +13,23 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::client::first_line;
-use common::{start_agent, start_agent_with, wait_until, ChecksumKind, TestAgent, TestClient, VectorLayout, APP_ID};
+use common::{
+    start_agent, start_agent_with, test_config, wait_until, ChecksumKind, TestAgent, TestClient, VectorLayout, APP_ID,
+};
+use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{
     BlockTransferMessage as M, ExecutorShuffleInfo, FrameCodec, Inbound, Message, StreamChunkId,
 };
-use spark_shuffle_agent::server::Settings;
 use tokio_util::codec::Decoder;
 
 // ---- fixture -----------------------------------------------------------------------------
 
 /// The vector layout, an agent rooted at it, and a client that registered executors 0 and 1.
 async fn setup() -> (VectorLayout, TestAgent, TestClient) {
-    setup_with(Settings::default()).await
+    setup_with(test_config()).await
 }
 
-async fn setup_with(settings: Settings) -> (VectorLayout, TestAgent, TestClient) {
+async fn setup_with(settings: Config) -> (VectorLayout, TestAgent, TestClient) {
     let layout = VectorLayout::new();
     let agent = start_agent_with(&layout.roots(), settings).await;
     let client = registered_client(&agent, &layout).await;
@@ -323,7 +325,7 @@ async fn pipelined_requests_of_every_kind_are_answered_in_arrival_order() {
 async fn hundreds_of_pipelined_chunks_mixing_copied_and_sendfile_bodies_arrive_in_order() {
     // Bodies of 50 bytes or more go out with sendfile, smaller ones are copied next to their
     // headers: both kinds interleave, and the outbox flushes many times on the way.
-    let settings = Settings { coalesce_max_bytes: 50, ..Settings::default() };
+    let settings = Config { sendfile_min_bytes: 50, ..test_config() };
     let (layout, agent, mut client) = setup_with(settings).await;
     let reduces: Vec<i32> = (0..300).map(|i| i % 4).collect();
     let (id, n) = client.open_stream(&fetch("0", 0, &[1], &[&reduces], false)).await.expect("handle");
@@ -891,7 +893,7 @@ async fn a_truncated_data_file_fails_the_chunk_with_a_clear_text() {
 
 /// Sends `bytes` on a fresh connection and checks that the agent closes it without a reply,
 /// counts it, and keeps serving an open stream on another connection and new connections.
-async fn bad_frame_closes_only_its_connection(bytes: &[u8], settings: Settings, then_eof: bool) {
+async fn bad_frame_closes_only_its_connection(bytes: &[u8], settings: Config, then_eof: bool) {
     let (layout, agent, mut good) = setup_with(settings).await;
     let (id, _) = good.open_stream(&fetch("0", 0, &[0], &[&[0, 2]], false)).await.expect("handle");
     let mut bad = agent.connect().await;
@@ -912,36 +914,36 @@ async fn bad_frame_closes_only_its_connection(bytes: &[u8], settings: Settings, 
 #[tokio::test]
 async fn a_zero_frame_length_closes_only_its_connection() {
     // probe_bad_frame_zero.txt.
-    bad_frame_closes_only_its_connection(&[0; 8], Settings::default(), false).await;
+    bad_frame_closes_only_its_connection(&[0; 8], test_config(), false).await;
 }
 
 #[tokio::test]
 async fn a_frame_length_below_its_own_size_closes_only_its_connection() {
-    bad_frame_closes_only_its_connection(&[0, 0, 0, 0, 0, 0, 0, 8], Settings::default(), false).await;
+    bad_frame_closes_only_its_connection(&[0, 0, 0, 0, 0, 0, 0, 8], test_config(), false).await;
 }
 
 #[tokio::test]
 async fn a_negative_frame_length_closes_only_its_connection() {
-    bad_frame_closes_only_its_connection(&(-21i64).to_be_bytes(), Settings::default(), false).await;
+    bad_frame_closes_only_its_connection(&(-21i64).to_be_bytes(), test_config(), false).await;
 }
 
 #[tokio::test]
 async fn an_unknown_transport_type_closes_only_its_connection() {
     // probe_bad_frame_type.txt: frameLength 9, type 0x0d.
-    bad_frame_closes_only_its_connection(&[0, 0, 0, 0, 0, 0, 0, 9, 0x0d], Settings::default(), false).await;
+    bad_frame_closes_only_its_connection(&[0, 0, 0, 0, 0, 0, 0, 9, 0x0d], test_config(), false).await;
 }
 
 #[tokio::test]
 async fn a_header_running_past_its_frame_closes_only_its_connection() {
     // A ChunkFetchRequest frame holding 4 of its 12 header bytes.
     let bytes = [0, 0, 0, 0, 0, 0, 0, 13, 0, 0, 0, 0, 1];
-    bad_frame_closes_only_its_connection(&bytes, Settings::default(), false).await;
+    bad_frame_closes_only_its_connection(&bytes, test_config(), false).await;
 }
 
 #[tokio::test]
 async fn a_frame_over_the_configured_limit_closes_the_connection_before_its_body_arrives() {
     // Only the length is sent: the agent must not wait for the megabyte it announces.
-    let settings = Settings { max_frame_bytes: 4096, ..Settings::default() };
+    let settings = Config { max_frame_bytes: 4096, ..test_config() };
     bad_frame_closes_only_its_connection(&((1u64 << 20) + 8).to_be_bytes(), settings, false).await;
 }
 
@@ -949,7 +951,7 @@ async fn a_frame_over_the_configured_limit_closes_the_connection_before_its_body
 async fn a_truncated_frame_then_eof_closes_only_its_connection() {
     // Half of a ChunkFetchRequest, then FIN.
     let bytes = [0, 0, 0, 0, 0, 0, 0, 0x15, 0, 0, 0, 0];
-    bad_frame_closes_only_its_connection(&bytes, Settings::default(), true).await;
+    bad_frame_closes_only_its_connection(&bytes, test_config(), true).await;
 }
 
 #[tokio::test]
@@ -975,7 +977,7 @@ async fn replies_to_requests_before_a_bad_frame_are_sent_before_the_close() {
 /// only the request over the limit goes unanswered (spec §3.3 step 1).
 #[tokio::test]
 async fn a_chunk_over_the_server_wide_limit_closes_the_connection_after_the_replies_before_it() {
-    let settings = Settings { max_chunks_being_transferred: 1, ..Settings::default() };
+    let settings = Config { max_chunks_being_transferred: 1, ..test_config() };
     let (layout, agent, mut client) = setup_with(settings).await;
     let (id, _) = client.open_stream(&fetch("0", 0, &[0], &[&[0, 2]], false)).await.expect("handle");
     let chunk = |i| StreamChunkId { stream_id: id, chunk_index: i };
@@ -1004,8 +1006,8 @@ async fn a_chunk_over_the_server_wide_limit_closes_the_connection_after_the_repl
 
 // ---- idle connections ----------------------------------------------------------------------
 
-fn short_idle() -> Settings {
-    Settings { idle_timeout: Duration::from_millis(500), ..Settings::default() }
+fn short_idle() -> Config {
+    Config { idle_timeout: Duration::from_millis(500), ..test_config() }
 }
 
 #[tokio::test]
@@ -1029,8 +1031,7 @@ async fn a_connection_idle_after_an_rpc_is_closed_by_the_server() {
 
 #[tokio::test]
 async fn streams_past_the_per_connection_limit_are_refused_until_one_is_read_to_its_end() {
-    let (_layout, _agent, mut client) =
-        setup_with(Settings { max_streams_per_connection: 2, ..Settings::default() }).await;
+    let (_layout, _agent, mut client) = setup_with(Config { max_streams_per_connection: 2, ..test_config() }).await;
     let ask = fetch("0", 0, &[0], &[&[0]], false);
     let (first, _) = client.open_stream(&ask).await.expect("first stream");
     client.open_stream(&ask).await.expect("second stream");
@@ -1046,27 +1047,39 @@ async fn streams_past_the_per_connection_limit_are_refused_until_one_is_read_to_
 
 // ---- warnings under a flood of bad connections ---------------------------------------------
 
-/// Everything logged on this thread while it lives (the test's runtime and the agent's tasks
-/// run on it), as text lines.
+/// Everything the process logs from [`CapturedLogs::start`] on, as text lines. The agent runs on
+/// threads of its own, so the capture is process-wide: one subscriber for the test binary, its
+/// buffer cleared at each start, and the tests that capture serialized. Exact counts assume no
+/// other test logs in the same process, which holds under cargo nextest (a process per test),
+/// the runner tests/run-all.sh uses.
 struct CapturedLogs {
-    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static CAPTURED: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+static CAPTURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl CapturedLogs {
     fn start() -> CapturedLogs {
-        let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::clone(&text);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || LogSink(std::sync::Arc::clone(&sink)))
-            .finish();
-        CapturedLogs { text, _guard: tracing::subscriber::set_default(subscriber) }
+        let serial = CAPTURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let text = CAPTURED.get_or_init(|| {
+            let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = std::sync::Arc::clone(&text);
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || LogSink(std::sync::Arc::clone(&sink)))
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+            text
+        });
+        text.lock().unwrap().clear();
+        CapturedLogs { _serial: serial }
     }
 
     fn lines_with(&self, level: &str, needle: &str) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned();
+        let text = CAPTURED.get().expect("started");
+        let text = String::from_utf8_lossy(&text.lock().unwrap()).into_owned();
         text.lines().filter(|l| l.contains(level) && l.contains(needle)).map(str::to_string).collect()
     }
 }

@@ -26,14 +26,16 @@
 //! This module never blocks start-up: the watchers run as tasks, and the shuffle port is served
 //! whether or not the API server answers. It deletes nothing itself; the lifecycle engine does.
 
+mod api_health;
 pub mod discovery;
 pub mod drivers;
 pub mod executors;
-mod health;
+pub mod metrics;
 pub mod pods;
 pub mod reconcile;
 
-pub use health::{K8sHealth, K8sSnapshot, WatchHealth, WatchSnapshot};
+pub use api_health::{K8sHealth, K8sSnapshot, WatchHealth, WatchSnapshot};
+pub use metrics::K8sSource;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -48,7 +50,7 @@ use tracing::{info, warn};
 
 use crate::lifecycle::Lifecycle;
 use crate::registry::Registry;
-use health::{ObserveLayer, Watch};
+use api_health::{ObserveLayer, Watch};
 
 /// Where the service-account token is mounted in a pod.
 const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -83,16 +85,6 @@ pub struct K8sSettings {
     /// still has running executors (a client-mode app, whose driver is not a labelled pod;
     /// `agent.k8s.absent.recheck`).
     pub absent_recheck: Duration,
-}
-
-impl Default for K8sSettings {
-    fn default() -> K8sSettings {
-        K8sSettings {
-            node_name: None,
-            reconcile_interval: Duration::from_secs(30),
-            absent_recheck: Duration::from_secs(300),
-        }
-    }
 }
 
 /// The parts of the agent the watchers act on.

@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod metrics;
+pub use metrics::LifecycleSource;
+
 use crate::registry::Registry;
 use crate::store::{cleanup, KeepServed, Store};
 

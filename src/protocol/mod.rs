@@ -6,6 +6,7 @@
 pub mod block_id;
 pub mod frame;
 pub mod java_error;
+pub use java_error::{JavaClass, JavaError};
 pub mod shuffle;
 pub mod wire;
 

@@ -3,6 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::java_error::{JavaClass, JavaError};
 use super::wire::{self, WireError};
 
 /// How an executor laid out its files (spec §2.4).
@@ -132,14 +133,24 @@ pub enum BlockTransferMessage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     /// The type byte names no message (Java: IllegalArgumentException "Unknown message type: N").
-    #[error("java.lang.IllegalArgumentException: Unknown message type: {0}")]
+    #[error("Unknown message type: {0}")]
     UnknownType(u8),
     /// The payload was empty.
-    #[error("java.lang.IndexOutOfBoundsException: empty message")]
+    #[error("empty message")]
     Empty,
     /// A field was truncated or invalid.
-    #[error("java.lang.IndexOutOfBoundsException: malformed {name}: {source}")]
+    #[error("malformed {name}: {source}")]
     Malformed { name: &'static str, source: WireError },
+}
+
+impl From<MessageError> for JavaError {
+    fn from(e: MessageError) -> JavaError {
+        let class = match e {
+            MessageError::UnknownType(_) => JavaClass::IllegalArgument,
+            MessageError::Empty | MessageError::Malformed { .. } => JavaClass::IndexOutOfBounds,
+        };
+        JavaError::new(class, e)
+    }
 }
 
 impl BlockTransferMessage {

@@ -123,7 +123,7 @@ fn register_executor_matches_the_captured_bytes() {
 #[test]
 fn an_unknown_type_gives_the_java_text() {
     let err = BlockTransferMessage::decode(&[99]).unwrap_err();
-    assert_eq!(err.to_string(), "java.lang.IllegalArgumentException: Unknown message type: 99");
+    assert_eq!(JavaError::from(err).to_string(), "java.lang.IllegalArgumentException: Unknown message type: 99");
     let err = BlockTransferMessage::decode(&[14 + 100]).unwrap_err();
     assert!(matches!(err, MessageError::UnknownType(114)));
 }

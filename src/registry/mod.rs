@@ -4,9 +4,11 @@
 //! the lookups the data path makes. It does no socket I/O.
 
 mod journal;
+pub mod metrics;
 mod roots;
 
 pub use journal::{Journal, JournalError, JournalStats, Record, Recovered};
+pub use metrics::RegistrySource;
 pub use roots::{canonicalize_lenient, Roots};
 
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
 use crate::clock::unix_secs;
-use crate::protocol::{java_error, ExecutorShuffleInfo};
+use crate::protocol::{java_error, ExecutorShuffleInfo, JavaClass, JavaError};
 use crate::store::ExecutorDirs;
 use crate::sync::{lock, read, write};
 
@@ -50,26 +52,34 @@ pub struct Driver {
     pub heartbeat_timeout_ms: i64,
 }
 
-/// Why a registration was refused. The text is what the client is sent.
+/// Why a registration was refused. The client is sent its [`JavaError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// A local dir entry was empty.
-    #[error("java.lang.IllegalArgumentException: localDirs entries must be non-null and non-empty")]
+    #[error("localDirs entries must be non-null and non-empty")]
     EmptyDir,
     /// No local dirs were given.
-    #[error("java.lang.IllegalArgumentException: localDirs must not be empty")]
+    #[error("localDirs must not be empty")]
     NoDirs,
     /// A local dir resolves outside every configured root.
-    #[error(
-        "java.lang.IllegalArgumentException: localDirs entry is not under any of the service's local directories: {0}"
-    )]
+    #[error("localDirs entry is not under any of the service's local directories: {0}")]
     OutsideRoots(String),
     /// subDirsPerLocalDir was zero or negative.
-    #[error("java.lang.IllegalArgumentException: subDirsPerLocalDir must be positive, got {0}")]
+    #[error("subDirsPerLocalDir must be positive, got {0}")]
     BadSubDirs(i32),
     /// The registration could not be made durable, so it is not acknowledged.
-    #[error("java.io.IOException: {0}")]
+    #[error("{0}")]
     NotPersisted(String),
+}
+
+impl From<RegistryError> for JavaError {
+    fn from(e: RegistryError) -> JavaError {
+        let class = match e {
+            RegistryError::NotPersisted(_) => JavaClass::Io,
+            _ => JavaClass::IllegalArgument,
+        };
+        JavaError::new(class, e)
+    }
 }
 
 /// What start-up recovered, for the log line and metrics.
@@ -221,7 +231,7 @@ impl Registry {
     }
 
     /// The executor, or the text the JVM service sends when it is not registered.
-    pub fn require(&self, app_id: &str, exec_id: &str) -> Result<Arc<Executor>, String> {
+    pub fn require(&self, app_id: &str, exec_id: &str) -> Result<Arc<Executor>, JavaError> {
         self.executor(app_id, exec_id).ok_or_else(|| java_error::executor_not_registered(app_id, exec_id))
     }
 

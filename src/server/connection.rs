@@ -14,14 +14,14 @@ use tracing::debug;
 
 use super::dispatch::{self, RpcReply};
 use super::input::Input;
+use super::metrics::ErrorKind;
 use super::outbox::{Outbox, QueueError};
 use super::placement::{is_data_request, Placement};
 use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
 use super::Shared;
-use crate::metrics::ErrorKind;
 use crate::protocol::block_id::{java_parse_int, java_split};
 use crate::protocol::frame::JAVA_MAX_FRAME;
-use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, Message, StreamChunkId};
+use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, JavaClass, JavaError, Message, StreamChunkId};
 use crate::registry::Executor;
 use crate::store::{MapOutput, Segment, StoreError};
 
@@ -230,7 +230,7 @@ impl Connection {
         // Every chunk of this flush is written now; pipelined ones share this end time.
         let written = Instant::now();
         for started in self.fetch_starts.drain(..) {
-            self.shared.metrics.observe_fetch(written.saturating_duration_since(started));
+            self.shared.latency.observe_fetch(written.saturating_duration_since(started));
         }
         self.fetch_starts.shrink_to(FETCH_STARTS_KEPT);
         Ok(())
@@ -248,7 +248,7 @@ impl Connection {
                     RpcReply::Ok(body) => Message::RpcResponse { request_id, body },
                     RpcReply::Fail(error) => {
                         self.shared.counters.rpc_failures.fetch_add(1, Ordering::Relaxed);
-                        Message::RpcFailure { request_id, error }
+                        Message::RpcFailure { request_id, error: error.to_string() }
                     }
                 };
                 self.outbox.message(&reply);
@@ -259,12 +259,13 @@ impl Connection {
             Message::UploadStream { request_id, .. } => {
                 // The body cannot be skipped safely, so after the failure the connection closes
                 // (spec §3.1); the standalone JVM service has no merge manager either.
-                let error = dispatch::merge_unsupported();
+                let error = dispatch::merge_unsupported().to_string();
                 self.outbox.message(&Message::RpcFailure { request_id, error: error.clone() });
                 return Err(ConnectionEnd::Refused(error));
             }
             Message::MergedBlockMetaRequest { request_id, .. } => {
-                self.outbox.message(&Message::RpcFailure { request_id, error: dispatch::merge_unsupported() });
+                let error = dispatch::merge_unsupported().to_string();
+                self.outbox.message(&Message::RpcFailure { request_id, error });
             }
             // Server-to-client messages have no meaning here; Java's request handler ignores
             // responses arriving at a server, and so do we (the connection stays usable).
@@ -290,21 +291,22 @@ impl Connection {
     fn chunk(&mut self, chunk: StreamChunkId) -> Result<(), ConnectionEnd> {
         let started = Instant::now();
         self.admit_chunk()?;
-        let failure = |error| Message::ChunkFetchFailure { chunk, error };
+        let failure = |error: JavaError| Message::ChunkFetchFailure { chunk, error: error.to_string() };
         let outcome = self.resolve(chunk.stream_id, chunk.chunk_index);
         match outcome {
-            Ok(segment) if segment.len > (JAVA_MAX_FRAME - 21) as u64 => {
+            Ok(Some(segment)) if segment.len > (JAVA_MAX_FRAME - 21) as u64 => {
                 // No frame can carry it: Java clients fetch such blocks as streams.
                 self.fail(failure(java_error::illegal_argument(format_args!(
                     "Block of {} bytes is too large for a chunk; fetch it as a stream",
                     segment.len
                 ))));
             }
-            Ok(segment) => {
+            Ok(Some(segment)) => {
                 let header = Message::ChunkFetchSuccess { chunk, body: bytes::Bytes::new() };
                 self.send_segment(&header, segment, true, started, failure)
             }
-            Err(text) => self.fail(failure(text)),
+            Ok(None) => self.fail(failure(java_error::illegal_state("Chunk was not found"))),
+            Err(error) => self.fail(failure(error)),
         }
         Ok(())
     }
@@ -312,18 +314,16 @@ impl Connection {
     fn stream(&mut self, stream_id: String) -> Result<(), ConnectionEnd> {
         let started = Instant::now();
         self.admit_chunk()?;
-        let failure = |error| Message::StreamFailure { stream_id: stream_id.clone(), error };
+        let failure = |error: String| Message::StreamFailure { stream_id: stream_id.clone(), error };
         let outcome = parse_stream_chunk_id(&stream_id).and_then(|(id, index)| self.resolve(id, index));
         match outcome {
-            Ok(segment) => {
+            Ok(Some(segment)) => {
                 let header = Message::StreamResponse { stream_id: stream_id.clone(), byte_count: segment.len as i64 };
-                self.send_segment(&header, segment, false, started, failure)
+                self.send_segment(&header, segment, false, started, |e| failure(e.to_string()))
             }
-            Err(text) if text == CHUNK_NOT_FOUND => {
-                // Java's StreamRequest path sends this plain text for a missing buffer.
-                self.fail(failure(format!("Stream '{stream_id}' was not found.")))
-            }
-            Err(text) => self.fail(failure(text)),
+            // Java's StreamRequest path sends this plain text (no exception) for a missing buffer.
+            Ok(None) => self.fail(failure(format!("Stream '{stream_id}' was not found."))),
+            Err(error) => self.fail(failure(error.to_string())),
         }
         Ok(())
     }
@@ -334,7 +334,7 @@ impl Connection {
         segment: Segment,
         in_frame: bool,
         started: Instant,
-        failure: impl Fn(String) -> Message,
+        failure: impl Fn(JavaError) -> Message,
     ) {
         let len = segment.len;
         match self.outbox.message_with_segment(header, segment, in_frame) {
@@ -343,11 +343,12 @@ impl Connection {
                 self.shared.counters.chunks_served.fetch_add(1, Ordering::Relaxed);
                 self.shared.counters.chunk_bytes_served.fetch_add(len, Ordering::Relaxed);
             }
-            Err(QueueError::Read { path, error }) => {
-                self.fail(failure(format!("java.io.IOException: Failed to read {}: {error}", path.display())))
-            }
+            Err(QueueError::Read { path, error }) => self.fail(failure(JavaError::new(
+                JavaClass::Io,
+                format_args!("Failed to read {}: {error}", path.display()),
+            ))),
             Err(QueueError::Truncated { path, expected, actual }) => {
-                self.fail(failure(StoreError::TruncatedData { path: path.to_path_buf(), expected, actual }.java_text()))
+                self.fail(failure(StoreError::TruncatedData { path: path.to_path_buf(), expected, actual }.into()))
             }
         }
     }
@@ -367,28 +368,30 @@ impl Connection {
         map_id: i64,
         start: i32,
         end: i32,
-    ) -> Result<Segment, String> {
+    ) -> Result<Segment, JavaError> {
         let key = (Arc::as_ptr(ex) as usize, shuffle_id, map_id);
         if let Some((memo_key, output)) = &self.last_map {
             if *memo_key == key {
-                return output.segment(start, end).map_err(|e| e.java_text());
+                return output.segment(start, end).map_err(JavaError::from);
             }
         }
         match self.shared.store.map_output(&ex.dirs, shuffle_id, map_id) {
             Ok(output) => {
-                let segment = output.segment(start, end).map_err(|e| e.java_text());
+                let segment = output.segment(start, end).map_err(JavaError::from);
                 self.last_map = Some((key, output));
                 segment
             }
             // The one-block path reports errors in Java's order (reduce id before data file).
             Err(_) => {
-                self.shared.store.shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end).map_err(|e| e.java_text())
+                self.shared.store.shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end).map_err(JavaError::from)
             }
         }
     }
 
-    /// Resolves the next chunk of a stream to an open file segment, or the text to fail with.
-    fn resolve(&mut self, stream_id: i64, chunk_index: i32) -> Result<Segment, String> {
+    /// Resolves the next chunk of a stream to an open file segment; None for a chunk whose
+    /// buffer does not exist (a missing rdd block file), which the two request kinds report
+    /// differently.
+    fn resolve(&mut self, stream_id: i64, chunk_index: i32) -> Result<Option<Segment>, JavaError> {
         let (executor, block) = match self.streams.start_chunk(stream_id, chunk_index) {
             ChunkTurn::Refuse(text) => return Err(text),
             ChunkTurn::Serve { executor, block } => (executor, block),
@@ -402,7 +405,7 @@ impl Connection {
                 self.shuffle_segment(ex, shuffle_id, map_id, start, end).map(Some)
             }
             (Some(ex), BlockRef::Rdd { rdd_id, split_index }) => {
-                self.shared.store.rdd_segment(&ex.dirs, rdd_id, split_index).map_err(|e| e.java_text())
+                self.shared.store.rdd_segment(&ex.dirs, rdd_id, split_index).map_err(JavaError::from)
             }
             (Some(_), BlockRef::Merged) => Err(dispatch::merge_unsupported()),
         };
@@ -412,23 +415,17 @@ impl Connection {
         if result.is_ok() {
             self.shared.counters.blocks_served.fetch_add(block.block_count(), Ordering::Relaxed);
         }
-        result?.ok_or_else(|| CHUNK_NOT_FOUND.to_string())
+        result
     }
 }
 
-/// The text of a chunk whose buffer does not exist (a missing rdd block file).
-const CHUNK_NOT_FOUND: &str = "java.lang.IllegalStateException: Chunk was not found";
-
 /// `"<streamId>_<chunkIndex>"`, parsed as Java does (Long.parseLong, Integer.parseInt).
-fn parse_stream_chunk_id(text: &str) -> Result<(i64, i32), String> {
+fn parse_stream_chunk_id(text: &str) -> Result<(i64, i32), JavaError> {
     let parts = java_split(text);
     let first = parts.first().copied().unwrap_or("");
     let stream_id = first.parse::<i64>().map_err(|_| java_error::number_format(first))?;
     let Some(index) = parts.get(1) else {
-        return Err(format!(
-            "java.lang.ArrayIndexOutOfBoundsException: Index 1 out of bounds for length {}",
-            parts.len()
-        ));
+        return Err(java_error::array_index(1, parts.len()));
     };
     Ok((stream_id, java_parse_int(index)?))
 }
@@ -440,10 +437,7 @@ mod tests {
     #[test]
     fn stream_chunk_ids_parse_like_java() {
         assert_eq!(parse_stream_chunk_id("2671724288809882581_2"), Ok((2671724288809882581, 2)));
-        assert_eq!(
-            parse_stream_chunk_id("not-a-stream"),
-            Err("java.lang.NumberFormatException: For input string: \"not-a-stream\"".into())
-        );
-        assert!(parse_stream_chunk_id("12").unwrap_err().starts_with("java.lang.ArrayIndexOutOfBoundsException"));
+        assert_eq!(parse_stream_chunk_id("not-a-stream"), Err(java_error::number_format("not-a-stream")));
+        assert_eq!(parse_stream_chunk_id("12"), Err(java_error::array_index(1, 1)));
     }
 }

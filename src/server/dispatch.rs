@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use super::metrics::Latency;
 use super::streams::{BlockRef, ConnectionStreams, Stream};
 use super::Shared;
-use crate::protocol::{java_error, parse_open_blocks, BlockTransferMessage, OpenBlocksPlan};
+use crate::protocol::{java_error, parse_open_blocks, BlockTransferMessage, JavaError, OpenBlocksPlan};
 use crate::registry::Driver;
 
 /// What the connection sends back for an RPC.
@@ -16,13 +17,13 @@ use crate::registry::Driver;
 pub enum RpcReply {
     /// RpcResponse with this body.
     Ok(Bytes),
-    /// RpcFailure with this text; the connection stays usable.
-    Fail(String),
+    /// RpcFailure with this error's text; the connection stays usable.
+    Fail(JavaError),
 }
 
 /// Spark's standalone service has no merge manager (NoOpMergedShuffleFileManager): every push
 /// operation fails with this text (spec §7).
-pub fn merge_unsupported() -> String {
+pub fn merge_unsupported() -> JavaError {
     java_error::unsupported("Cannot handle shuffle block merge")
 }
 
@@ -33,11 +34,11 @@ const SHUFFLE_MERGER_ID: &str = "shuffle-push-merger";
 pub async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) -> RpcReply {
     let msg = match BlockTransferMessage::decode(body) {
         Ok(msg) => msg,
-        Err(e) => return RpcReply::Fail(e.to_string()),
+        Err(e) => return RpcReply::Fail(e.into()),
     };
     match handle(shared, streams, msg).await {
         Ok(reply) => RpcReply::Ok(reply),
-        Err(text) => RpcReply::Fail(text),
+        Err(error) => RpcReply::Fail(error),
     }
 }
 
@@ -50,7 +51,7 @@ pub async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u
             return;
         }
         Ok(msg) => handle(shared, streams, msg).await.err(),
-        Err(e) => Some(e.to_string()),
+        Err(e) => Some(JavaError::from(e)),
     };
     if let Some(text) = outcome {
         debug!(error = %text, "one-way message failed");
@@ -59,19 +60,23 @@ pub async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u
 
 /// Handles one message, timing the kinds Spark's service times (spec §8): failures included,
 /// as the JVM stops its timers in a `finally`.
-async fn handle(shared: &Shared, streams: &mut ConnectionStreams, msg: BlockTransferMessage) -> Result<Bytes, String> {
+async fn handle(
+    shared: &Shared,
+    streams: &mut ConnectionStreams,
+    msg: BlockTransferMessage,
+) -> Result<Bytes, JavaError> {
     use BlockTransferMessage as M;
-    let observe: Option<fn(&crate::metrics::Metrics, Duration)> = match &msg {
-        M::RegisterExecutor { .. } => Some(crate::metrics::Metrics::observe_register),
+    let observe: Option<fn(&Latency, Duration)> = match &msg {
+        M::RegisterExecutor { .. } => Some(Latency::observe_register),
         M::OpenBlocks { .. } | M::FetchShuffleBlocks { .. } | M::FetchShuffleBlockChunks { .. } => {
-            Some(crate::metrics::Metrics::observe_open_blocks)
+            Some(Latency::observe_open_blocks)
         }
         _ => None,
     };
     let started = Instant::now();
     let result = handle_message(shared, streams, msg).await;
     if let Some(observe) = observe {
-        observe(&shared.metrics, started.elapsed());
+        observe(&shared.latency, started.elapsed());
     }
     result
 }
@@ -80,13 +85,12 @@ async fn handle_message(
     shared: &Shared,
     streams: &mut ConnectionStreams,
     msg: BlockTransferMessage,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, JavaError> {
     use BlockTransferMessage as M;
     match msg {
         M::RegisterExecutor { app_id, exec_id, info } => {
             // Persisted before the (empty) reply: an acknowledged registration survives a crash.
-            let executor =
-                shared.registry.register_executor(&app_id, &exec_id, info).await.map_err(|e| e.to_string())?;
+            let executor = shared.registry.register_executor(&app_id, &exec_id, info).await?;
             info!(app = %app_id, exec = %exec_id, dirs = ?executor.info.local_dirs, "executor registered");
             Ok(Bytes::new())
         }
@@ -121,21 +125,14 @@ async fn handle_message(
         }
         M::DiagnoseCorruption { app_id, exec_id, shuffle_id, map_id, reduce_id, checksum, algorithm } => {
             let executor = shared.registry.require(&app_id, &exec_id)?;
-            let cause = shared
-                .store
-                .diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm)
-                .map_err(|e| e.java_text())?;
+            let cause = shared.store.diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm)?;
             info!(app = %app_id, exec = %exec_id, shuffle_id, map_id, reduce_id, ?cause, "corruption diagnosed");
             Ok(M::CorruptionCause { cause: cause.code() }.encode())
         }
         M::RegisterDriver { app_id, heartbeat_timeout_ms } => {
             // The 2.2 Kubernetes fork announces each app this way; Spark 4 no longer sends it.
             info!(app = %app_id, heartbeat_timeout_ms, "driver registered");
-            shared
-                .registry
-                .register_driver(Driver { app_id, heartbeat_timeout_ms })
-                .await
-                .map_err(|e| e.to_string())?;
+            shared.registry.register_driver(Driver { app_id, heartbeat_timeout_ms }).await?;
             Ok(Bytes::new())
         }
         M::ShuffleServiceHeartbeat { app_id } => {
@@ -155,7 +152,7 @@ fn shuffle_blocks(
     map_ids: &[i64],
     reduce_ids: &[Vec<i32>],
     batch: bool,
-) -> Result<Vec<BlockRef>, String> {
+) -> Result<Vec<BlockRef>, JavaError> {
     if map_ids.len() != reduce_ids.len() {
         return Err(java_error::illegal_argument(format_args!(
             "FetchShuffleBlocks has {} map ids but {} reduce id lists",
@@ -190,7 +187,7 @@ fn open_stream(
     app_id: String,
     exec_id: String,
     blocks: Vec<BlockRef>,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, JavaError> {
     // Streams a client opens and never reads stay until its connection closes; bound them so
     // one connection cannot hold unbounded memory (the JVM service has no such limit).
     let limit = shared.settings.max_streams_per_connection;
@@ -210,7 +207,7 @@ fn open_stream(
     Ok(BlockTransferMessage::StreamHandle { stream_id, num_chunks }.encode())
 }
 
-fn local_dirs(shared: &Shared, app_id: &str, exec_ids: Vec<String>) -> Result<Bytes, String> {
+fn local_dirs(shared: &Shared, app_id: &str, exec_ids: Vec<String>) -> Result<Bytes, JavaError> {
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = exec_ids.iter().find(|id| !seen.insert(id.as_str())) {
         return Err(java_error::illegal_argument(format_args!("duplicate element: {dup}")));

@@ -5,6 +5,7 @@
 mod connection;
 mod dispatch;
 mod input;
+pub mod metrics;
 mod outbox;
 mod placement;
 mod streams;
@@ -12,6 +13,7 @@ mod warn_throttle;
 
 pub use connection::ConnectionEnd;
 pub use input::{FrameBudget, SMALL_FRAME};
+pub use metrics::{ErrorKind, Latency, ServerSource};
 pub use streams::StreamOwners;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +26,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::metrics::{ErrorKind, Metrics};
 use crate::registry::Registry;
 use crate::store::Store;
 use warn_throttle::{ConnectionWarnings, Verdict};
 
-/// The knobs of the data path, taken from [`crate::config::Config`].
+/// The knobs of the data path, taken from the agent's configuration (`Config::server_settings`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Close a connection after this long without reads or writes (`spark.shuffle.io.connectionTimeout`).
@@ -49,22 +50,8 @@ pub struct Settings {
     pub max_streams_per_connection: usize,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            idle_timeout: Duration::from_secs(120),
-            max_frame_bytes: 16 << 20,
-            max_pending_frame_bytes: 64 << 20,
-            coalesce_max_bytes: 16 << 10,
-            max_chunks_being_transferred: u64::MAX,
-            max_connections: 4096,
-            max_streams_per_connection: 4096,
-        }
-    }
-}
-
-/// Plain counters of the data path (one relaxed atomic add each), read by
-/// [`crate::metrics::Metrics`] at scrape time.
+/// Plain counters of the data path (one relaxed atomic add each), exported by
+/// [`ServerSource`] at scrape time.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub connections_opened: AtomicU64,
@@ -111,8 +98,8 @@ pub struct Shared {
     /// Memory for large request frames being received, node-wide (`agent.max.pending.frame.bytes`).
     pub frame_budget: FrameBudget,
     pub counters: Counters,
-    /// The latency histograms, and everything `/metrics` reads.
-    pub metrics: Arc<Metrics>,
+    /// The latency histograms the data path observes.
+    pub latency: Latency,
 }
 
 impl Shared {
@@ -125,15 +112,8 @@ impl Shared {
             streams: Arc::new(StreamOwners::new(random_stream_base())),
             chunks_in_flight: AtomicU64::new(0),
             counters: Counters::default(),
-            metrics: Arc::new(Metrics::new()),
+            latency: Latency::new(),
         }
-    }
-
-    /// Records into `metrics` (the agent's one registry, served on the metrics port) instead of
-    /// a private one.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Shared {
-        self.metrics = metrics;
-        self
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::java_error;
+use crate::protocol::{java_error, JavaError};
 use crate::registry::Executor;
 
 /// One block of a stream, resolved to files only when its chunk is requested.
@@ -63,7 +63,7 @@ pub enum ChunkTurn {
     /// Serve this block; call [`ConnectionStreams::finish_chunk`] with the outcome.
     Serve { executor: Option<Arc<Executor>>, block: BlockRef },
     /// Refuse with this text.
-    Refuse(String),
+    Refuse(JavaError),
 }
 
 /// Server-wide: stream id allocation and ownership.
@@ -202,7 +202,7 @@ mod tests {
 
     fn refused(turn: ChunkTurn) -> String {
         match turn {
-            ChunkTurn::Refuse(text) => text,
+            ChunkTurn::Refuse(error) => error.to_string(),
             ChunkTurn::Serve { .. } => panic!("served"),
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::metrics::ErrorKind;
+use super::metrics::ErrorKind;
 use crate::sync::lock;
 
 /// The length of a rate-limit window.

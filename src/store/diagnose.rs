@@ -185,7 +185,10 @@ mod tests {
         let fx = Fixture::new();
         let err = Store::new(1 << 20).diagnose(&fx.dirs, 0, 7, 0, 1, "MD5").expect_err("missing index");
         let index = fx.dirs.file_path("shuffle_0_7_0.index");
-        assert_eq!(err.java_text(), format!("java.lang.RuntimeException: Failed to open file: {}", index.display()));
+        assert_eq!(
+            crate::protocol::JavaError::from(&err).to_string(),
+            format!("java.lang.RuntimeException: Failed to open file: {}", index.display())
+        );
     }
 
     #[test]
@@ -194,7 +197,11 @@ mod tests {
         let store = Store::new(1 << 20);
         for reduce in [4, -1, i32::MAX] {
             let err = store.diagnose(&fx.dirs, 0, 0, reduce, 0, "ADLER32").expect_err("out of range");
-            assert_eq!(err.java_text(), "java.lang.IndexOutOfBoundsException", "{reduce}");
+            assert_eq!(
+                crate::protocol::JavaError::from(&err).to_string(),
+                "java.lang.IndexOutOfBoundsException",
+                "{reduce}"
+            );
         }
     }
 

@@ -1,11 +1,12 @@
 //! Errors of the store, and the Java-style first line a Spark client is sent for each.
 
+use crate::protocol::{JavaClass, JavaError};
 use std::io;
 use std::path::PathBuf;
 
 /// Everything that can go wrong while resolving a block on disk.
 ///
-/// `Display` is the message for our own logs; [`StoreError::java_text`] is what goes on the wire.
+/// `Display` is the message for our own logs; its [`JavaError`] is what goes on the wire.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The executor's registration cannot describe any file (no dirs, or subDirsPerLocalDir <= 0).
@@ -42,29 +43,37 @@ pub enum StoreError {
 
 impl StoreError {
     /// The Java exception class the JVM service reports for this failure.
-    pub fn java_class(&self) -> &'static str {
+    pub fn java_class(&self) -> JavaClass {
         match self {
-            StoreError::InvalidDirs(_) => "java.lang.IllegalArgumentException",
-            StoreError::IndexOutOfBounds { .. } => "java.lang.IndexOutOfBoundsException",
-            StoreError::NotFound { .. } | StoreError::NotRegularFile { .. } => "java.io.FileNotFoundException",
-            StoreError::Io { .. } => "java.io.IOException",
+            StoreError::InvalidDirs(_) => JavaClass::IllegalArgument,
+            StoreError::IndexOutOfBounds { .. } => JavaClass::IndexOutOfBounds,
+            StoreError::NotFound { .. } | StoreError::NotRegularFile { .. } => JavaClass::FileNotFound,
+            StoreError::Io { .. } => JavaClass::Io,
             StoreError::IndexOpen { .. }
             | StoreError::CorruptIndex { .. }
             | StoreError::TruncatedData { .. }
             | StoreError::OutsideDirs { .. }
-            | StoreError::ResolveFailed { .. } => "java.lang.RuntimeException",
+            | StoreError::ResolveFailed { .. } => JavaClass::Runtime,
         }
     }
+}
 
-    /// The first line Spark's JVM service sends for this failure (NOTES.md §5), which clients
-    /// and people grep for.
-    pub fn java_text(&self) -> String {
-        match self {
+impl From<&StoreError> for JavaError {
+    /// What Spark's JVM service sends for this failure (NOTES.md §5), which clients and people
+    /// grep for.
+    fn from(e: &StoreError) -> JavaError {
+        match e {
             // The real service sends the bare class name here (NOTES D11): the JVM's message
             // varies with JIT state, so clients can only rely on the class.
-            StoreError::IndexOutOfBounds { .. } => self.java_class().to_string(),
-            _ => format!("{}: {}", self.java_class(), self),
+            StoreError::IndexOutOfBounds { .. } => JavaError::bare(e.java_class()),
+            _ => JavaError::new(e.java_class(), e),
         }
+    }
+}
+
+impl From<StoreError> for JavaError {
+    fn from(e: StoreError) -> JavaError {
+        JavaError::from(&e)
     }
 }
 
@@ -77,20 +86,20 @@ mod tests {
         let path = PathBuf::from("/tmp/shuffle-vectors/ld1/3b/shuffle_0_7_0.index");
         let open = StoreError::IndexOpen { path: path.clone(), source: io::Error::from(io::ErrorKind::NotFound) };
         assert_eq!(
-            open.java_text(),
+            JavaError::from(&open).to_string(),
             "java.lang.RuntimeException: Failed to open file: /tmp/shuffle-vectors/ld1/3b/shuffle_0_7_0.index"
         );
         let outside = StoreError::OutsideDirs { path };
         assert_eq!(
-            outside.java_text(),
+            JavaError::from(&outside).to_string(),
             "java.lang.RuntimeException: Block file /tmp/shuffle-vectors/ld1/3b/shuffle_0_7_0.index \
              resolves outside the executor's registered local directories"
         );
         let oob = StoreError::IndexOutOfBounds { start: 4, end_exclusive: 5, partitions: 4 };
-        assert_eq!(oob.java_text(), "java.lang.IndexOutOfBoundsException");
+        assert_eq!(JavaError::from(&oob).to_string(), "java.lang.IndexOutOfBoundsException");
         let missing = StoreError::NotFound { path: PathBuf::from("/d/2b/shuffle_3_0_0.data") };
         assert_eq!(
-            missing.java_text(),
+            JavaError::from(&missing).to_string(),
             "java.io.FileNotFoundException: /d/2b/shuffle_3_0_0.data (No such file or directory)"
         );
     }

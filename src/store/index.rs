@@ -260,7 +260,11 @@ mod tests {
         let idx = index(&[0, 13, 13, 42, 49]);
         for (start, end) in [(4, 5), (9, 10), (-1, 0), (0, -1), (3, 2), (0, 5), (i32::MIN, i32::MAX)] {
             let err = idx.range(start, end).expect_err("out of range");
-            assert_eq!(err.java_text(), "java.lang.IndexOutOfBoundsException", "[{start}, {end})");
+            assert_eq!(
+                crate::protocol::JavaError::from(&err).to_string(),
+                "java.lang.IndexOutOfBoundsException",
+                "[{start}, {end})"
+            );
         }
     }
 
@@ -274,7 +278,9 @@ mod tests {
             (index_bytes(&[-8, 10]), "negative"),
         ];
         for (bytes, reason) in cases {
-            let text = ShuffleIndex::parse(&bytes, path).expect_err("corrupt").java_text();
+            let text = ShuffleIndex::parse(&bytes, path)
+                .map_err(|e| crate::protocol::JavaError::from(e).to_string())
+                .expect_err("corrupt");
             assert!(
                 text.starts_with(
                     "java.lang.RuntimeException: Shuffle index file /d/38/shuffle_0_0_0.index is corrupt: "

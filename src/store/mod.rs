@@ -17,6 +17,7 @@ mod diagnose;
 mod error;
 mod index;
 mod layout;
+pub mod metrics;
 mod open_files;
 mod remove;
 mod segment;
@@ -32,6 +33,7 @@ pub use cleanup::{CleanupStats, KeepServed};
 pub use error::StoreError;
 pub use index::{CacheStats, IndexCache, ShuffleIndex};
 pub use layout::{java_string_hash, non_negative_hash, ExecutorDirs};
+pub use metrics::StoreSource;
 pub use segment::Segment;
 
 use confine::OpenFailure;
@@ -228,7 +230,7 @@ mod tests {
         assert_eq!(store.index_cache().stats().entries, 1);
         assert_eq!(store.index_cache().stats().hits, 2);
         let err = store.shuffle_segment(&fx.dirs, 0, 0, 4, 5).expect_err("out of range");
-        assert_eq!(err.java_text(), "java.lang.IndexOutOfBoundsException");
+        assert_eq!(crate::protocol::JavaError::from(&err).to_string(), "java.lang.IndexOutOfBoundsException");
     }
 
     #[test]
@@ -244,14 +246,20 @@ mod tests {
         let fx = Fixture::new();
         let err = Store::new(1 << 20).shuffle_segment(&fx.dirs, 0, 7, 0, 1).expect_err("missing");
         let index = fx.dirs.file_path("shuffle_0_7_0.index");
-        assert_eq!(err.java_text(), format!("java.lang.RuntimeException: Failed to open file: {}", index.display()));
+        assert_eq!(
+            crate::protocol::JavaError::from(&err).to_string(),
+            format!("java.lang.RuntimeException: Failed to open file: {}", index.display())
+        );
     }
 
     #[test]
     fn a_truncated_index_file_is_a_clear_error() {
         let fx = Fixture::new();
         fx.write("shuffle_0_0_0.index", &[0; 20]);
-        let text = Store::new(1 << 20).shuffle_segment(&fx.dirs, 0, 0, 0, 1).expect_err("corrupt").java_text();
+        let text = Store::new(1 << 20)
+            .shuffle_segment(&fx.dirs, 0, 0, 0, 1)
+            .map_err(|e| crate::protocol::JavaError::from(e).to_string())
+            .expect_err("corrupt");
         assert!(text.starts_with("java.lang.RuntimeException: Shuffle index file "), "{text}");
         assert!(text.contains("shuffle_0_0_0.index is corrupt: size 20 is not a multiple of 8"), "{text}");
     }
@@ -264,7 +272,7 @@ mod tests {
         std::fs::remove_file(&data).expect("remove data");
         let err = Store::new(1 << 20).shuffle_segment(&fx.dirs, 3, 0, 0, 1).expect_err("missing data");
         assert_eq!(
-            err.java_text(),
+            crate::protocol::JavaError::from(&err).to_string(),
             format!("java.io.FileNotFoundException: {} (No such file or directory)", data.display())
         );
     }
@@ -279,7 +287,7 @@ mod tests {
         assert!(store.shuffle_segment(&fx.dirs, 2, 0, 0, 1).is_ok());
         let err = store.shuffle_segment(&fx.dirs, 2, 0, 1, 2).expect_err("truncated");
         assert_eq!(
-            err.java_text(),
+            crate::protocol::JavaError::from(&err).to_string(),
             format!(
                 "java.lang.RuntimeException: Shuffle data file {} is truncated: index expects 8 bytes, file has 6",
                 data.display()
@@ -308,7 +316,7 @@ mod tests {
         symlink(&target, &link).expect("symlink");
         let err = Store::new(1 << 20).shuffle_segment(&fx.dirs, 5, 0, 0, 1).expect_err("escape");
         assert_eq!(
-            err.java_text(),
+            crate::protocol::JavaError::from(&err).to_string(),
             format!("java.lang.RuntimeException: Block file {} resolves outside the executor's registered local directories", link.display())
         );
     }

@@ -1,5 +1,6 @@
-//! The agent under test, in process: `server::run` on `127.0.0.1:0` with the given roots, on the
-//! test's own tokio runtime. The `Arc<Shared>` is handed back so tests can read its counters.
+//! The agent under test, in process, built by the same composition root as the binary
+//! (`app::build`): real journal in a temp state dir, the control thread, the data runtime, the
+//! admin port, all on `127.0.0.1:0`. Tests change the configuration, never the wiring.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,12 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spark_shuffle_agent::registry::{Registry, Roots};
-use spark_shuffle_agent::server::{self, Settings, Shared};
-use spark_shuffle_agent::store::Store;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use spark_shuffle_agent::app::{self, Agent};
+use spark_shuffle_agent::config::Config;
+use spark_shuffle_agent::server::{self, Shared};
 
 use super::client::TestClient;
 use super::WAIT;
@@ -21,57 +19,37 @@ use super::WAIT;
 pub struct TestAgent {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    agent: Option<Agent>,
+    _state: tempfile::TempDir,
+}
+
+/// The configuration tests start from: the embedded defaults on loopback, free ports, a short
+/// drain.
+pub fn test_config() -> Config {
+    Config {
+        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        metrics_port: 0,
+        drain_grace: Duration::from_secs(1),
+        ..Config::default()
+    }
 }
 
 /// Starts an agent serving executors whose dirs lie under `roots`, with default settings.
 pub async fn start_agent(roots: &[PathBuf]) -> TestAgent {
-    start_agent_with(roots, Settings::default()).await
+    start_agent_with(roots, test_config()).await
 }
 
-/// Starts an agent with explicit data-path settings (short idle timeout, small frame limit, ...).
-pub async fn start_agent_with(roots: &[PathBuf], settings: Settings) -> TestAgent {
-    let roots = Roots::new(roots).expect("test roots exist");
-    // In memory: the journal (`Registry::open`) is the registry's own business, tested there.
-    let registry = Arc::new(Registry::in_memory(roots));
-    let shared = Arc::new(Shared::new(settings, registry, Arc::new(Store::new(100 << 20))));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::run(listener, Arc::clone(&shared), shutdown.clone(), Duration::from_secs(1), None));
-    TestAgent { addr, shared, shutdown, task: Some(task) }
-}
-
-/// Starts an agent as the binary runs it: the accept loop on a control runtime in a thread of
-/// its own, each connection moving to the test's runtime (the data runtime) at its first data
-/// request (src/server/placement.rs).
-pub async fn start_agent_with_control_thread(roots: &[PathBuf], settings: Settings) -> TestAgent {
-    let roots = Roots::new(roots).expect("test roots exist");
-    let registry = Arc::new(Registry::in_memory(roots));
-    let shared = Arc::new(Shared::new(settings, registry, Arc::new(Store::new(100 << 20))));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.set_nonblocking(true).expect("non-blocking listener");
-    let addr = listener.local_addr().expect("local addr");
-    let shutdown = CancellationToken::new();
-    let data = tokio::runtime::Handle::current();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (run_shared, run_shutdown) = (Arc::clone(&shared), shutdown.clone());
-    std::thread::Builder::new()
-        .name("test-control".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("control runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).expect("listener on the control runtime");
-                server::run(listener, run_shared, run_shutdown, Duration::from_secs(1), Some(data)).await;
-            });
-            let _ = done_tx.send(());
-        })
-        .expect("control thread");
-    let task = tokio::spawn(async move {
-        let _ = done_rx.await;
-    });
-    TestAgent { addr, shared, shutdown, task: Some(task) }
+/// Starts an agent with `config` (from [`test_config`]), serving `roots` with a state dir of
+/// its own.
+pub async fn start_agent_with(roots: &[PathBuf], config: Config) -> TestAgent {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = Config { roots: roots.to_vec(), state_dir: state.path().to_path_buf(), ..config };
+    let agent = tokio::task::spawn_blocking(move || app::build(config))
+        .await
+        .expect("build did not panic")
+        .expect("the agent starts");
+    TestAgent { addr: agent.shuffle_addr(), shared: Arc::clone(agent.shared()), agent: Some(agent), _state: state }
 }
 
 impl TestAgent {
@@ -85,17 +63,20 @@ impl TestAgent {
         pick(&self.shared.counters).load(Ordering::Relaxed)
     }
 
-    /// Signals shutdown and waits for the accept loop and its drain to finish.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task).await.expect("agent stops").expect("agent task did not panic");
-        }
+    /// The running agent (its admin port, its status document).
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("running")
     }
-}
 
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    /// Stops as SIGTERM does and waits for the accept loop and its drain to finish.
+    pub async fn stop(mut self) {
+        let Some(agent) = self.agent.take() else { return };
+        agent.stop();
+        let waited = tokio::task::spawn_blocking(move || agent.wait_termination());
+        tokio::time::timeout(WAIT, waited)
+            .await
+            .expect("agent stops")
+            .expect("agent thread did not panic")
+            .expect("agent stopped cleanly");
     }
 }

@@ -1,5 +1,5 @@
-//! Shared fixtures of the integration tests: an in-process agent on `127.0.0.1:0`
-//! ([`agent`]), the real binary as a child process with its log ([`binary`]), shuffle files written in Spark's layout ([`shuffle_files`], [`vector_layout`]),
+//! Shared fixtures of the integration tests: an in-process agent on `127.0.0.1:0`, built as
+//! the binary builds it ([`agent`]), the real binary as a child process with its log ([`binary`]), shuffle files written in Spark's layout ([`shuffle_files`], [`vector_layout`]),
 //! a small client speaking Spark's frames ([`client`]), and the reader of the captured
 //! conversations in `tests/vectors/` ([`capture`]).
 //!
@@ -15,7 +15,7 @@ pub mod vector_layout;
 
 use std::time::Duration;
 
-pub use agent::{start_agent, start_agent_with, start_agent_with_control_thread, TestAgent};
+pub use agent::{start_agent, start_agent_with, test_config, TestAgent};
 pub use client::{RecvError, TestClient};
 pub use shuffle_files::{partition_bytes, rdd_bytes, ChecksumKind, ExecutorFiles};
 pub use vector_layout::{VectorLayout, APP_ID};

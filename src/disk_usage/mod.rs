@@ -3,7 +3,7 @@
 //! Walking executor dirs can take seconds on a node full of shuffle files, so it never happens
 //! at scrape time: a [`DiskWatcher`] thread of its own (plain blocking I/O, no async runtime)
 //! walks every `walk_interval` and takes `statvfs` of the roots every `space_interval`, and hands
-//! each result to [`Metrics`], which a scrape only reads. The walk follows no symlinks and reads
+//! each result to [`DiskUsage`], which a scrape and `/status` only read. The walk follows no symlinks and reads
 //! only metadata; what it cannot read (a dir deleted mid-walk, a permission error) it skips.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,8 +16,59 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use super::Metrics;
 use crate::registry::Registry;
+use crate::sync::lock;
+
+mod metrics;
+pub use metrics::DiskSource;
+
+/// The last measurements, shared between the watcher thread and their readers.
+#[derive(Debug, Default)]
+pub struct DiskUsage {
+    state: std::sync::Mutex<Measured>,
+}
+
+#[derive(Debug, Default)]
+struct Measured {
+    apps: Arc<AppUsage>,
+    roots: Arc<Vec<RootSpace>>,
+    /// Bumped at each new walk, so the per-app series are rebuilt only when it changed.
+    walks: u64,
+}
+
+impl DiskUsage {
+    pub fn new() -> DiskUsage {
+        DiskUsage::default()
+    }
+
+    /// Stores the result of a walk of the application dirs (from [`DiskWatcher`], or a test).
+    pub fn set_app_usage(&self, usage: AppUsage) {
+        let mut state = lock(&self.state);
+        state.apps = Arc::new(usage);
+        state.walks += 1;
+    }
+
+    /// Stores the free space of the roots (from [`DiskWatcher`], or a test).
+    pub fn set_root_space(&self, roots: Vec<RootSpace>) {
+        lock(&self.state).roots = Arc::new(roots);
+    }
+
+    /// The last walk of the application dirs.
+    pub fn app_usage(&self) -> Arc<AppUsage> {
+        Arc::clone(&lock(&self.state).apps)
+    }
+
+    /// The last statvfs of the roots.
+    pub fn root_space(&self) -> Arc<Vec<RootSpace>> {
+        Arc::clone(&lock(&self.state).roots)
+    }
+
+    /// The last walk, and how many walks came before it.
+    fn walk(&self) -> (Arc<AppUsage>, u64) {
+        let state = lock(&self.state);
+        (Arc::clone(&state.apps), state.walks)
+    }
+}
 
 /// One application's files on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,12 +214,12 @@ pub struct DiskWatcher {
 
 impl DiskWatcher {
     /// Starts measuring now (the first walk and statvfs happen immediately), then on the intervals.
-    pub fn spawn(metrics: Arc<Metrics>, registry: Arc<Registry>, settings: DiskSettings) -> io::Result<DiskWatcher> {
+    pub fn spawn(usage: Arc<DiskUsage>, registry: Arc<Registry>, settings: DiskSettings) -> io::Result<DiskWatcher> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("disk-usage".into()).spawn(move || {
             // Bookkeeping: it must never take a core from serving or registering.
             crate::thread_priority::lower_this_thread(19);
-            watch(&metrics, &registry, settings, &stopped)
+            watch(&usage, &registry, settings, &stopped)
         })?;
         Ok(DiskWatcher { stop: Some(stop), thread: Some(thread) })
     }
@@ -184,15 +235,15 @@ impl DiskWatcher {
     }
 }
 
-fn watch(metrics: &Metrics, registry: &Registry, settings: DiskSettings, stopped: &mpsc::Receiver<()>) {
+fn watch(disk: &DiskUsage, registry: &Registry, settings: DiskSettings, stopped: &mpsc::Receiver<()>) {
     let roots = registry.roots().dirs().to_vec();
     let mut next_walk = Instant::now();
     loop {
-        metrics.set_root_space(root_space(&roots));
+        disk.set_root_space(root_space(&roots));
         if Instant::now() >= next_walk {
             let usage = walk_apps(registry);
             debug!(apps = usage.apps.len(), seconds = usage.scan_seconds, "disk usage walked");
-            metrics.set_app_usage(usage);
+            disk.set_app_usage(usage);
             next_walk = Instant::now() + settings.walk_interval;
         }
         // Sleeps until the next measurement, or returns at once when the sender is dropped.

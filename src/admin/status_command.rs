@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::report::{StatusReport, WatchStatus};
+use super::status_document::{StatusReport, WatchStatus};
 
 /// Why the status could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -286,8 +286,9 @@ fn percent(part: u64, whole: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AppDisk, AppUsage, Metrics};
     use super::*;
+    use crate::admin::status_document::collect;
+    use crate::admin::Health;
 
     #[test]
     fn sizes_and_durations_read_like_a_person_writes_them() {
@@ -303,13 +304,15 @@ mod tests {
 
     #[test]
     fn the_report_round_trips_through_json_and_renders() {
-        let metrics = Metrics::new();
-        metrics.set_app_usage(AppUsage {
-            apps: vec![AppDisk { app_id: "spark-a".into(), bytes: 2048, files: 3, removed: true }],
-            scanned_at_unix: crate::clock::unix_secs(),
-            scan_seconds: 0.01,
-        });
-        let report = metrics.status();
+        let mut report = collect(&Health::new(), std::time::Instant::now(), None);
+        report.apps = vec![crate::admin::status_document::AppStatus {
+            app_id: "spark-a".into(),
+            executors: 0,
+            disk_bytes: Some(2048),
+            disk_files: Some(3),
+            removed: true,
+            idle_seconds: None,
+        }];
         let json = serde_json::to_string(&report).unwrap();
         let back: StatusReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);

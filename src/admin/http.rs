@@ -1,7 +1,7 @@
 //! The metrics port: `/metrics`, `/healthz`, `/readyz`, `/status`, answered by a minimal
 //! HTTP/1.1 server (GET and HEAD, one request per connection, `Connection: close`).
 //!
-//! It runs on a current-thread tokio runtime in an OS thread of its own ([`MetricsServer`]), not
+//! It runs on a current-thread tokio runtime in an OS thread of its own ([`AdminServer`]), not
 //! on the data path's runtime: when every data-path worker is busy sending blocks, the kubelet's
 //! probes and Prometheus's scrapes are still answered, because the kernel schedules this thread
 //! like any other. A scrape only reads atomics and takes short read locks; nothing here waits on
@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::Metrics;
+use super::Admin;
 
 /// Largest request head read; a probe's or a scrape's is a few hundred bytes.
 const MAX_HEAD: usize = 8 * 1024;
@@ -28,18 +28,18 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 32;
 
-/// The metrics HTTP server's thread. Stopped by [`MetricsServer::stop`] or when dropped.
+/// The admin HTTP server's thread. Stopped by [`AdminServer::stop`] or when dropped.
 #[derive(Debug)]
-pub struct MetricsServer {
+pub struct AdminServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl MetricsServer {
+impl AdminServer {
     /// Serves `listener` (already bound, so a busy port fails before anything starts) on a
     /// thread named `metrics-http` with its own single-threaded runtime.
-    pub fn start(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> io::Result<MetricsServer> {
+    pub fn start(listener: std::net::TcpListener, admin: Arc<Admin>) -> io::Result<AdminServer> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
@@ -48,12 +48,12 @@ impl MetricsServer {
         let thread = std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, metrics, stop).await,
+                    Ok(listener) => serve(listener, admin, stop).await,
                     Err(e) => warn!(error = %e, "the metrics listener cannot be used"),
                 }
             });
         })?;
-        Ok(MetricsServer { addr, shutdown, thread: Some(thread) })
+        Ok(AdminServer { addr, shutdown, thread: Some(thread) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,16 +75,16 @@ impl MetricsServer {
     }
 }
 
-impl Drop for MetricsServer {
+impl Drop for AdminServer {
     fn drop(&mut self) {
         self.shut_down();
     }
 }
 
 /// Serves HTTP on `listener` until `shutdown`, on whatever runtime it is spawned on. The agent
-/// runs it through [`MetricsServer`]; the load bench also runs it on the data-path runtime to
+/// runs it through [`AdminServer`]; the load bench also runs it on the data-path runtime to
 /// show what the isolation buys.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -105,9 +105,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
                 }
             },
         };
-        let metrics = Arc::clone(&metrics);
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            if let Err(e) = exchange(stream, &metrics).await {
+            if let Err(e) = exchange(stream, &admin).await {
                 debug!(%peer, error = %e, "metrics request dropped");
             }
             drop(permit);
@@ -116,13 +116,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
 }
 
 /// One request, one response.
-async fn exchange(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
+async fn exchange(mut stream: TcpStream, admin: &Admin) -> io::Result<()> {
     let head = tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head not received in time"))??;
     let response = match parse_request_line(&head) {
         Some((method @ ("GET" | "HEAD"), path)) => {
-            let mut r = route(path, metrics);
+            let mut r = route(path, admin);
             r.head_only = method == "HEAD";
             r
         }
@@ -156,8 +156,9 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     }
 }
 
-/// `(method, path)` of the request line, the query string dropped.
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+/// The method and path (without the query) of a request head's first line; None for anything
+/// but `METHOD TARGET HTTP/1.x`. Public for its fuzz target (fuzz/fuzz_targets/admin_request.rs).
+pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     let line = head.split(|&b| b == b'\n').next()?;
     let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
     let mut parts = line.split(' ');
@@ -168,10 +169,12 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     Some((method, target.split('?').next().unwrap_or(target)))
 }
 
-fn route(path: &str, metrics: &Metrics) -> Response {
-    let health = metrics.health();
+fn route(path: &str, admin: &Admin) -> Response {
+    let health = &admin.health;
     match path {
-        "/metrics" => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render().into_bytes()),
+        "/metrics" => {
+            Response::new(200, "text/plain; version=0.0.4; charset=utf-8", admin.exporter.render().into_bytes())
+        }
         "/healthz" if health.is_live() => Response::text(200, "ok\n"),
         "/healthz" => Response::text(
             503,
@@ -182,7 +185,7 @@ fn route(path: &str, metrics: &Metrics) -> Response {
         ),
         "/readyz" if health.is_ready() => Response::text(200, "ready\n"),
         "/readyz" => Response::text(503, &format!("not ready: {}\n", health.phase().as_str())),
-        "/status" => match serde_json::to_vec_pretty(&metrics.status()) {
+        "/status" => match serde_json::to_vec_pretty(&admin.status()) {
             Ok(mut body) => {
                 body.push(b'\n');
                 Response::new(200, "application/json", body)

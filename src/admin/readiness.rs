@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Series, Source};
 
 /// A data-path runtime that has not run its heartbeat task for this long is reported dead.
 /// Far above any scheduling delay of a busy but healthy runtime (the beat is every second).
@@ -157,6 +160,34 @@ impl Health {
                 _ = tick.tick() => self.beat(),
             }
         }
+    }
+}
+
+/// Exports `spark_shuffle_agent_ready`, what `/readyz` answers, as a gauge.
+pub struct ReadinessSource {
+    health: Health,
+    series: Series,
+    ready: IntGauge,
+}
+
+impl ReadinessSource {
+    pub fn new(health: Health) -> ReadinessSource {
+        let mut series = Series::new();
+        let ready = series.gauge(
+            "spark_shuffle_agent_ready",
+            "1 when /readyz answers 200: registrations recovered, shuffle port bound, not draining.",
+        );
+        ReadinessSource { health, series, ready }
+    }
+}
+
+impl Source for ReadinessSource {
+    fn series(&self) -> &Series {
+        &self.series
+    }
+
+    fn refresh(&self) {
+        self.ready.set(i64::from(self.health.is_ready()));
     }
 }
 

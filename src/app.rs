@@ -1,0 +1,370 @@
+//! The composition root: [`build`] turns a [`Config`] into a running agent, and the [`Agent`]
+//! handle waits for it to stop. Everything is wired here and only here: the binary calls it,
+//! and so do the tests (tests/common/agent.rs), so what is tested is what runs.
+//!
+//! Start-up order, and why:
+//! 1. everything that can be refused as configuration (the roots, the kubeconfig) is checked
+//!    before any port is bound, so a bad configuration exits 64 with nothing half-started;
+//! 2. the admin port is bound and answers from then on (liveness passes and `/readyz` says 503
+//!    while a large journal is read);
+//! 3. registrations are recovered from the journal, then the shuffle port is bound;
+//! 4. the accept loop runs on a control thread of its own, connections move to the data runtime
+//!    at their first data request (src/server/placement.rs).
+//!
+//! The agent runs on threads of its own (a data runtime, the control thread, the admin thread),
+//! so [`build`] can be called from any context, a test's tokio runtime included.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{Admin, AdminServer, Health, Node};
+use crate::config::Config;
+use crate::disk_usage::{DiskSettings, DiskSource, DiskUsage, DiskWatcher};
+use crate::k8s::{self, K8sHealth, K8sSettings, K8sSource};
+use crate::lifecycle::{Lifecycle, LifecycleSource};
+use crate::registry::{self, Registry, RegistrySource, Roots};
+use crate::server::{self, ServerSource, Shared};
+use crate::store::{Store, StoreSource};
+
+/// Why the agent did not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration cannot work (exit code 64, nothing was bound).
+    #[error("{0}")]
+    Config(String),
+    /// Starting or running failed: a port in use, the journal unreadable, a thread not started.
+    #[error("{0:#}")]
+    Run(#[from] anyhow::Error),
+}
+
+/// A running agent. Dropping it stops it without waiting; [`Agent::wait_termination`] waits.
+#[derive(Debug)]
+pub struct Agent {
+    shuffle_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    admin: Arc<Admin>,
+    disk: Arc<DiskUsage>,
+    data: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<Result<(), AppError>>>,
+}
+
+/// What the agent's main thread reports once the shuffle port is bound.
+struct Started {
+    shuffle_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    admin: Arc<Admin>,
+    disk: Arc<DiskUsage>,
+    data: tokio::runtime::Handle,
+}
+
+/// Starts the agent `config` describes and returns once it serves (or failed to start).
+pub fn build(config: Config) -> Result<Agent, AppError> {
+    let shutdown = CancellationToken::new();
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<Result<Started, AppError>>(1);
+    let token = shutdown.clone();
+    let thread = std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || run(config, token, started_tx))
+        .map_err(|e| AppError::Run(anyhow::Error::new(e).context("starting the agent thread")))?;
+    match started_rx.recv() {
+        Ok(Ok(s)) => Ok(Agent {
+            shuffle_addr: s.shuffle_addr,
+            admin_addr: s.admin_addr,
+            shared: s.shared,
+            admin: s.admin,
+            disk: s.disk,
+            data: s.data,
+            shutdown,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        // The thread ended without a word: it failed before it could report.
+        Err(_) => Err(match thread.join() {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => AppError::Run(anyhow::anyhow!("the agent stopped before serving")),
+            Err(_) => AppError::Run(anyhow::anyhow!("the agent thread panicked")),
+        }),
+    }
+}
+
+impl Agent {
+    /// The shuffle port's address (`spark.shuffle.service.port`; the real one when 0 was asked).
+    pub fn shuffle_addr(&self) -> SocketAddr {
+        self.shuffle_addr
+    }
+
+    /// The admin port's address (`agent.metrics.port`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// What connections share: counters, registry, store (tests read counters through it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The admin side: metrics, health, the status document.
+    pub fn admin(&self) -> &Arc<Admin> {
+        &self.admin
+    }
+
+    /// The last disk measurements (tests walk on demand through it).
+    pub fn disk_usage(&self) -> &Arc<DiskUsage> {
+        &self.disk
+    }
+
+    /// Stops on SIGTERM or SIGINT: not ready first, then stop accepting and drain.
+    pub fn stop_on_signals(&self) {
+        self.data.spawn(stop_on_signal(self.shutdown.clone(), self.admin.health.clone()));
+    }
+
+    /// Stops accepting and drains, as SIGTERM does; [`Agent::wait_termination`] waits for it.
+    pub fn stop(&self) {
+        self.admin.health.set_draining();
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the agent has stopped (a signal, [`Agent::stop`]) and drained.
+    pub fn wait_termination(mut self) -> Result<(), AppError> {
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(AppError::Run(anyhow::anyhow!("the agent thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The agent's main thread: the data runtime, and everything on it until shutdown.
+fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    started: SyncSender<Result<Started, AppError>>,
+) -> Result<(), AppError> {
+    let runtime = match data_runtime(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = started.send(Err(AppError::Run(e)));
+            return Ok(());
+        }
+    };
+    runtime.block_on(async move {
+        let Err(e) = serve(config, shutdown, &started).await else { return Ok(()) };
+        // Before start-up finished, the error goes to `build` (still waiting on the channel);
+        // after, to `wait_termination`.
+        match started.try_send(Err(e)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(result) | TrySendError::Disconnected(result)) => result.map(|_| ()),
+        }
+    })
+}
+
+/// The data runtime: one worker per core (or `spark.shuffle.io.serverThreads`), each running
+/// `agent.data.threads.nice` levels below the control thread and the journal writer.
+fn data_runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server_threads > 0 {
+        runtime.worker_threads(config.server_threads);
+    }
+    let nice = config.data_threads_nice;
+    runtime.on_thread_start(move || crate::thread_priority::lower_this_thread(nice));
+    Ok(runtime.enable_all().build()?)
+}
+
+/// The API server to follow pods through, when there is one. A bad `agent.k8s.kubeconfig` is a
+/// configuration error; an unusable in-cluster service account is logged and the agent serves
+/// without Kubernetes (it must serve shuffle data regardless).
+async fn kube_setup(config: &Config) -> Result<Option<(kube::Config, K8sSettings)>, AppError> {
+    let kubeconfig = config.kubeconfig.as_deref();
+    let client = match k8s::client_config(kubeconfig).await {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            info!("Kubernetes off (not in a pod, no kubeconfig): executor and application ends are not followed");
+            return Ok(None);
+        }
+        Err(e) if kubeconfig.is_some() => return Err(AppError::Config(e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "Kubernetes off: the in-cluster service account is unusable; nothing is deleted on Kubernetes' account");
+            return Ok(None);
+        }
+    };
+    Ok(Some((client, config.k8s_settings())))
+}
+
+async fn serve(
+    config: Config,
+    shutdown: CancellationToken,
+    started: &SyncSender<Result<Started, AppError>>,
+) -> Result<(), AppError> {
+    let roots = Roots::new(&config.roots).map_err(|e| AppError::Config(format!("agent.roots: {e}")))?;
+    let kube = kube_setup(&config).await?;
+    let health = Health::new();
+    let admin = Arc::new(Admin::new(health.clone()));
+    let admin_listener = std::net::TcpListener::bind((config.bind, config.metrics_port))
+        .map_err(|e| anyhow::anyhow!("binding the metrics port {}:{}: {e}", config.bind, config.metrics_port))?;
+    let admin_server = AdminServer::start(admin_listener, Arc::clone(&admin))
+        .map_err(|e| anyhow::anyhow!("starting the metrics server: {e}"))?;
+    tokio::spawn(health.clone().run_heartbeat(shutdown.clone()));
+    hold_recovery_for_tests().await;
+    let registry = recover(roots, &config)?;
+    health.set_recovered();
+    let store = Arc::new(Store::new(config.index_cache_bytes));
+    let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
+    let shared = Arc::new(Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store)));
+    let k8s_health = Arc::new(K8sHealth::default());
+    let disk = Arc::new(DiskUsage::new());
+    let exporter = &admin.exporter;
+    exporter.add(ServerSource::new(Arc::clone(&shared)));
+    exporter.add(RegistrySource::new(Arc::clone(&registry)));
+    exporter.add(StoreSource::new(store));
+    exporter.add(LifecycleSource::new(lifecycle.clone(), Arc::clone(&registry)));
+    exporter.add(K8sSource::new(Arc::clone(&k8s_health)));
+    exporter.add(DiskSource::new(Arc::clone(&disk)));
+    if let Some((kube_config, k8s_settings)) = kube {
+        // Beside the server, never in its way: the API server being down must not stop
+        // shuffle data from being served.
+        let targets = k8s::Targets {
+            registry: Arc::clone(&registry),
+            lifecycle: lifecycle.clone(),
+            health: Arc::clone(&k8s_health),
+        };
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = k8s::run(kube_config, k8s_settings, targets, token).await {
+                tracing::error!(error = %e, "Kubernetes watchers not started; nothing is deleted on Kubernetes' account");
+            }
+        });
+    }
+    let disk_watcher = DiskWatcher::spawn(Arc::clone(&disk), Arc::clone(&registry), DiskSettings::default())
+        .map_err(|e| anyhow::anyhow!("starting the disk-usage thread: {e}"))?;
+    let listener = tokio::net::TcpListener::bind((config.bind, config.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}:{}: {e}", config.bind, config.port))?;
+    let shuffle_addr = listener.local_addr().map_err(anyhow::Error::new)?;
+    admin.node_is_up(Node {
+        shared: Arc::clone(&shared),
+        lifecycle,
+        k8s: k8s_health,
+        disk: Arc::clone(&disk),
+        shuffle_addr,
+    });
+    health.set_listening();
+    info!(addr = %shuffle_addr, roots = ?config.roots, "listening");
+    // Logged after the shuffle port's line (though serving since start-up): tools that take the
+    // first `listening addr=` line of the log (tests/spark/servers.py) mean the shuffle port.
+    info!(addr = %admin_server.local_addr(), "metrics listening");
+    let _ = started.send(Ok(Started {
+        shuffle_addr,
+        admin_addr: admin_server.local_addr(),
+        shared: Arc::clone(&shared),
+        admin: Arc::clone(&admin),
+        disk,
+        data: tokio::runtime::Handle::current(),
+    }));
+    let cleaner = tokio::spawn(worker.run(shutdown.clone()));
+    serve_with_control_thread(listener, shared, shutdown, config.drain_grace).await?;
+    let _ = cleaner.await;
+    // The disk thread may be mid-walk; it stops at its next wait, the process does not wait.
+    drop(disk_watcher);
+    admin_server.stop();
+    info!("stopped");
+    Ok(())
+}
+
+/// Recovers registrations from the journal in the state dir, and pins the shuffle port to it.
+fn recover(roots: Roots, config: &Config) -> Result<Arc<Registry>, AppError> {
+    let started = Instant::now();
+    let (registry, report) = Registry::open(roots, &config.state_dir)
+        .map_err(|e| anyhow::anyhow!("recovering registrations from {}: {e}", config.state_dir.display()))?;
+    info!(
+        executors = report.executors,
+        drivers = report.drivers,
+        pending_cleanups = report.pending_cleanups,
+        refused = report.refused,
+        journal_bytes = report.journal_bytes,
+        millis = started.elapsed().as_millis() as u64,
+        "registrations recovered"
+    );
+    if let Some(reason) = &report.skipped_tail {
+        warn!(%reason, "a torn or corrupt journal tail was skipped");
+    }
+    // A port other than the one the journal's executors registered on is a configuration error.
+    registry::pin_port(&config.state_dir, config.port, report.executors).map_err(AppError::Config)?;
+    Ok(Arc::new(registry))
+}
+
+/// Runs the accept loop on a control runtime in a thread of its own, with this (data) runtime
+/// for connections that fetch. Registrations and other small RPCs are then answered by a thread
+/// the kernel schedules on its own, however busy the data path is (SPARK-20640, SPARK-24355:
+/// registrations timing out on a busy service).
+async fn serve_with_control_thread(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let data = tokio::runtime::Handle::current();
+    let listener = listener.into_std()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        let result =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::new).and_then(
+                |rt| {
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        server::run(listener, shared, shutdown, grace, Some(data)).await;
+                        Ok(())
+                    })
+                },
+            );
+        let _ = done_tx.send(result);
+    })?;
+    done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the control thread died")))
+}
+
+/// Test hook: with this variable set to a path, recovery waits until that path exists, so a test
+/// can watch /readyz answer 503 while registrations are "being recovered" (tests/metrics/). A
+/// real journal recovers too fast to observe reliably. Never set in production.
+const HOLD_RECOVERY_ENV: &str = "SPARK_SHUFFLE_AGENT_TEST_HOLD_RECOVERY";
+
+async fn hold_recovery_for_tests() {
+    let Some(path) = std::env::var_os(HOLD_RECOVERY_ENV).map(PathBuf::from) else { return };
+    warn!(path = %path.display(), "test hook {HOLD_RECOVERY_ENV}: recovery waits until this file exists");
+    while !path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken, health: Health) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = shutdown.cancelled() => return,
+    };
+    info!(signal = name, "stopping");
+    // Not ready first, so Kubernetes stops routing here while open connections drain.
+    health.set_draining();
+    shutdown.cancel();
+}
