@@ -5,15 +5,14 @@
 //! the 2 GiB boundary and at its end, zeros elsewhere), so the test needs almost no disk. The
 //! client checks what it receives as it arrives instead of collecting it.
 
-mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use common::client::first_line;
-use common::shuffle_files::{create_parent, index_bytes};
-use common::{start_agent, ExecutorFiles, TestAgent, TestClient, APP_ID};
+use crate::common::client::first_line;
+use crate::common::shuffle_files::{create_parent, index_bytes};
+use crate::common::{start_agent, ExecutorFiles, TestAgent, TestClient, APP_ID};
 use spark_shuffle_agent::protocol::BlockTransferMessage as M;
 
 /// One partition of 2 GiB + 1 MiB: past both i32::MAX and the largest possible frame.
@@ -134,7 +133,7 @@ async fn a_block_over_2_gib_is_served_whole_through_a_stream_request() {
 
     // Framing resumes right after the 2 GiB body: the next block of the stream is intact.
     let small = client.stream_request(&format!("{id}_1")).await.expect("the next block");
-    assert_eq!(small, Bytes::from(common::partition_bytes(0, 1, 0, 100)));
+    assert_eq!(small, Bytes::from(crate::common::partition_bytes(0, 1, 0, 100)));
 }
 
 #[tokio::test]
@@ -147,5 +146,5 @@ async fn a_chunk_fetch_of_a_block_over_2_gib_fails_cleanly_and_the_stream_moves_
     assert!(line.starts_with("java.lang.IllegalArgumentException: "), "{line}");
     assert!(line.contains(&BLOCK_LEN.to_string()) && line.contains("too large"), "{line}");
     // The connection and the stream are still usable: chunk 1 is the small block.
-    assert_eq!(client.chunk(id, 1).await.expect("chunk 1"), common::partition_bytes(0, 1, 0, 100));
+    assert_eq!(client.chunk(id, 1).await.expect("chunk 1"), crate::common::partition_bytes(0, 1, 0, 100));
 }

@@ -2,11 +2,10 @@
 //! runtime's workers below the control thread and the journal writer, the disk walk lowest.
 //! Read from /proc of a running agent, so a runtime built without the hook fails here.
 
-mod common;
 
 use std::collections::BTreeMap;
 
-use common::binary::{agent_command, Logs};
+use crate::common::binary::{agent_command, Logs};
 
 /// Nice value of every thread, by thread name (several threads may share a name).
 fn nice_by_thread(pid: u32) -> BTreeMap<String, Vec<i32>> {

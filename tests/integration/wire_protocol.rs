@@ -6,14 +6,13 @@
 //! Tests marked `AGENT BUG` fail because of a defect in the agent, not in the test; each says
 //! what Spark does and where that is documented.
 
-mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::client::first_line;
-use common::{
+use crate::common::client::first_line;
+use crate::common::{
     start_agent, start_agent_with, test_config, wait_until, ChecksumKind, TestAgent, TestClient, VectorLayout, APP_ID,
 };
 use spark_shuffle_agent::config::Config;
@@ -174,7 +173,7 @@ async fn registering_dirs_outside_the_roots_or_an_empty_dir_is_refused() {
             info: ExecutorShuffleInfo {
                 local_dirs: vec![dir.clone()],
                 sub_dirs_per_local_dir: 64,
-                shuffle_manager: common::shuffle_files::SORT_SHUFFLE_MANAGER.into(),
+                shuffle_manager: crate::common::shuffle_files::SORT_SHUFFLE_MANAGER.into(),
             },
         };
         let error = failure(client.rpc_msg(&msg).await);
@@ -258,8 +257,8 @@ async fn open_blocks_serves_rdd_blocks_as_whole_files() {
     let (_layout, _agent, mut client) = setup().await;
     let (id, n) = client.open_stream(&open_blocks("0", &["rdd_1_0", "rdd_1_1"])).await.expect("handle");
     let got = all_chunks(&mut client, id, n).await;
-    assert_eq!(got[0], common::rdd_bytes(1, 0, 200));
-    assert_eq!(got[1], common::rdd_bytes(1, 1, 16));
+    assert_eq!(got[0], crate::common::rdd_bytes(1, 0, 200));
+    assert_eq!(got[1], crate::common::rdd_bytes(1, 1, 16));
 }
 
 #[tokio::test]
@@ -746,7 +745,7 @@ async fn block_files_symlinked_out_of_the_executor_dirs_are_refused() {
 
     // An rdd block that is a link out, by chunk and by stream.
     let rdd = layout.exec0.path("rdd_2_0");
-    common::shuffle_files::create_parent(&rdd);
+    crate::common::shuffle_files::create_parent(&rdd);
     std::os::unix::fs::symlink(layout.outside.join("shuffle_5_0_0.data"), &rdd).unwrap();
     let (id, _) = client.open_stream(&open_blocks("0", &["rdd_2_0", "rdd_2_0"])).await.expect("handle");
     assert_eq!(first_line(&failure(client.chunk(id, 0).await)), outside(rdd.clone()));
@@ -992,7 +991,7 @@ async fn a_chunk_over_the_server_wide_limit_closes_the_connection_after_the_repl
         Ok(Inbound::Message(Message::ChunkFetchSuccess { chunk: got, body })) => {
             assert_eq!((got, &body[..]), (chunk(1), &layout.map(0, 0).partitions[2][..]));
         }
-        Err(common::RecvError::Eof { pending: 0 }) | Err(common::RecvError::Io(_)) => {}
+        Err(crate::common::RecvError::Eof { pending: 0 }) | Err(crate::common::RecvError::Io(_)) => {}
         other => panic!("expected chunk 1 or a close, got {other:?}"),
     }
     // The limit is server-wide but the in-flight count drains: new connections are served.

@@ -18,16 +18,15 @@
 //! Where the agent differs from the JVM service on purpose, [`DEVIATIONS`] says how and why,
 //! and the replay checks the agent's documented behaviour instead. Everything else must match.
 
-mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use common::capture::{self, ClientFrame, ErrorTexts, Event, Reply};
-use common::client::first_line;
-use common::vector_layout::CAPTURE_ROOT;
-use common::{start_agent, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
+use crate::common::capture::{self, ClientFrame, ErrorTexts, Event, Reply};
+use crate::common::client::first_line;
+use crate::common::vector_layout::CAPTURE_ROOT;
+use crate::common::{start_agent, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
 use spark_shuffle_agent::protocol::{BlockTransferMessage, Inbound, Message, StreamChunkId};
 
 fn vectors_dir() -> PathBuf {
@@ -246,12 +245,12 @@ fn block_bytes(layout: &VectorLayout, name: &str, len: u64) -> Vec<u8> {
     let parts: Vec<&str> = name.split('_').collect();
     let num = |s: &str| -> i64 { s.parse().unwrap_or_else(|_| panic!("number in block name {name}")) };
     let bytes = match parts.as_slice() {
-        ["rdd", r, p] => common::rdd_bytes(num(r), num(p), len),
+        ["rdd", r, p] => crate::common::rdd_bytes(num(r), num(p), len),
         ["shuffle", s, m, range] if range.starts_with('[') => {
             let (a, b) = range.trim_matches(|c| c == '[' || c == ')').split_once(',').expect("[a,b)");
             layout.map(num(s) as i32, num(m)).range(num(a) as usize, num(b) as usize)
         }
-        ["shuffle", s, m, r] => common::partition_bytes(num(s), num(m), num(r), len),
+        ["shuffle", s, m, r] => crate::common::partition_bytes(num(s), num(m), num(r), len),
         _ => panic!("unknown block name {name}"),
     };
     assert_eq!(bytes.len() as u64, len, "{name}");

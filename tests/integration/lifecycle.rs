@@ -1,13 +1,12 @@
 //! The lifecycle engine on real files and a real journal: what is deleted when executors and
 //! applications go away, that a crash mid-cleanup resumes, and the automatic sweep rules.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::wait_until;
+use crate::common::wait_until;
 use spark_shuffle_agent::lifecycle::{Lifecycle, LifecycleSettings};
 use spark_shuffle_agent::protocol::ExecutorShuffleInfo;
 use spark_shuffle_agent::registry::{Registry, Roots};
@@ -173,7 +172,7 @@ async fn an_app_idle_past_the_retention_limit_is_removed_and_a_busy_one_is_not()
 /// The journal holds an exclusive lock until its writer thread has finished; reopen when free.
 async fn wait_for_reopen(n: &Node) -> Arc<Registry> {
     let roots = Roots::new(std::slice::from_ref(&n.root)).unwrap();
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::common::WAIT;
     loop {
         match Registry::open(roots.clone(), &n.state) {
             Ok((registry, _)) => return Arc::new(registry),

@@ -5,12 +5,11 @@
 //! never wait; and the budget follows a connection from the control runtime to the data runtime
 //! and comes back whichever runtime ends it.
 
-mod common;
 
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{start_agent_with, test_config, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
+use crate::common::{start_agent_with, test_config, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
 use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{BlockTransferMessage as M, Message};
 use spark_shuffle_agent::server::SMALL_FRAME;

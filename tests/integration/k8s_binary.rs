@@ -2,10 +2,8 @@
 //! API server being unreachable never keeping the agent from serving, and the `agent.k8s.*`
 //! keys of the config file reaching the watchers (against the SIMULATED API server).
 
-mod common;
-mod k8s_support;
 
-use common::binary::{agent_command as agent, Logs};
+use crate::common::binary::{agent_command as agent, Logs};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -89,9 +87,9 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 #[test]
 fn simulated_api_the_reconcile_interval_of_the_config_file_paces_the_binarys_passes() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime for the simulated API server");
-    let sim = runtime.block_on(k8s_support::SimApi::start());
+    let sim = runtime.block_on(crate::k8s_support::SimApi::start());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = k8s_support::kubeconfig(tmp.path(), &sim.url());
+    let kubeconfig = crate::k8s_support::kubeconfig(tmp.path(), &sim.url());
     let conf = tmp.path().join("agent.conf");
     // The default (30 s) would give at most one more pass within the wait.
     std::fs::write(&conf, "agent.k8s.reconcile.interval 100ms\n").expect("write conf");

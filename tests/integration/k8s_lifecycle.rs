@@ -2,9 +2,8 @@
 //! run here; see tests/k8s_support/sim_api.rs): driver and executor pods come and go, watches
 //! drop and expire, the API is unreachable, and real files on disk are deleted or kept.
 
-mod k8s_support;
 
-use k8s_support::{driver_pod, executor_pod, kubeconfig, unreachable_kubeconfig, wait_until, Disk, Node, SimApi, NODE};
+use crate::k8s_support::{driver_pod, executor_pod, kubeconfig, unreachable_kubeconfig, wait_until, Disk, Node, SimApi, NODE};
 
 const NS: &str = "spark-jobs";
 

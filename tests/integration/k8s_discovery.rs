@@ -1,11 +1,10 @@
 //! Discovery with the 2.2 fork's semantics, against a SIMULATED API server: the library
 //! function (`k8s::discovery::discover`) and the `discover` subcommand of the real binary.
 
-mod k8s_support;
 
 use std::process::Command;
 
-use k8s_support::{agent_pod, kubeconfig, SimApi};
+use crate::k8s_support::{agent_pod, kubeconfig, SimApi};
 use serde_json::json;
 use spark_shuffle_agent::k8s::{self, discovery, discovery::DiscoveryError};
 
