@@ -1,6 +1,7 @@
 //! RPC dispatch (spec §3.1): one BlockTransferMessage in, one reply out. Runs inline on the
 //! connection's task, so a connection's requests are answered strictly in arrival order.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +26,16 @@ pub enum RpcReply {
 /// operation fails with this text (spec §7).
 pub fn merge_unsupported() -> JavaError {
     java_error::unsupported("Cannot handle shuffle block merge")
+}
+
+/// Runs blocking file work (reading a whole data file to checksum it, unlinking files) on the
+/// runtime's blocking pool, so the thread serving this connection, the control thread for most
+/// RPCs, stays free for registrations meanwhile. The connection still waits for the answer:
+/// replies keep their order.
+async fn off_the_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, JavaError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| java_error::runtime(format_args!("the file operation failed: {e}")))
 }
 
 /// The executor id a GetLocalDirsForExecutors request uses for the push merger's dirs.
@@ -119,13 +130,18 @@ async fn handle_message(
         M::GetLocalDirsForExecutors { app_id, exec_ids } => local_dirs(shared, &app_id, exec_ids),
         M::RemoveBlocks { app_id, exec_id, block_ids } => {
             let executor = shared.registry.require(&app_id, &exec_id)?;
-            let removed = shared.store.remove_blocks(&executor.dirs, &block_ids);
+            let (store, ids) = (Arc::clone(&shared.store), block_ids.clone());
+            let removed = off_the_loop(move || store.remove_blocks(&executor.dirs, &ids)).await?;
             debug!(app = %app_id, exec = %exec_id, asked = block_ids.len(), removed, "blocks removed");
             Ok(M::BlocksRemoved { num_removed_blocks: removed as i32 }.encode())
         }
         M::DiagnoseCorruption { app_id, exec_id, shuffle_id, map_id, reduce_id, checksum, algorithm } => {
             let executor = shared.registry.require(&app_id, &exec_id)?;
-            let cause = shared.store.diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm)?;
+            let store = Arc::clone(&shared.store);
+            let cause = off_the_loop(move || {
+                store.diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm)
+            })
+            .await??;
             info!(app = %app_id, exec = %exec_id, shuffle_id, map_id, reduce_id, ?cause, "corruption diagnosed");
             Ok(M::CorruptionCause { cause: cause.code() }.encode())
         }

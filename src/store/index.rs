@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -113,12 +114,23 @@ pub struct CacheStats {
 }
 
 /// Parsed indexes keyed by index file path, bounded by total weight, least recently used out
-/// first. The lock is held only for map operations, never while a file is read.
+/// first. Sharded by path, each shard with an equal part of the capacity, so fetches on
+/// different cores rarely meet on one lock; the shards' capacities add up to the configured
+/// one, so the byte bound holds. A lock is held only for map operations, never while a file is
+/// read.
 #[derive(Debug)]
 pub struct IndexCache {
     capacity_bytes: u64,
-    state: Mutex<CacheState>,
+    shard_capacity: u64,
+    shards: Vec<Mutex<CacheState>>,
+    hasher: std::collections::hash_map::RandomState,
 }
+
+/// Most shards a cache is split into.
+const MAX_SHARDS: u64 = 16;
+/// Least capacity a shard gets: small caches are split less, so an index that fits the whole
+/// capacity still fits its shard.
+const MIN_SHARD_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Default)]
 struct CacheState {
@@ -141,12 +153,18 @@ impl IndexCache {
     /// A cache holding at most `capacity_bytes` of index weight
     /// (`spark.shuffle.service.index.cache.size`).
     pub fn new(capacity_bytes: u64) -> IndexCache {
-        IndexCache { capacity_bytes, state: Mutex::new(CacheState::default()) }
+        let shards = (capacity_bytes / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
+        IndexCache {
+            capacity_bytes,
+            shard_capacity: capacity_bytes / shards,
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
+        }
     }
 
     /// The cached index for `path`, marking it most recently used.
     pub fn get(&self, path: &Path) -> Option<Arc<ShuffleIndex>> {
-        let mut state = self.lock();
+        let mut state = self.shard(path);
         let state = &mut *state;
         let tick = state.next_tick;
         let Some(entry) = state.entries.get_mut(path) else {
@@ -162,16 +180,16 @@ impl IndexCache {
         Some(Arc::clone(&entry.index))
     }
 
-    /// Caches `index` under `path`, evicting least recently used entries to stay within the
-    /// capacity. An index heavier than the whole capacity is not cached at all.
+    /// Caches `index` under `path`, evicting least recently used entries of its shard to stay
+    /// within the shard's capacity. An index heavier than a shard is not cached at all.
     pub fn insert(&self, path: PathBuf, index: Arc<ShuffleIndex>) {
         let weight = index.weight();
-        if weight > self.capacity_bytes {
+        if weight > self.shard_capacity {
             return;
         }
-        let mut state = self.lock();
+        let mut state = self.shard(&path);
         state.remove(&path);
-        while state.weight_bytes + weight > self.capacity_bytes {
+        while state.weight_bytes + weight > self.shard_capacity {
             let Some((_, oldest)) = state.recency.pop_first() else {
                 break;
             };
@@ -188,28 +206,32 @@ impl IndexCache {
 
     /// Drops the entry for `path`, if any (its file was deleted).
     pub fn remove(&self, path: &Path) {
-        self.lock().remove(path);
+        self.shard(path).remove(path);
     }
 
     /// Drops every entry whose path lies under one of `dirs` (an executor went away).
     pub fn remove_under(&self, dirs: &[PathBuf]) {
-        let mut state = self.lock();
-        let doomed: Vec<PathBuf> =
-            state.entries.keys().filter(|path| dirs.iter().any(|dir| path.starts_with(dir))).cloned().collect();
-        for path in doomed {
-            state.remove(&path);
+        for shard in &self.shards {
+            let mut state = crate::sync::lock(shard);
+            let doomed: Vec<PathBuf> =
+                state.entries.keys().filter(|path| dirs.iter().any(|dir| path.starts_with(dir))).cloned().collect();
+            for path in doomed {
+                state.remove(&path);
+            }
         }
     }
 
-    /// Entries, weight and hit counters right now.
+    /// Entries, weight and hit counters right now, summed over the shards.
     pub fn stats(&self) -> CacheStats {
-        let state = self.lock();
-        CacheStats {
-            entries: state.entries.len(),
-            weight_bytes: state.weight_bytes,
-            hits: state.hits,
-            misses: state.misses,
+        let mut stats = CacheStats::default();
+        for shard in &self.shards {
+            let state = crate::sync::lock(shard);
+            stats.entries += state.entries.len();
+            stats.weight_bytes += state.weight_bytes;
+            stats.hits += state.hits;
+            stats.misses += state.misses;
         }
+        stats
     }
 
     /// The configured capacity in bytes of weight.
@@ -217,8 +239,9 @@ impl IndexCache {
         self.capacity_bytes
     }
 
-    fn lock(&self) -> MutexGuard<'_, CacheState> {
-        crate::sync::lock(&self.state)
+    fn shard(&self, path: &Path) -> MutexGuard<'_, CacheState> {
+        let i = (self.hasher.hash_one(path) % self.shards.len() as u64) as usize;
+        crate::sync::lock(&self.shards[i])
     }
 }
 
@@ -312,6 +335,22 @@ mod tests {
         cache.insert(PathBuf::from("big"), Arc::new(index(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])));
         assert!(cache.stats().weight_bytes <= cache.capacity_bytes());
         assert!(cache.get(Path::new("big")).is_some());
+    }
+
+    #[test]
+    fn a_large_cache_is_sharded_and_its_shards_hold_the_byte_bound_together() {
+        let each = index(&[0, 1, 2]).weight();
+        let capacity = 64 << 20;
+        let cache = IndexCache::new(capacity);
+        assert_eq!(cache.shards.len(), 16);
+        assert!(cache.shard_capacity * cache.shards.len() as u64 <= capacity);
+        let n = (capacity / each) * 2;
+        for i in 0..n {
+            cache.insert(PathBuf::from(format!("/d/{i}.index")), Arc::new(index(&[0, 1, 2])));
+        }
+        let stats = cache.stats();
+        assert!(stats.weight_bytes <= capacity, "{stats:?}");
+        assert!(stats.entries as u64 >= n / 3, "every shard holds its part: {stats:?}");
     }
 
     #[test]
