@@ -22,6 +22,9 @@
 //!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
+// Zero-copy sends go through rustix's safe sendfile wrapper; nothing in the agent needs unsafe.
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod app;
 pub mod clock;

@@ -1,6 +1,8 @@
 //! The `spark-shuffle-agent` binary: parse the command line, load and validate the
 //! configuration, set up logging, and run the server until SIGTERM or SIGINT.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

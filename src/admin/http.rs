@@ -5,8 +5,8 @@
 //! on the data path's runtime: when every data-path worker is busy sending blocks, the kubelet's
 //! probes and Prometheus's scrapes are still answered, because the kernel schedules this thread
 //! like any other. A scrape only reads atomics and takes short read locks; nothing here waits on
-//! the data path. Requests are small and bounded: a head over [`MAX_HEAD`] bytes or slower than
-//! [`IO_TIMEOUT`] is dropped, and at most [`MAX_CONNECTIONS`] are served at once.
+//! the data path. Requests are small and bounded: a head over `MAX_HEAD` bytes or slower than
+//! `IO_TIMEOUT` is dropped, and at most `MAX_CONNECTIONS` are served at once.
 
 use std::io;
 use std::net::SocketAddr;

@@ -180,7 +180,7 @@ impl BlockTransferMessage {
         }
     }
 
-    /// The Java class name, as used in "Unexpected message: <Name>[...]".
+    /// The Java class name, as used in `"Unexpected message: <Name>[...]"`.
     pub fn name(&self) -> &'static str {
         type_name(self.type_id()).unwrap_or("BlockTransferMessage")
     }

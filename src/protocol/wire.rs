@@ -4,7 +4,7 @@
 
 use bytes::{Buf, BufMut};
 
-/// Why a field could not be decoded. Rendered in Java style by [`super::DecodeError`].
+/// Why a field could not be decoded. Rendered in Java style through [`super::MessageError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The message ended before a field it announces.

@@ -6,18 +6,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::dispatch::{self, RpcReply};
-use super::input::Input;
 use super::metrics::ErrorKind;
 use super::outbox::{Outbox, QueueError};
 use super::placement::{is_data_request, Placement};
 use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
+use super::transport::Transport;
 use super::Shared;
 use crate::protocol::block_id::{java_parse_int, java_split};
 use crate::protocol::frame::JAVA_MAX_FRAME;
@@ -92,7 +91,14 @@ const FETCH_STARTS_KEPT: usize = 1024;
 /// How [`serve_from`] stopped.
 pub(super) enum Served {
     End(ConnectionEnd),
-    HandOver { stream: TcpStream, input: Input, first: Message, data: tokio::runtime::Handle },
+    HandOver { transport: Transport, first: Message, data: tokio::runtime::Handle },
+}
+
+/// Who a connection is, for its whole life on either runtime.
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pub(super) conn_id: u64,
+    pub(super) shutdown: CancellationToken,
 }
 
 /// Why handling stopped: the connection ends, or (on the control runtime) `Message` is the
@@ -110,16 +116,14 @@ impl From<ConnectionEnd> for Stop {
 
 pub(super) async fn serve_from(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    conn_id: u64,
-    shutdown: CancellationToken,
+    mut transport: Transport,
+    session: &Session,
     placement: Placement,
-    mut input: Input,
     first: Option<Message>,
 ) -> Served {
     let idle = shared.settings.idle_timeout;
     let mut conn = Connection {
-        streams: ConnectionStreams::new(conn_id, Arc::clone(&shared.streams)),
+        streams: ConnectionStreams::new(session.conn_id, Arc::clone(&shared.streams)),
         outbox: Outbox::new(shared.settings.coalesce_max_bytes),
         queued_chunks: 0,
         fetch_starts: Vec::new(),
@@ -128,39 +132,31 @@ pub(super) async fn serve_from(
         shared,
     };
     let mut codec = FrameCodec::new(conn.shared.settings.max_frame_bytes);
-    let mut stream = stream;
     let mut first = first;
     let stop = loop {
         if let Some(msg) = first.take() {
-            if let Err(stop) = conn.handle_one(msg, &stream).await {
+            if let Err(stop) = conn.handle_one(msg, &transport.stream).await {
                 break stop;
             }
         }
-        if let Err(stop) = conn.handle_buffered(&mut codec, &mut input.buf, &stream).await {
+        if let Err(stop) = conn.handle_buffered(&mut codec, &mut transport.input.buf, &transport.stream).await {
             break stop;
         }
-        if let Err(e) = conn.flush(&stream).await {
+        if let Err(e) = conn.flush(&transport.stream).await {
             break e.into();
         }
         // Waits (not reading) while a large frame finds no budget: bounded by the idle timeout.
-        if let Err(end) = input.make_room(&codec, &conn.shared.frame_budget, idle, &shutdown).await {
+        let budget = &conn.shared.frame_budget;
+        if let Err(end) = transport.input.make_room(&codec, budget, idle, &session.shutdown).await {
             break end.into();
         }
-        let read = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break ConnectionEnd::Shutdown.into(),
-            read = tokio::time::timeout(idle, stream.read_buf(&mut input.buf)) => read,
-        };
-        match read {
-            Err(_) => break ConnectionEnd::Idle(idle).into(),
-            Ok(Ok(0)) => break ConnectionEnd::PeerClosed.into(),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => break ConnectionEnd::Io(e).into(),
+        if let Err(end) = transport.read_more(idle, &session.shutdown).await {
+            break end.into();
         }
     };
     conn.release_queued();
     match (stop, placement) {
-        (Stop::HandOver(first), Placement::Control { data }) => Served::HandOver { stream, input, first, data },
+        (Stop::HandOver(first), Placement::Control { data }) => Served::HandOver { transport, first, data },
         (Stop::HandOver(_), Placement::Data) => {
             Served::End(ConnectionEnd::Refused("handed over on the data runtime".into()))
         }

@@ -110,17 +110,7 @@ async fn handle_message(
             open_stream(shared, streams, app_id, exec_id, blocks)
         }
         M::OpenBlocks { app_id, exec_id, block_ids } => {
-            let blocks = match parse_open_blocks(&block_ids)? {
-                OpenBlocksPlan::Shuffle { shuffle_id, blocks } => blocks
-                    .into_iter()
-                    .map(|(map, r)| BlockRef::Shuffle { shuffle_id, map_id: map.into(), start: r, end: r + 1 })
-                    .collect(),
-                OpenBlocksPlan::Rdd { blocks } => {
-                    blocks.into_iter().map(|(rdd_id, split_index)| BlockRef::Rdd { rdd_id, split_index }).collect()
-                }
-                OpenBlocksPlan::ShuffleChunk { chunks, .. } => vec![BlockRef::Merged; chunks.len()],
-            };
-            open_stream(shared, streams, app_id, exec_id, blocks)
+            open_stream(shared, streams, app_id, exec_id, open_blocks(&block_ids)?)
         }
         M::FetchShuffleBlockChunks { app_id, exec_id, chunk_ids, .. } => {
             // Served like the JVM service without a merge manager: a handle, then failing chunks.
@@ -128,22 +118,10 @@ async fn handle_message(
             open_stream(shared, streams, app_id, exec_id, vec![BlockRef::Merged; n])
         }
         M::GetLocalDirsForExecutors { app_id, exec_ids } => local_dirs(shared, &app_id, exec_ids),
-        M::RemoveBlocks { app_id, exec_id, block_ids } => {
-            let executor = shared.registry.require(&app_id, &exec_id)?;
-            let (store, ids) = (Arc::clone(&shared.store), block_ids.clone());
-            let removed = off_the_loop(move || store.remove_blocks(&executor.dirs, &ids)).await?;
-            debug!(app = %app_id, exec = %exec_id, asked = block_ids.len(), removed, "blocks removed");
-            Ok(M::BlocksRemoved { num_removed_blocks: removed as i32 }.encode())
-        }
+        M::RemoveBlocks { app_id, exec_id, block_ids } => remove_blocks(shared, &app_id, &exec_id, block_ids).await,
         M::DiagnoseCorruption { app_id, exec_id, shuffle_id, map_id, reduce_id, checksum, algorithm } => {
-            let executor = shared.registry.require(&app_id, &exec_id)?;
-            let store = Arc::clone(&shared.store);
-            let cause = off_the_loop(move || {
-                store.diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm)
-            })
-            .await??;
-            info!(app = %app_id, exec = %exec_id, shuffle_id, map_id, reduce_id, ?cause, "corruption diagnosed");
-            Ok(M::CorruptionCause { cause: cause.code() }.encode())
+            let block = DiagnosedBlock { shuffle_id, map_id, reduce_id, checksum, algorithm };
+            diagnose(shared, &app_id, &exec_id, block).await
         }
         M::RegisterDriver { app_id, heartbeat_timeout_ms } => {
             // The 2.2 Kubernetes fork announces each app this way; Spark 4 no longer sends it.
@@ -159,6 +137,53 @@ async fn handle_message(
         M::RemoveShuffleMerge { .. } => Err(java_error::unsupported("Cannot handle merged shuffle remove")),
         other => Err(java_error::unsupported(format_args!("Unexpected message: {}", describe(&other)))),
     }
+}
+
+/// The chunk list of an OpenBlocks request (the old fetch protocol, and rdd blocks).
+fn open_blocks(block_ids: &[String]) -> Result<Vec<BlockRef>, JavaError> {
+    Ok(match parse_open_blocks(block_ids)? {
+        OpenBlocksPlan::Shuffle { shuffle_id, blocks } => blocks
+            .into_iter()
+            .map(|(map, r)| BlockRef::Shuffle { shuffle_id, map_id: map.into(), start: r, end: r + 1 })
+            .collect(),
+        OpenBlocksPlan::Rdd { blocks } => {
+            blocks.into_iter().map(|(rdd_id, split_index)| BlockRef::Rdd { rdd_id, split_index }).collect()
+        }
+        OpenBlocksPlan::ShuffleChunk { chunks, .. } => vec![BlockRef::Merged; chunks.len()],
+    })
+}
+
+async fn remove_blocks(
+    shared: &Shared,
+    app_id: &str,
+    exec_id: &str,
+    block_ids: Vec<String>,
+) -> Result<Bytes, JavaError> {
+    let executor = shared.registry.require(app_id, exec_id)?;
+    let (store, asked) = (Arc::clone(&shared.store), block_ids.len());
+    let removed = off_the_loop(move || store.remove_blocks(&executor.dirs, &block_ids)).await?;
+    debug!(app = %app_id, exec = %exec_id, asked, removed, "blocks removed");
+    Ok(BlockTransferMessage::BlocksRemoved { num_removed_blocks: removed as i32 }.encode())
+}
+
+/// The block a DiagnoseCorruption asks about, and the checksum the reader computed.
+struct DiagnosedBlock {
+    shuffle_id: i32,
+    map_id: i64,
+    reduce_id: i32,
+    checksum: i64,
+    algorithm: String,
+}
+
+async fn diagnose(shared: &Shared, app_id: &str, exec_id: &str, b: DiagnosedBlock) -> Result<Bytes, JavaError> {
+    let executor = shared.registry.require(app_id, exec_id)?;
+    let store = Arc::clone(&shared.store);
+    let DiagnosedBlock { shuffle_id, map_id, reduce_id, checksum, algorithm } = b;
+    let cause =
+        off_the_loop(move || store.diagnose(&executor.dirs, shuffle_id, map_id, reduce_id, checksum, &algorithm))
+            .await??;
+    info!(app = %app_id, exec = %exec_id, shuffle_id, map_id, reduce_id, ?cause, "corruption diagnosed");
+    Ok(BlockTransferMessage::CorruptionCause { cause: cause.code() }.encode())
 }
 
 /// The chunk list of a FetchShuffleBlocks request (spec §2.3): one chunk per (map, reduce), or

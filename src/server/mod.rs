@@ -9,9 +9,11 @@ pub mod metrics;
 mod outbox;
 mod placement;
 mod streams;
+mod transport;
 mod warn_throttle;
 
 pub use connection::ConnectionEnd;
+use connection::Session;
 pub use input::{FrameBudget, SMALL_FRAME};
 pub use metrics::{ErrorKind, Latency, ServerSource};
 pub use streams::StreamOwners;
@@ -141,49 +143,62 @@ pub async fn run(
     let warnings = Arc::new(ConnectionWarnings::new(warn_throttle::WINDOW, warn_throttle::PER_WINDOW));
     let summaries = tokio::spawn(summarise_warnings(Arc::clone(&warnings), shutdown.clone()));
     let mut next_conn_id = 0u64;
-    loop {
-        // A permit is taken *before* accept: at the limit, new clients wait in the backlog
-        // instead of being accepted and starved.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (socket, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    shared.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, socket, peer)) = accept(&listener, &permits, &shared, &shutdown).await {
         next_conn_id += 1;
-        let conn_id = next_conn_id;
-        let shared = Arc::clone(&shared);
-        let shutdown = shutdown.clone();
-        let warnings = Arc::clone(&warnings);
+        let session = Session { conn_id: next_conn_id, shutdown: shutdown.clone() };
         let placement = match &data {
             Some(handle) => placement::Placement::Control { data: handle.clone() },
             None => placement::Placement::Data,
         };
+        let (shared, warnings) = (Arc::clone(&shared), Arc::clone(&warnings));
         tracker.spawn(async move {
-            shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
-            shared.counters.connections_active.fetch_add(1, Ordering::Relaxed);
-            let end = placement::serve(Arc::clone(&shared), socket, conn_id, shutdown, placement).await;
-            shared.counters.connections_active.fetch_sub(1, Ordering::Relaxed);
-            shared.counters.count_end(&end);
+            let counters = &shared.counters;
+            counters.connections_opened.fetch_add(1, Ordering::Relaxed);
+            counters.connections_active.fetch_add(1, Ordering::Relaxed);
+            let conn_id = session.conn_id;
+            let end = placement::serve(Arc::clone(&shared), socket, session, placement).await;
+            counters.connections_active.fetch_sub(1, Ordering::Relaxed);
+            counters.count_end(&end);
             log_end(&warnings, peer, conn_id, &end);
             drop(permit);
         });
     }
     drop(listener);
+    drain(tracker, grace).await;
+    summaries.abort();
+    warnings.flush(Instant::now(), true);
+}
+
+/// The next connection, with its permit; None at shutdown. A permit is taken *before* accept:
+/// at the limit, new clients wait in the backlog instead of being accepted and starved.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, tokio::net::TcpStream, std::net::SocketAddr)> {
+    let permit = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => return Some((permit, socket, peer)),
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    shared.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Waits up to `grace` for the open connections to finish, then gives up on them.
+async fn drain(tracker: TaskTracker, grace: Duration) {
     tracker.close();
     let open = tracker.len();
     if open > 0 {
@@ -192,8 +207,6 @@ pub async fn run(
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(open = tracker.len(), "grace period over; dropping the remaining connections");
     }
-    summaries.abort();
-    warnings.flush(Instant::now(), true);
 }
 
 /// Logs how a connection ended. Routine ends at debug (executors come and go, pools close idle

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-use super::connection::{serve_from, ConnectionEnd, Served};
-use super::input::Input;
+use super::connection::{serve_from, ConnectionEnd, Served, Session};
+use super::transport::Transport;
 use super::Shared;
 use crate::protocol::Message;
 
@@ -26,28 +25,24 @@ pub(super) enum Placement {
 pub(super) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
-    conn_id: u64,
-    shutdown: CancellationToken,
+    session: Session,
     placement: Placement,
 ) -> ConnectionEnd {
-    let _ = stream.set_nodelay(true);
-    let input = Input::new();
-    match serve_from(Arc::clone(&shared), stream, conn_id, shutdown.clone(), placement, input, None).await {
+    let transport = Transport::new(stream);
+    match serve_from(Arc::clone(&shared), transport, &session, placement, None).await {
         Served::End(end) => end,
-        Served::HandOver { stream, input, first, data } => {
-            // The socket leaves this runtime's reactor and joins the data runtime's; nothing
-            // is buffered in between (the outbox was flushed, `input` travels along, with the
-            // frame budget it holds; if the move fails, dropping it gives the budget back).
-            let std_stream = match stream.into_std() {
-                Ok(s) => s,
+        Served::HandOver { transport, first, data } => {
+            // If the move fails, dropping the transport gives its frame budget back.
+            let detached = match transport.detach() {
+                Ok(d) => d,
                 Err(e) => return ConnectionEnd::Io(e),
             };
             let task = data.spawn(async move {
-                let stream = match TcpStream::from_std(std_stream) {
-                    Ok(s) => s,
+                let transport = match detached.attach() {
+                    Ok(t) => t,
                     Err(e) => return ConnectionEnd::Io(e),
                 };
-                match serve_from(shared, stream, conn_id, shutdown, Placement::Data, input, Some(first)).await {
+                match serve_from(shared, transport, &session, Placement::Data, Some(first)).await {
                     Served::End(end) => end,
                     Served::HandOver { .. } => ConnectionEnd::Refused("handed over twice".into()),
                 }

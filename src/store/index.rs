@@ -1,8 +1,8 @@
 //! Shuffle index files (spec §4.3) and the byte-bounded cache of parsed indexes (spec §3.4).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::hash::BuildHasher;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -5,11 +5,10 @@
 //! never wait; and the budget follows a connection from the control runtime to the data runtime
 //! and comes back whichever runtime ends it.
 
-
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use crate::common::{start_agent_with, test_config, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
+use bytes::{BufMut, Bytes, BytesMut};
 use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{BlockTransferMessage as M, Message};
 use spark_shuffle_agent::server::SMALL_FRAME;

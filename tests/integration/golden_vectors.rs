@@ -18,15 +18,14 @@
 //! Where the agent differs from the JVM service on purpose, [`DEVIATIONS`] says how and why,
 //! and the replay checks the agent's documented behaviour instead. Everything else must match.
 
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use crate::common::capture::{self, ClientFrame, ErrorTexts, Event, Reply};
 use crate::common::client::first_line;
 use crate::common::vector_layout::CAPTURE_ROOT;
 use crate::common::{start_agent, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
+use bytes::Bytes;
 use spark_shuffle_agent::protocol::{BlockTransferMessage, Inbound, Message, StreamChunkId};
 
 fn vectors_dir() -> PathBuf {

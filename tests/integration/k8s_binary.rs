@@ -2,7 +2,6 @@
 //! API server being unreachable never keeping the agent from serving, and the `agent.k8s.*`
 //! keys of the config file reaching the watchers (against the SIMULATED API server).
 
-
 use crate::common::binary::{agent_command as agent, Logs};
 
 use std::io::{Read, Write};

@@ -1,7 +1,6 @@
 //! Discovery with the 2.2 fork's semantics, against a SIMULATED API server: the library
 //! function (`k8s::discovery::discover`) and the `discover` subcommand of the real binary.
 
-
 use std::process::Command;
 
 use crate::k8s_support::{agent_pod, kubeconfig, SimApi};

@@ -2,8 +2,9 @@
 //! run here; see tests/k8s_support/sim_api.rs): driver and executor pods come and go, watches
 //! drop and expire, the API is unreachable, and real files on disk are deleted or kept.
 
-
-use crate::k8s_support::{driver_pod, executor_pod, kubeconfig, unreachable_kubeconfig, wait_until, Disk, Node, SimApi, NODE};
+use crate::k8s_support::{
+    driver_pod, executor_pod, kubeconfig, unreachable_kubeconfig, wait_until, Disk, Node, SimApi, NODE,
+};
 
 const NS: &str = "spark-jobs";
 

@@ -5,14 +5,13 @@
 //! the 2 GiB boundary and at its end, zeros elsewhere), so the test needs almost no disk. The
 //! client checks what it receives as it arrives instead of collecting it.
 
-
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use crate::common::client::first_line;
 use crate::common::shuffle_files::{create_parent, index_bytes};
 use crate::common::{start_agent, ExecutorFiles, TestAgent, TestClient, APP_ID};
+use bytes::Bytes;
 use spark_shuffle_agent::protocol::BlockTransferMessage as M;
 
 /// One partition of 2 GiB + 1 MiB: past both i32::MAX and the largest possible frame.

@@ -1,7 +1,6 @@
 //! The lifecycle engine on real files and a real journal: what is deleted when executors and
 //! applications go away, that a crash mid-cleanup resumes, and the automatic sweep rules.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,15 +4,14 @@
 //! show exactly that. Readiness is checked over HTTP as main drives it. Nothing here asserts a
 //! duration; every wait is a poll with a timeout.
 
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::common::{start_agent_with, test_config, wait_until, ExecutorFiles, TestAgent, TestClient, WAIT};
+use bytes::Bytes;
 use spark_shuffle_agent::admin::{status_command as status, Admin, AdminServer, Health};
 use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::disk_usage::walk_apps;

@@ -2,7 +2,6 @@
 //! runtime's workers below the control thread and the journal writer, the disk walk lowest.
 //! Read from /proc of a running agent, so a runtime built without the hook fails here.
 
-
 use std::collections::BTreeMap;
 
 use crate::common::binary::{agent_command, Logs};

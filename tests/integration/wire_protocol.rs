@@ -6,15 +6,14 @@
 //! Tests marked `AGENT BUG` fail because of a defect in the agent, not in the test; each says
 //! what Spark does and where that is documented.
 
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use crate::common::client::first_line;
 use crate::common::{
     start_agent, start_agent_with, test_config, wait_until, ChecksumKind, TestAgent, TestClient, VectorLayout, APP_ID,
 };
+use bytes::{BufMut, Bytes, BytesMut};
 use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{
     BlockTransferMessage as M, ExecutorShuffleInfo, FrameCodec, Inbound, Message, StreamChunkId,

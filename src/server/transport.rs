@@ -1,0 +1,71 @@
+//! One connection's bytes: the socket and its input buffer (with the frame budget a large
+//! incoming frame holds). It is the one value that moves when a connection is handed from the
+//! control runtime to the data runtime, and the seat of anything that transforms bytes between
+//! the socket and the frame codec (a session cipher, TLS), so the protocol code above never
+//! sees which one is in use. Replies are assembled in the connection's outbox and written to
+//! [`Transport::stream`].
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::ConnectionEnd;
+use super::input::Input;
+
+/// A connection's socket and what has been read from it but not yet decoded.
+#[derive(Debug)]
+pub(super) struct Transport {
+    pub(super) stream: TcpStream,
+    pub(super) input: Input,
+}
+
+/// A [`Transport`] between runtimes: the socket out of every reactor, the input along with it.
+#[derive(Debug)]
+pub(super) struct Detached {
+    stream: std::net::TcpStream,
+    input: Input,
+}
+
+impl Transport {
+    pub(super) fn new(stream: TcpStream) -> Transport {
+        // Small replies must leave at once; batching happens in the outbox, not in the kernel.
+        let _ = stream.set_nodelay(true);
+        Transport { stream, input: Input::new() }
+    }
+
+    /// Reads what the socket has into the input buffer. Ends the connection on EOF, an error,
+    /// `idle` without a byte, or shutdown.
+    pub(super) async fn read_more(
+        &mut self,
+        idle: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionEnd> {
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Err(ConnectionEnd::Shutdown),
+            read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.input.buf)) => read,
+        };
+        match read {
+            Err(_) => Err(ConnectionEnd::Idle(idle)),
+            Ok(Ok(0)) => Err(ConnectionEnd::PeerClosed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ConnectionEnd::Io(e)),
+        }
+    }
+
+    /// Takes the socket out of this runtime's reactor. Nothing is buffered on the way out (the
+    /// outbox was flushed); the input, and the frame budget it holds, travel along.
+    pub(super) fn detach(self) -> io::Result<Detached> {
+        Ok(Detached { stream: self.stream.into_std()?, input: self.input })
+    }
+}
+
+impl Detached {
+    /// Registers the socket with the reactor of the runtime this is called on.
+    pub(super) fn attach(self) -> io::Result<Transport> {
+        Ok(Transport { stream: TcpStream::from_std(self.stream)?, input: self.input })
+    }
+}
