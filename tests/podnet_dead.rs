@@ -46,7 +46,11 @@ type OldFlowEnd = (std::io::ErrorKind, Duration);
 
 /// A reducer connection from `pod` to `to`, opened (and used once: RegisterExecutor) while the
 /// executor lives; on `go` it sends a fetch and reports how the connection failed.
-fn old_flow(pod: Netns, to: SocketAddr, register: M) -> (mpsc::Receiver<()>, mpsc::Sender<()>, mpsc::Receiver<OldFlowEnd>) {
+fn old_flow(
+    pod: Netns,
+    to: SocketAddr,
+    register: M,
+) -> (mpsc::Receiver<()>, mpsc::Sender<()>, mpsc::Receiver<OldFlowEnd>) {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (end_tx, end_rx) = mpsc::channel();
@@ -151,7 +155,9 @@ fn a_dead_executors_ip_reaches_the_node_agent_through_the_redirect_and_old_flows
     assert_eq!(node_shared.counters.connections_opened.load(Ordering::Relaxed), before + 1, "the node listener");
     // And from the node itself (a hostNetwork client): the host layer's output chain.
     try_connect(&node, pod_a_addr, Duration::from_secs(5)).expect("hostNetwork client reaches the agent");
-    assert_eq!(node_shared.counters.connections_opened.load(Ordering::Relaxed), before + 2);
+    wait_for("the node listener to accept the hostNetwork client", || {
+        (node_shared.counters.connections_opened.load(Ordering::Relaxed) == before + 2).then_some(())
+    });
 
     // The IP shows up on a new pod: the entry goes, from the file and from both tables.
     assert!(dead.ip_reused(pod_a_ip));
@@ -177,7 +183,17 @@ fn a_table_someone_changed_is_put_back_and_a_script_nft_refuses_is_an_error_nami
     want.entries.insert("10.204.0.10".parse().unwrap(), "10.204.0.1:7337".parse().unwrap());
     assert_eq!(nft.reconcile(&node, &want).unwrap(), Applied::Replaced);
     let flush = std::process::Command::new("ip")
-        .args(["netns", "exec", &topo.netns_name("node"), "nft", "flush", "chain", "inet", "spark_shuffle_agent", "rst"])
+        .args([
+            "netns",
+            "exec",
+            &topo.netns_name("node"),
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "spark_shuffle_agent",
+            "rst",
+        ])
         .status()
         .unwrap();
     assert!(flush.success());

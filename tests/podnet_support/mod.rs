@@ -202,7 +202,11 @@ pub struct Serving {
 
 impl Serving {
     /// Serves each std listener with `server::run` (the real accept loop and handler).
-    pub fn start(runtime: &tokio::runtime::Runtime, listeners: Vec<std::net::TcpListener>, shared: &Arc<Shared>) -> Serving {
+    pub fn start(
+        runtime: &tokio::runtime::Runtime,
+        listeners: Vec<std::net::TcpListener>,
+        shared: &Arc<Shared>,
+    ) -> Serving {
         let shutdown = CancellationToken::new();
         let tasks = listeners
             .into_iter()
