@@ -205,3 +205,33 @@ fn a_table_someone_changed_is_put_back_and_a_script_nft_refuses_is_an_error_nami
     let missing = Nft::new("/nonexistent/nft").reconcile(&node, &want).unwrap_err().to_string();
     assert!(missing.contains("/nonexistent/nft"), "{missing}");
 }
+
+#[test]
+fn an_ipv6_dead_executor_ip_is_redirected_through_the_ip6_map() {
+    if !privileged("podnet_dead") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let layout = VectorLayout::new();
+    let shared = podnet_support::shared(&podnet_support::registry(&layout.roots()), &podnet_support::store());
+    let mut topo = Topology::new("dead6", 206);
+    topo.pod("podb", 11);
+    let (node_ns, pod_ns) = (topo.netns_name("node"), topo.netns_name("podb"));
+    podnet_support::ip(&["-n", &node_ns, "addr", "add", "fd00:206::1/64", "dev", "cni0", "nodad"]);
+    podnet_support::ip(&["-n", &pod_ns, "addr", "add", "fd00:206::11/64", "dev", "eth0", "nodad"]);
+    let (node, pod_b) = (topo.open("node"), topo.open("podb"));
+    let serving = Serving::start(&runtime, bind_in_netns(&node, PORT).unwrap().into_vec(), &shared);
+    let node_agent: SocketAddr = "[fd00:206::1]:7337".parse().unwrap();
+    let dead_ip = "fd00:206::10".parse().unwrap();
+    try_connect(&pod_b, node_agent, Duration::from_secs(5)).expect("the node's [::]:7337 listener");
+
+    let mut dead = DeadIps::default();
+    dead.executor_died(dead_ip, node_agent, APP_ID);
+    assert_eq!(Nft::default().reconcile(&pod_b, &dead.pod_table(PORT)).unwrap(), Applied::Replaced);
+    let before = shared.counters.connections_opened.load(Ordering::Relaxed);
+    try_connect(&pod_b, SocketAddr::new(dead_ip, PORT), Duration::from_secs(5)).expect("DNATed to the node's agent");
+    wait_for("the node listener to accept", || {
+        (shared.counters.connections_opened.load(Ordering::Relaxed) == before + 1).then_some(())
+    });
+    serving.stop(&runtime);
+}
