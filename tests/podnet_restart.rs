@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::VectorLayout;
 use podnet_support::{privileged, try_connect, wait_for, Serving, Topology};
-use spark_shuffle_agent::podnet::{bind_in_netns, dead_ips, find_pod_netns, Applied, DeadIps, NetnsId, Nft};
+use spark_shuffle_agent::podnet::{
+    bind_in_netns, dead_ips, find_pod_netns, find_pods_netns, Applied, DeadIps, NetnsId, Nft,
+};
 
 const PORT: u16 = 7337;
 const CONNECTIONS: u64 = 8;

@@ -43,6 +43,18 @@ pub fn parse_if_inet6(text: &str) -> BTreeSet<Ipv6Addr> {
         .collect()
 }
 
+/// Every local address of the namespace whose `net` directory is `net_dir`, both families.
+pub fn local_addrs(net_dir: &Path) -> std::io::Result<BTreeSet<IpAddr>> {
+    let mut all: BTreeSet<IpAddr> =
+        parse_fib_trie(&std::fs::read_to_string(net_dir.join("fib_trie"))?).into_iter().map(IpAddr::V4).collect();
+    match std::fs::read_to_string(net_dir.join("if_inet6")) {
+        Ok(text) => all.extend(parse_if_inet6(&text).into_iter().map(IpAddr::V6)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(all)
+}
+
 /// Whether `ip` is a local address of the namespace whose `net` directory is `net_dir`
 /// (`/proc/<pid>/net`, or `/proc/thread-self/net` on a thread that entered it).
 /// A missing `if_inet6` means IPv6 is off there, which holds no IPv6 address.
@@ -124,5 +136,8 @@ fd000000000000000000000000000010 03 40 00 82       eth0
         assert!(!holds_ip(dir.path(), "fd00::10".parse().unwrap()).unwrap(), "no if_inet6: IPv6 off");
         std::fs::write(dir.path().join("if_inet6"), POD_IF_INET6).unwrap();
         assert!(holds_ip(dir.path(), "fd00::10".parse().unwrap()).unwrap());
+        let all = local_addrs(dir.path()).unwrap();
+        assert!(all.contains(&"10.244.1.10".parse().unwrap()) && all.contains(&"fd00::10".parse().unwrap()));
+        assert_eq!(all.len(), 5, "2 IPv4 + 3 IPv6");
     }
 }

@@ -66,10 +66,30 @@ pub fn holding(proc_root: &Path, candidates: &[Candidate], ip: IpAddr) -> Vec<Ca
 /// so a pid reused between the scan and the open cannot hand over another namespace.
 /// `Ok(None)`: no namespace holds it (yet: the pod may still be getting its IP).
 pub fn find_pod_netns(proc_root: &Path, ip: IpAddr, skip: Option<NetnsId>) -> Result<Option<Netns>, PodnetError> {
-    let scan_err = |source| PodnetError::Scan { path: proc_root.into(), source };
-    let candidates = scan(proc_root, skip).map_err(scan_err)?;
-    let found = holding(proc_root, &candidates, ip);
-    let chosen = match found.as_slice() {
+    let candidates = scan(proc_root, skip).map_err(|source| PodnetError::Scan { path: proc_root.into(), source })?;
+    adopt(proc_root, ip, &holding(proc_root, &candidates, ip))
+}
+
+/// [`find_pod_netns`] for many pods with one scan, each namespace's addresses read once: what a
+/// restarted agent re-adopting every executor pod of its node needs. One result per IP, in order.
+pub fn find_pods_netns(
+    proc_root: &Path,
+    ips: &[IpAddr],
+    skip: Option<NetnsId>,
+) -> Result<Vec<(IpAddr, Result<Option<Netns>, PodnetError>)>, PodnetError> {
+    let candidates = scan(proc_root, skip).map_err(|source| PodnetError::Scan { path: proc_root.into(), source })?;
+    let mut by_ip: BTreeMap<IpAddr, Vec<Candidate>> = BTreeMap::new();
+    for candidate in &candidates {
+        for addr in addrs::local_addrs(&candidate.net_dir(proc_root)).unwrap_or_default() {
+            by_ip.entry(addr).or_default().push(candidate.clone());
+        }
+    }
+    Ok(ips.iter().map(|ip| (*ip, adopt(proc_root, *ip, by_ip.get(ip).map_or(&[][..], Vec::as_slice)))).collect())
+}
+
+/// Opens the one namespace in `found` and re-checks `ip` from inside it.
+fn adopt(proc_root: &Path, ip: IpAddr, found: &[Candidate]) -> Result<Option<Netns>, PodnetError> {
+    let chosen = match found {
         [] => return Ok(None),
         [one] => one,
         many => return Err(PodnetError::AmbiguousIp { ip, pids: many.iter().map(|c| c.pid).collect() }),
@@ -160,6 +180,10 @@ mod tests {
         proc.process(6, "b");
         let err = find_pod_netns(proc.root(), "10.244.1.10".parse().unwrap(), None).unwrap_err();
         assert!(matches!(err, PodnetError::AmbiguousIp { ref pids, .. } if pids == &[5, 6]), "{err}");
+        let many = find_pods_netns(proc.root(), &["10.244.1.10".parse().unwrap(), "10.9.9.9".parse().unwrap()], None);
+        let many = many.unwrap();
+        assert!(matches!(many[0].1, Err(PodnetError::AmbiguousIp { .. })), "the batch refuses it too");
+        assert!(matches!(many[1].1, Ok(None)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub use dead_ips::{DeadIp, DeadIps};
-pub use discover::find_pod_netns;
+pub use discover::{find_pod_netns, find_pods_netns};
 pub use listen::{bind_in_netns, InPodListeners};
 pub use netns::{Netns, NetnsId};
 pub use nft::{Applied, Nft};

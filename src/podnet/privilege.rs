@@ -103,5 +103,8 @@ mod tests {
         assert!(err.contains("/nonexistent/host/proc"), "{err}");
         let err = check(Path::new("/proc"), Path::new("/nonexistent/nft")).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/nft"), "{err}");
+        if Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success()) {
+            check(Path::new("/proc"), Path::new("nft")).expect("everything pod mode needs is here");
+        }
     }
 }
