@@ -60,7 +60,13 @@ fn a_second_agent_readopts_the_pod_overlaps_with_reuseport_takes_over_and_reconc
     let loaded = dead_ips::load(state.path()).unwrap();
     assert!(loaded.discarded.is_none());
     assert_eq!(loaded.dead, dead, "the dead IPs the watch cannot give back");
-    let readopted = wait_for("poda again", || find_pod_netns(Path::new("/proc"), topo.pod_ip(10), Some(own)).unwrap());
+    // One scan for every pod of the node, as a restart does.
+    let ips = [topo.pod_ip(10), topo.pod_ip(11), topo.pod_ip(77)];
+    let mut found = find_pods_netns(Path::new("/proc"), &ips, Some(own)).unwrap().into_iter().map(|(_, n)| n.unwrap());
+    let (readopted, pod_b_again, nobody) = (found.next().unwrap(), found.next().unwrap(), found.next().unwrap());
+    let readopted = readopted.expect("poda re-adopted");
+    assert_eq!(pod_b_again.map(|n| n.id()), Some(pod_b.id()));
+    assert!(nobody.is_none(), "no pod holds .77");
     assert_eq!(readopted.id(), NetnsId::of_path(&topo.netns_path("poda")).unwrap());
     // Without SO_REUSEPORT the port is taken while the first listener lives ...
     let plain = readopted

@@ -70,13 +70,12 @@ pub fn find_pod_netns(proc_root: &Path, ip: IpAddr, skip: Option<NetnsId>) -> Re
     adopt(proc_root, ip, &holding(proc_root, &candidates, ip))
 }
 
+/// One pod IP and what [`find_pods_netns`] found for it.
+pub type Found = (IpAddr, Result<Option<Netns>, PodnetError>);
+
 /// [`find_pod_netns`] for many pods with one scan, each namespace's addresses read once: what a
 /// restarted agent re-adopting every executor pod of its node needs. One result per IP, in order.
-pub fn find_pods_netns(
-    proc_root: &Path,
-    ips: &[IpAddr],
-    skip: Option<NetnsId>,
-) -> Result<Vec<(IpAddr, Result<Option<Netns>, PodnetError>)>, PodnetError> {
+pub fn find_pods_netns(proc_root: &Path, ips: &[IpAddr], skip: Option<NetnsId>) -> Result<Vec<Found>, PodnetError> {
     let candidates = scan(proc_root, skip).map_err(|source| PodnetError::Scan { path: proc_root.into(), source })?;
     let mut by_ip: BTreeMap<IpAddr, Vec<Candidate>> = BTreeMap::new();
     for candidate in &candidates {
