@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestClient, VectorLayout, APP_ID};
 use podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
+use spark_shuffle_agent::podnet::gate::wait_until_accepting;
 use spark_shuffle_agent::podnet::{bind_in_netns, find_pod_netns, NetnsId};
 use spark_shuffle_agent::protocol::BlockTransferMessage as M;
 
@@ -52,6 +53,19 @@ fn an_executor_pod_found_through_proc_is_served_by_a_listener_inside_its_namespa
         "a sandbox without the IP yet is not found"
     );
 
+    // The executor pod's init container: running in the sandbox before the agent has bound
+    // anything there (the unit tests in src/podnet/gate.rs show it waits through refusals).
+    let (gate_ns, (started_tx, started_rx)) = (topo.open("poda"), std::sync::mpsc::channel());
+    let gate = std::thread::spawn(move || {
+        gate_ns
+            .run(|| {
+                started_tx.send(()).unwrap();
+                wait_until_accepting("127.0.0.1:7337".parse().unwrap(), Duration::from_secs(20))
+            })
+            .unwrap()
+    });
+    started_rx.recv().unwrap();
+
     // CNI ADD's last step: from here on the pod has its IP, and the clock runs.
     topo.give_ip("poda", 10);
     let has_ip = Instant::now();
@@ -72,6 +86,7 @@ fn an_executor_pod_found_through_proc_is_served_by_a_listener_inside_its_namespa
     let serving = Serving::start(&runtime, listeners.into_vec(), &shared);
     try_connect(&pod_b, pod_a_addr, Duration::from_secs(5)).expect("the in-pod listener accepts");
     let accepting = Instant::now();
+    let gate_waited = gate.join().unwrap().expect("the init container's gate opens once the agent listens");
     println!(
         "podnet timing: pod has IP -> in-pod listener accepting: {:?} (scan+verify {:?}, bind {:?}, first connect {:?}; \
          includes the poll loop and one refused connect)",
@@ -80,6 +95,7 @@ fn an_executor_pod_found_through_proc_is_served_by_a_listener_inside_its_namespa
         bound - bind_start,
         accepting - bound,
     );
+    println!("podnet gate: the init container waited {gate_waited:?}");
 
     // The executor in poda registers with its own pod IP, as Spark does.
     let pod_a = topo.open("poda");

@@ -8,6 +8,7 @@
 //! * Dead phase: [`dead_ips`] keeps `dead pod IP -> owning agent` (persisted in the state dir);
 //!   [`redirect`] turns it into the nftables table one namespace should have, and [`nft`]
 //!   reconciles a namespace's actual table to it, resetting flows opened before the death.
+//! * [`gate`] is the executor pod's init-container wait: until the in-pod port accepts.
 //! * [`privilege`] checks at start that pod mode can work, naming the first thing missing.
 //!
 //! This module does not watch Kubernetes and owns no tokio task: the executor watcher decides
@@ -17,6 +18,7 @@
 pub mod addrs;
 pub mod dead_ips;
 pub mod discover;
+pub mod gate;
 pub mod listen;
 pub mod netns;
 pub mod nft;
