@@ -132,8 +132,16 @@ fn a_dead_executors_ip_reaches_the_node_agent_through_the_redirect_and_old_flows
     // The watch reports the death: record it, persist it, install it in podb and the node.
     assert!(dead.executor_died(pod_a_ip, node_agent, APP_ID));
     dead_ips::save(state.path(), &dead).unwrap();
+    let reconcile_start = Instant::now();
     assert_eq!(nft.reconcile(&pod_b, &dead.pod_table(PORT)).unwrap(), Applied::Elements { added: 1, removed: 0 });
+    let reconciled = reconcile_start.elapsed();
     assert_eq!(nft.reconcile(&node, &host_table(&dead)).unwrap(), Applied::Elements { added: 1, removed: 0 });
+    let unchanged_start = Instant::now();
+    assert_eq!(nft.reconcile(&pod_b, &dead.pod_table(PORT)).unwrap(), Applied::Unchanged);
+    println!(
+        "podnet timing: reconcile adding one element {reconciled:?}, reconcile finding nothing to do {:?}",
+        unchanged_start.elapsed()
+    );
     let observed = nft.observe(&pod_b).unwrap().expect("podb's table");
     assert_eq!(observed.entries.get(&pod_a_ip), Some(&node_agent), "nft reports the entry");
 

@@ -53,9 +53,7 @@ impl Nft {
     /// Our table in `netns` as nft reports it; `None` when there is none.
     pub fn observe(&self, netns: &Netns) -> Result<Option<Observed>, PodnetError> {
         let json = self.run(netns, &["-j", "list", "table", FAMILY, TABLE], None)?;
-        let Some(json) = json else { return Ok(None) };
-        let text = self.run(netns, &["list", "table", FAMILY, TABLE], None)?.unwrap_or_default();
-        Ok(Some(parse_listing(&json, &text)))
+        Ok(json.map(|json| parse_listing(&json)))
     }
 
     /// Makes `netns`'s table equal `desired`, writing only what differs.

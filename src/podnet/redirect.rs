@@ -12,12 +12,13 @@
 //! * host layer only, `pre` (nat prerouting) and `fwdrst` (filter forward): the same for
 //!   traffic routed *through* the node to its own dead executors (destination-side layer A).
 //!
-//! The table carries a comment naming its schema, layer and port. A table with a different
-//! comment or a different number of rules is replaced whole, in one atomic `nft -f`
+//! Every rule carries a comment naming the schema, layer and port (rule comments, unlike table
+//! comments, are in nft 1.0.6's JSON listing, so one `nft -j list` tells all). A table whose
+//! rules carry another comment, or whose chains hold another number of rules, is replaced whole, in one atomic `nft -f`
 //! transaction (`add table; delete table; table {...}`); otherwise only elements change, and a
 //! table already right costs no `nft` write at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -79,11 +80,11 @@ pub struct RedirectTable {
     pub entries: BTreeMap<IpAddr, SocketAddr>,
 }
 
-/// What `nft list table` reported for our table.
+/// What `nft -j list table` reported for our table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
-    /// The table's comment, if it has one.
-    pub comment: Option<String>,
+    /// The distinct comments of its rules ("" for a rule without one).
+    pub comments: BTreeSet<String>,
     /// Rules per chain.
     pub rules: BTreeMap<String, usize>,
     /// Elements of `dead4` and `dead6`.
@@ -115,7 +116,8 @@ impl RedirectTable {
         RedirectTable { layer, port, entries: BTreeMap::new() }
     }
 
-    /// The comment that identifies a table made by this schema for this layer and port.
+    /// The comment on every rule (and on the table, for operators) that identifies a table made
+    /// by this schema for this layer and port.
     pub fn comment(&self) -> String {
         format!("{SCHEMA} layer={} port={}", self.layer.name(), self.port)
     }
@@ -127,18 +129,22 @@ impl RedirectTable {
 
     /// The whole table, without elements.
     pub fn render_table(&self) -> String {
-        let port = self.port;
-        let mut s = format!("table {FAMILY} {TABLE} {{\n  comment \"{}\"\n", self.comment());
+        let (port, marker) = (self.port, self.comment());
+        let mut s = format!("table {FAMILY} {TABLE} {{\n  comment \"{marker}\"\n");
         s.push_str("  map dead4 { type ipv4_addr : ipv4_addr . inet_service; }\n");
         s.push_str("  map dead6 { type ipv6_addr : ipv6_addr . inet_service; }\n");
         for (name, decl, verdict) in self.layer.chains() {
             let _ = writeln!(s, "  chain {name} {{ {decl}");
             for (ip, map) in [("ip", "dead4"), ("ip6", "dead6")] {
                 let _ = match verdict {
-                    Verdict::Dnat => writeln!(s, "    meta l4proto tcp tcp dport {port} dnat {ip} addr . port to {ip} daddr map @{map}"),
+                    Verdict::Dnat => writeln!(
+                        s,
+                        "    meta l4proto tcp tcp dport {port} dnat {ip} addr . port to {ip} daddr map @{map} comment \"{marker}\""
+                    ),
                     Verdict::Reset => writeln!(
                         s,
-                        "    meta l4proto tcp tcp dport {port} {ip} daddr @{map} ct status != dnat reject with tcp reset"
+                        "    meta l4proto tcp tcp dport {port} {ip} daddr @{map} ct status != dnat reject with tcp reset \
+                         comment \"{marker}\""
                     ),
                 };
             }
@@ -155,8 +161,8 @@ impl RedirectTable {
     /// The script from `observed` (`None`: no table) to this table.
     pub fn plan(&self, observed: Option<&Observed>) -> Plan {
         let want = self.usable();
-        let matching = observed
-            .filter(|o| o.comment.as_deref() == Some(self.comment().as_str()) && o.rules == self.expected_rules());
+        let marker = BTreeSet::from([self.comment()]);
+        let matching = observed.filter(|o| o.comments == marker && o.rules == self.expected_rules());
         let Some(have) = matching else {
             let mut script = format!("add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n");
             script.push_str(&self.render_table());
@@ -200,21 +206,18 @@ fn push_add(script: &mut String, dead: IpAddr, to: SocketAddr) {
         writeln!(script, "add element {FAMILY} {TABLE} {} {{ {dead} : {} . {} }}", map_of(dead), to.ip(), to.port());
 }
 
-/// Reads our table out of `nft -j list table` output (elements, rules per chain) and the
-/// comment out of the plain `nft list table` output (nft 1.0.6's JSON does not carry table
-/// comments). Anything not understood is left out, which at worst makes [`RedirectTable::plan`]
+/// Reads our table out of `nft -j list table` output: rules per chain, their comments, the
+/// elements. Anything not understood is left out, which at worst makes [`RedirectTable::plan`]
 /// replace the table: the safe direction.
-pub fn parse_listing(json: &str, text: &str) -> Observed {
-    let mut observed = Observed {
-        comment: text.lines().find_map(|l| l.trim().strip_prefix("comment \"")?.strip_suffix('"').map(str::to_string)),
-        ..Observed::default()
-    };
+pub fn parse_listing(json: &str) -> Observed {
+    let mut observed = Observed::default();
     let Ok(doc) = serde_json::from_str::<serde_json::Value>(json) else { return observed };
     for item in doc.get("nftables").and_then(|v| v.as_array()).into_iter().flatten() {
         if let Some(rule) = item.get("rule") {
             if let Some(chain) = rule.get("chain").and_then(|c| c.as_str()) {
                 *observed.rules.entry(chain.to_string()).or_default() += 1;
             }
+            observed.comments.insert(rule.get("comment").and_then(|c| c.as_str()).unwrap_or("").to_string());
         }
         let Some(map) = item.get("map") else { continue };
         for elem in map.get("elem").and_then(|e| e.as_array()).into_iter().flatten() {
@@ -248,7 +251,7 @@ mod tests {
     }
 
     fn observed_as(t: &RedirectTable) -> Observed {
-        Observed { comment: Some(t.comment()), rules: t.expected_rules(), entries: t.usable() }
+        Observed { comments: BTreeSet::from([t.comment()]), rules: t.expected_rules(), entries: t.usable() }
     }
 
     /// What nft 1.0.6 printed for a pod table with one v4 and one v6 element.
@@ -259,16 +262,14 @@ mod tests {
       {"map": {"family": "inet", "name": "dead6", "table": "spark_shuffle_agent", "type": "ipv6_addr", "handle": 4,
         "map": "ipv6_addr . inet_service", "elem": [["fd00::10", {"concat": ["fd00::1", 7337]}]]}},
       {"chain": {"family": "inet", "table": "spark_shuffle_agent", "name": "out", "handle": 1}},
-      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "out", "handle": 5, "expr": []}},
-      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "out", "handle": 6, "expr": []}},
-      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "rst", "handle": 7, "expr": []}},
-      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "rst", "handle": 8, "expr": []}}]}"#;
-    const LISTING_TEXT: &str =
-        "table inet spark_shuffle_agent {\n\tcomment \"spark-shuffle-agent/1 layer=pod port=7337\"\n\tmap dead4 {\n";
+      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "out", "handle": 5, "expr": [], "comment": "spark-shuffle-agent/1 layer=pod port=7337"}},
+      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "out", "handle": 6, "expr": [], "comment": "spark-shuffle-agent/1 layer=pod port=7337"}},
+      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "rst", "handle": 7, "expr": [], "comment": "spark-shuffle-agent/1 layer=pod port=7337"}},
+      {"rule": {"family": "inet", "table": "spark_shuffle_agent", "chain": "rst", "handle": 8, "expr": [], "comment": "spark-shuffle-agent/1 layer=pod port=7337"}}]}"#;
 
     #[test]
-    fn a_listing_is_read_back_as_comment_rules_and_elements() {
-        let o = parse_listing(LISTING_JSON, LISTING_TEXT);
+    fn a_listing_is_read_back_as_rules_their_comments_and_elements() {
+        let o = parse_listing(LISTING_JSON);
         let want = table(Layer::Pod, &[("10.244.1.10", "10.244.1.1:7337"), ("fd00::10", "[fd00::1]:7337")]);
         assert_eq!(o, observed_as(&want));
         assert_eq!(want.plan(Some(&o)), Plan::Nothing, "already right: nothing to run");
@@ -282,8 +283,11 @@ mod tests {
         assert!(script.contains("comment \"spark-shuffle-agent/1 layer=pod port=7337\""));
         assert!(script.ends_with("add element inet spark_shuffle_agent dead4 { 10.244.1.10 : 10.244.1.1 . 7337 }\n"));
         let mut old_port = observed_as(&want);
-        old_port.comment = Some("spark-shuffle-agent/1 layer=pod port=7000".into());
+        old_port.comments = BTreeSet::from(["spark-shuffle-agent/1 layer=pod port=7000".to_string()]);
         assert!(matches!(want.plan(Some(&old_port)), Plan::Replace(_)));
+        let mut hand_added = observed_as(&want);
+        hand_added.comments.insert(String::new());
+        assert!(matches!(want.plan(Some(&hand_added)), Plan::Replace(_)), "a rule someone added by hand");
         let mut flushed = observed_as(&want);
         flushed.rules.insert("rst".into(), 0);
         assert!(matches!(want.plan(Some(&flushed)), Plan::Replace(_)), "someone flushed a chain");
@@ -325,7 +329,7 @@ mod tests {
 
     #[test]
     fn garbage_from_nft_reads_as_no_usable_table() {
-        let o = parse_listing("not json", "");
+        let o = parse_listing("not json");
         assert!(matches!(RedirectTable::new(Layer::Pod, 7337).plan(Some(&o)), Plan::Replace(_)));
     }
 }
