@@ -14,6 +14,22 @@
 //! This module does not watch Kubernetes and owns no tokio task: the executor watcher decides
 //! *when* (pod got an IP, pod ended, app ended) and calls in here, from `spawn_blocking`, since
 //! every call here is synchronous (setns threads, `nft` processes).
+//!
+//! How the watcher is meant to call it (spec §2.3 "graceful hand-off" gives the order):
+//! 1. At start, in pod mode: [`privilege::check`]; then [`dead_ips::load`] from the state dir,
+//!    [`find_pods_netns`] for the node's executor pods listed by the first watch, and for
+//!    each found pod what step 2 does. Tables left by a previous agent are reconciled, not reset.
+//! 2. A local executor pod has an IP: [`find_pod_netns`] (retry while `Ok(None)`), keep the
+//!    [`Netns`]; [`bind_in_netns`] and serve the listeners with `server::run` under a child
+//!    token of that pod; [`Nft::reconcile`] its namespace to [`DeadIps::pod_table`] at once, even
+//!    empty, so conntrack tracks the pod's flows from their first packet.
+//! 3. Any pod (cluster-wide) shows up with an IP in [`DeadIps`]: [`DeadIps::ip_reused`].
+//! 4. An executor pod ends (deletion timestamp or terminal phase; IP and node from the last live
+//!    object): [`DeadIps::executor_died`], [`dead_ips::save`], reconcile every adopted pod's
+//!    namespace to the pod table and the host's ([`Netns::current`]) to
+//!    [`DeadIps::host_table`]; then, if it was local, cancel its listeners' token and drop its
+//!    [`Netns`] (both pin the namespace).
+//! 5. An application ends: [`DeadIps::app_ended`], save, reconcile as in 4.
 
 pub mod addrs;
 pub mod dead_ips;
