@@ -82,6 +82,11 @@ fn an_executor_pod_found_through_proc_is_served_by_a_listener_inside_its_namespa
     let bind_start = Instant::now();
     let listeners = bind_in_netns(&netns, PORT).expect("bind inside the pod");
     let bound = Instant::now();
+    assert_eq!(
+        NetnsId::of_path(Path::new("/proc/thread-self/ns/net")).unwrap(),
+        own,
+        "binding in the pod left the caller's thread where it was"
+    );
     assert!(listeners.v6.is_some(), "the pod has IPv6 (::1), so [::]:{PORT} is open too");
     let serving = Serving::start(&runtime, listeners.into_vec(), &shared);
     try_connect(&pod_b, pod_a_addr, Duration::from_secs(5)).expect("the in-pod listener accepts");
