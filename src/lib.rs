@@ -20,6 +20,8 @@
 //! * [`metrics`] is for operators: the Prometheus registry, readiness and liveness, per-app disk
 //!   use, and the HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`, on a thread
 //!   of its own so a saturated data path cannot starve it.
+//! * [`podnet`] is pod network mode's kernel side: finding executor pods' network namespaces,
+//!   listeners opened inside them, and the nftables redirects of dead executors' IPs.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
 // Zero-copy sends go through rustix's safe sendfile wrapper; nothing in the agent needs unsafe.
@@ -33,6 +35,7 @@ pub mod disk_usage;
 pub mod k8s;
 pub mod lifecycle;
 pub mod metrics;
+pub mod podnet;
 pub mod protocol;
 pub mod registry;
 pub mod server;
