@@ -11,9 +11,14 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-if ! command -v kubectl >/dev/null; then
-    step "installing kubectl (Debian)"
-    apt-get update -qq && apt-get install -y -qq kubectl >/dev/null
+# kubectl renders the manifests; nft is what pod-network mode installs its redirects with
+# (the namespaced podnet tests run it inside network namespaces they create).
+missing=()
+command -v kubectl >/dev/null || missing+=(kubectl)
+command -v nft >/dev/null || missing+=(nftables)
+if [ ${#missing[@]} -gt 0 ]; then
+    step "installing ${missing[*]} (Debian)"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v java >/dev/null || { echo "Java 17 is required (the real Spark client runs on it)" >&2; exit 1; }
 

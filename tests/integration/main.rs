@@ -4,6 +4,7 @@
 
 mod common;
 mod k8s_support;
+mod podnet_support;
 
 mod frame_budget;
 mod golden_vectors;
@@ -14,5 +15,8 @@ mod large_stream;
 mod lifecycle;
 mod metrics_dashboard;
 mod metrics_endpoints;
+mod podnet_dead;
+mod podnet_live;
+mod podnet_restart;
 mod thread_priorities;
 mod wire_protocol;

@@ -5,15 +5,13 @@
 //!
 //! Prints the time from "the pod's namespace has its IP" to "the in-pod listener accepts".
 
-mod common;
-mod podnet_support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{TestClient, VectorLayout, APP_ID};
-use podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
+use crate::common::{TestClient, VectorLayout, APP_ID};
+use crate::podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
 use spark_shuffle_agent::podnet::gate::wait_until_accepting;
 use spark_shuffle_agent::podnet::{bind_in_netns, find_pod_netns, NetnsId};
 use spark_shuffle_agent::protocol::BlockTransferMessage as M;
@@ -38,8 +36,8 @@ fn an_executor_pod_found_through_proc_is_served_by_a_listener_inside_its_namespa
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let layout = VectorLayout::new();
-    let (registry, store) = (podnet_support::registry(&layout.roots()), podnet_support::store());
-    let shared = podnet_support::shared(&registry, &store);
+    let (registry, store) = (crate::podnet_support::registry(&layout.roots()), crate::podnet_support::store());
+    let shared = crate::podnet_support::shared(&registry, &store);
     let own = NetnsId::of_path(Path::new("/proc/self/ns/net")).unwrap();
 
     let mut topo = Topology::new("live", 201);
@@ -139,7 +137,7 @@ fn a_pod_ip_nobody_holds_finds_nothing_and_each_pod_finds_its_own_namespace() {
         let netns = wait_for(pod, || find_pod_netns(Path::new("/proc"), topo.pod_ip(n), Some(own)).unwrap());
         assert_eq!(netns.id(), NetnsId::of_path(&topo.netns_path(pod)).unwrap(), "{pod}");
     }
-    podnet_support::ip(&["-n", &topo.netns_name("podb"), "addr", "add", "fd00:202::11/64", "dev", "eth0", "nodad"]);
+    crate::podnet_support::ip(&["-n", &topo.netns_name("podb"), "addr", "add", "fd00:202::11/64", "dev", "eth0", "nodad"]);
     let by_v6 = find_pod_netns(Path::new("/proc"), "fd00:202::11".parse().unwrap(), Some(own)).unwrap();
     assert_eq!(by_v6.map(|n| n.id()), Some(NetnsId::of_path(&topo.netns_path("podb")).unwrap()), "by IPv6 address");
     assert!(find_pod_netns(Path::new("/proc"), topo.pod_ip(99), Some(own)).unwrap().is_none());

@@ -4,16 +4,14 @@
 //! once the first closes, and reconciles the nftables state the first one left in the kernel,
 //! starting from the dead IPs persisted in the state dir instead of a clean slate.
 
-mod common;
-mod podnet_support;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::VectorLayout;
-use podnet_support::{privileged, try_connect, wait_for, Serving, Topology};
+use crate::common::VectorLayout;
+use crate::podnet_support::{privileged, try_connect, wait_for, Serving, Topology};
 use spark_shuffle_agent::podnet::{
     bind_in_netns, dead_ips, find_pod_netns, find_pods_netns, Applied, DeadIps, NetnsId, Nft,
 };
@@ -29,9 +27,9 @@ fn a_second_agent_readopts_the_pod_overlaps_with_reuseport_takes_over_and_reconc
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let layout = VectorLayout::new();
     let state = tempfile::tempdir().unwrap();
-    let store = podnet_support::store();
-    let registry = podnet_support::registry(&layout.roots());
-    let (first, second) = (podnet_support::shared(&registry, &store), podnet_support::shared(&registry, &store));
+    let store = crate::podnet_support::store();
+    let registry = crate::podnet_support::registry(&layout.roots());
+    let (first, second) = (crate::podnet_support::shared(&registry, &store), crate::podnet_support::shared(&registry, &store));
     let opened =
         |s: &std::sync::Arc<spark_shuffle_agent::server::Shared>| s.counters.connections_opened.load(Ordering::Relaxed);
     let own = NetnsId::of_path(Path::new("/proc/self/ns/net")).unwrap();

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use spark_shuffle_agent::podnet::Netns;
 use spark_shuffle_agent::registry::{Registry, Roots};
-use spark_shuffle_agent::server::{self, Settings, Shared};
+use spark_shuffle_agent::config::Config;
+use spark_shuffle_agent::server::{self, Shared};
 use spark_shuffle_agent::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -183,7 +184,7 @@ pub fn in_netns<T: Send, F: std::future::Future<Output = T>>(netns: &Netns, work
 /// `Shared` as tests/common/agent.rs builds it, around a registry and store that several
 /// agents (or listeners) may share, with counters of its own.
 pub fn shared(registry: &Arc<Registry>, store: &Arc<Store>) -> Arc<Shared> {
-    Arc::new(Shared::new(Settings::default(), Arc::clone(registry), Arc::clone(store)))
+    Arc::new(Shared::new(Config::default().server_settings(), Arc::clone(registry), Arc::clone(store)))
 }
 
 pub fn registry(roots: &[PathBuf]) -> Arc<Registry> {

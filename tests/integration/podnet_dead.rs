@@ -4,8 +4,6 @@
 //! node's agent, which still serves the dead executor's blocks; a connection opened before the
 //! death is reset instead of hanging (spec §2.3 "graceful hand-off", lab §7/§8).
 
-mod common;
-mod podnet_support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,8 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{TestClient, VectorLayout, APP_ID};
-use podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
+use crate::common::{TestClient, VectorLayout, APP_ID};
+use crate::podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
 use spark_shuffle_agent::podnet::{
     bind_in_netns, dead_ips, find_pod_netns, Applied, DeadIps, Netns, NetnsId, Nft, RedirectTable,
 };
@@ -91,10 +89,10 @@ fn a_dead_executors_ip_reaches_the_node_agent_through_the_redirect_and_old_flows
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let layout = VectorLayout::new();
     let state = tempfile::tempdir().unwrap();
-    let (registry, store) = (podnet_support::registry(&layout.roots()), podnet_support::store());
+    let (registry, store) = (crate::podnet_support::registry(&layout.roots()), crate::podnet_support::store());
     // One registry and store (one agent), counters per listener: who accepted is observable.
     let (node_shared, pod_shared) =
-        (podnet_support::shared(&registry, &store), podnet_support::shared(&registry, &store));
+        (crate::podnet_support::shared(&registry, &store), crate::podnet_support::shared(&registry, &store));
     let own = NetnsId::of_path(Path::new("/proc/self/ns/net")).unwrap();
     let nft = Nft::default();
 
@@ -221,12 +219,12 @@ fn an_ipv6_dead_executor_ip_is_redirected_through_the_ip6_map() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let layout = VectorLayout::new();
-    let shared = podnet_support::shared(&podnet_support::registry(&layout.roots()), &podnet_support::store());
+    let shared = crate::podnet_support::shared(&crate::podnet_support::registry(&layout.roots()), &crate::podnet_support::store());
     let mut topo = Topology::new("dead6", 206);
     topo.pod("podb", 11);
     let (node_ns, pod_ns) = (topo.netns_name("node"), topo.netns_name("podb"));
-    podnet_support::ip(&["-n", &node_ns, "addr", "add", "fd00:206::1/64", "dev", "cni0", "nodad"]);
-    podnet_support::ip(&["-n", &pod_ns, "addr", "add", "fd00:206::11/64", "dev", "eth0", "nodad"]);
+    crate::podnet_support::ip(&["-n", &node_ns, "addr", "add", "fd00:206::1/64", "dev", "cni0", "nodad"]);
+    crate::podnet_support::ip(&["-n", &pod_ns, "addr", "add", "fd00:206::11/64", "dev", "eth0", "nodad"]);
     let (node, pod_b) = (topo.open("node"), topo.open("podb"));
     let serving = Serving::start(&runtime, bind_in_netns(&node, PORT).unwrap().into_vec(), &shared);
     let node_agent: SocketAddr = "[fd00:206::1]:7337".parse().unwrap();
