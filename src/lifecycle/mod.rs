@@ -48,6 +48,8 @@ pub struct LifecycleCounters {
     /// Requests not done now: the queue was full or the journal could not record them.
     pub deferred: AtomicU64,
     pub errors: AtomicU64,
+    /// Sweeps completed (tests wait on it instead of sleeping).
+    pub sweeps: AtomicU64,
 }
 
 /// Executor removals waiting for the worker. Bounded: past it, removals are counted as
@@ -148,6 +150,7 @@ impl Worker {
                 _ = self.inner.wake.notified() => self.clean_apps().await,
                 _ = sweep.tick() => {
                     self.sweep().await;
+                    self.inner.counters.sweeps.fetch_add(1, Ordering::Relaxed);
                     self.clean_apps().await;
                 }
             }

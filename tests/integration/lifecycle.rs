@@ -149,10 +149,11 @@ async fn an_app_idle_past_the_retention_limit_is_removed_and_a_busy_one_is_not()
         sweep_interval: Duration::from_millis(20),
         ..settings()
     };
-    let (_lifecycle, stop) = start(&registry, retention);
-    // Sweeps run (the pending list is read each time), but an app used this hour stays.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(registry.executor("app-7", "1").is_some());
+    let (lifecycle, stop) = start(&registry, retention);
+    // Three sweeps ran (the first at start), and an app used this hour stays.
+    let sweeps = || lifecycle.counters().sweeps.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("three sweeps ran", || sweeps() >= 3).await;
+    assert!(registry.executor("app-7", "1").is_some(), "an app used this hour is kept");
     stop.cancel();
     // Zero retention: any app not used in the current second is idle.
     let (_lifecycle, stop) = start(
