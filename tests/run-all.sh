@@ -26,14 +26,13 @@ step "python venv with pyspark and test tools"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 
-step "building the agent"
-cargo build --release --bins --quiet
-
-step "Rust unit and integration tests"
+# One profile for everything: the Rust tests and the real-Spark tests use the same release
+# build of the crate, so nothing is compiled twice (the integration tests build the binary).
+step "Rust unit and integration tests (release profile; they build the agent binary too)"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --no-fail-fast
+    cargo nextest run --cargo-profile release --no-fail-fast
 else
-    cargo test --no-fail-fast
+    cargo test --release --no-fail-fast
 fi
 
 step "real Spark (pyspark 4.3.0 jars, Java 17) against the agent, and deployment checks"
