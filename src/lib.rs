@@ -1,10 +1,15 @@
 //! spark-shuffle-agent: Spark's external shuffle service, as a per-node agent.
 //!
-//! The crate is layered so that each layer can be tested without the ones above it:
+//! The crate is layered, and every layer only uses the ones below it (src/layers.rs reads every
+//! `crate::` path and fails the suite on a circle). From the bottom:
 //!
+//! * [`clock`], [`sync`], [`thread_priority`]: small helpers every layer may use.
+//! * [`metrics`]: Prometheus plumbing only ([`metrics::Series`], [`metrics::Source`],
+//!   [`metrics::Exporter`]); it knows no other layer. Each component defines and exports its own
+//!   series through it.
 //! * [`protocol`] is pure: Spark's transport frames (spark-network-common) and shuffle messages
-//!   (spark-network-shuffle), block ids, and the Java-style error texts clients expect. It touches
-//!   no socket, file or clock.
+//!   (spark-network-shuffle), block ids, and the one error type a client receives
+//!   ([`protocol::JavaError`]). It touches no socket, file or clock.
 //! * [`store`] owns the on-disk layout executors write: path hashing, index files and their cache,
 //!   checksum diagnosis, and reading block segments from files that must stay inside the
 //!   executor's registered directories.
@@ -17,12 +22,16 @@
 //! * [`k8s`] talks to the Kubernetes API server: it watches executor pods on this node and driver
 //!   pods cluster-wide, and tells the lifecycle engine when executors and applications end (only
 //!   on a definite answer); it also implements the 2.2 fork's shuffle-pod discovery.
-//! * [`metrics`] is for operators: the Prometheus registry, readiness and liveness, per-app disk
-//!   use, and the HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`, on a thread
-//!   of its own so a saturated data path cannot starve it.
 //! * [`podnet`] is pod network mode's kernel side: finding executor pods' network namespaces,
 //!   listeners opened inside them, and the nftables redirects of dead executors' IPs.
-//! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
+//! * [`disk_usage`] measures per-app disk use and free space per root, on a thread of its own.
+//! * [`config`] is the one configuration tree, parsed and validated once before any port is bound;
+//!   it turns into each component's settings.
+//! * [`admin`] is for operators: readiness and liveness, the `/status` document and the `status`
+//!   command, and the HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status` on a thread
+//!   of its own, so a saturated data path cannot starve it.
+//! * [`app`] is the composition root: [`app::build`] wires all of the above from a
+//!   [`config::Config`]; the binary and the tests both start the agent through it.
 
 // Zero-copy sends go through rustix's safe sendfile wrapper; nothing in the agent needs unsafe.
 #![forbid(unsafe_code)]

@@ -7,6 +7,7 @@ mod k8s_support;
 mod podnet_support;
 
 mod frame_budget;
+mod exit_codes;
 mod golden_vectors;
 mod k8s_binary;
 mod k8s_discovery;

@@ -283,7 +283,7 @@ def test_restart_on_another_port_is_refused_and_the_right_port_serves_old_regist
                            stdin=subprocess.DEVNULL, cwd=str(tmp_path))
         refused_s = time.monotonic() - t0
         print(f"\n[wrong-port] exit {p.returncode} after {refused_s:.2f}s; stderr:\n{p.stderr}")
-        assert p.returncode != 0, f"the agent started on port {other} with registrations made on {port}"
+        assert p.returncode == 64, f"exit {p.returncode} on port {other} with registrations made on {port} (64 expected)"
         errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1, p.stderr
         assert str(port) in errors[0] and str(other) in errors[0], errors[0]
