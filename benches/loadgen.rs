@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench loadgen -- [--profile 4k|4k-reducer|mixed|1m] [--connections 16] [--seconds 10]
 //!     [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1] [--register-probe]
+//!     [--diagnose N]
 //! ```
 //!
 //! It writes the profile's shuffle files under a temp root, starts the agent pinned to
@@ -45,6 +46,9 @@ struct Args {
     client_cpu: usize,
     /// Also time RegisterExecutor on fresh connections (as executors register) during the load.
     register_probe: bool,
+    /// Connections that send DiagnoseCorruption back to back during the load (each recomputes
+    /// a block's checksum from the data file), to see whether they delay registrations.
+    diagnose: usize,
 }
 
 fn args() -> Args {
@@ -56,6 +60,7 @@ fn args() -> Args {
         server_cpu: "0".into(),
         client_cpu: 1,
         register_probe: false,
+        diagnose: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +73,7 @@ fn args() -> Args {
             "--server-cpu" => a.server_cpu = value(),
             "--client-cpu" => a.client_cpu = value().parse().expect("--client-cpu"),
             "--register-probe" => a.register_probe = true,
+            "--diagnose" => a.diagnose = value().parse().expect("--diagnose"),
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown flag {other}"),
         }
@@ -143,6 +149,8 @@ fn write_files(dirs: &ExecutorDirs, sizes: &[Vec<u64>]) {
         let data: Vec<u8> = (0..*offsets.last().unwrap_or(&0)).map(|i| (i * 7 + map as u64) as u8).collect();
         write(format!("shuffle_0_{map}_0.data"), &data);
         write(format!("shuffle_0_{map}_0.index"), &index);
+        // Zeros: a DiagnoseCorruption still reads and checksums the block, then says disk issue.
+        write(format!("shuffle_0_{map}_0.checksum.ADLER32"), &vec![0u8; 8 * parts.len()]);
     }
 }
 
@@ -257,6 +265,7 @@ impl Conn {
 
 #[derive(Default)]
 struct Totals {
+    diagnosed: AtomicU64,
     blocks: AtomicU64,
     bytes: AtomicU64,
     failures: AtomicU64,
@@ -315,6 +324,28 @@ async fn drive(addr: String, work: Arc<Workload>, deadline: Instant, totals: Arc
         }
     }
     latencies_us
+}
+
+/// DiagnoseCorruption of one block after another until `deadline`; how many were answered.
+async fn diagnose_loop(addr: String, work: Arc<Workload>, deadline: Instant) -> u64 {
+    let mut conn = Conn::open(&addr).await;
+    let mut n = 0u64;
+    while Instant::now() < deadline && n < MAX_CALLS_PER_CONNECTION {
+        let map = (n as usize * 7) % work.reduces.len();
+        let reduce_id = (n as usize % work.reduces[map].max(1)) as i32;
+        let ask = BlockTransferMessage::DiagnoseCorruption {
+            app_id: APP.into(),
+            exec_id: "0".into(),
+            shuffle_id: 0,
+            map_id: map as i64,
+            reduce_id,
+            checksum: 0,
+            algorithm: "ADLER32".into(),
+        };
+        conn.rpc(&ask).await;
+        n += 1;
+    }
+    n
 }
 
 /// RegisterExecutor every 20 ms on a new connection until `deadline`; latencies in µs.
@@ -393,6 +424,8 @@ fn main() {
         let tasks: Vec<_> = (0..a.connections)
             .map(|_| tokio::spawn(drive(addr.clone(), Arc::clone(&work), deadline, Arc::clone(&totals))))
             .collect();
+        let diagnoses: Vec<_> =
+            (0..a.diagnose).map(|_| tokio::spawn(diagnose_loop(addr.clone(), Arc::clone(&work), deadline))).collect();
         // The probe gets its own thread and runtime: on the load's runtime, each reply would wait
         // behind 64 busy connections' work, and the client's queueing would be measured, not the agent.
         let probe = a.register_probe.then(|| {
@@ -412,6 +445,11 @@ fn main() {
         for t in tasks {
             latencies.extend(t.await.expect("connection task"));
         }
+        let mut diagnosed = 0;
+        for t in diagnoses {
+            diagnosed += t.await.expect("diagnose task");
+        }
+        totals.diagnosed.store(diagnosed, Ordering::Relaxed);
         let mut registrations = match probe {
             // Every connection task has finished: blocking this runtime here holds nothing up.
             Some(p) => p.join().expect("probe"),
@@ -439,6 +477,10 @@ fn main() {
     println!("  server CPU per GB    {:>12.3} s", cpu / (bytes / 1e9));
     println!("  server peak RSS      {:>12.1} MiB", peak_mib);
     println!("  failures             {:>12}", totals.failures.load(Ordering::Relaxed));
+    if a.diagnose > 0 {
+        let diagnosed = totals.diagnosed.load(Ordering::Relaxed) as f64;
+        println!("  DiagnoseCorruption/s {:>12.0} on {} connections", diagnosed / secs, a.diagnose);
+    }
     if !registrations.is_empty() {
         println!(
             "  registration (fresh connection, journaled) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {}",
