@@ -22,6 +22,7 @@
 //!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod k8s;
