@@ -22,6 +22,9 @@ mod message;
 mod sasl;
 mod secret;
 
+#[cfg(test)]
+mod java_peer;
+
 pub use ctr::{CtrCipher, SessionCiphers};
 pub use engine::{respond, EngineRandom, EngineVersion, OsRandom, ServerResponse, SessionKeys};
 pub use error::AuthError;
