@@ -9,12 +9,34 @@
 
 use aes::{Aes128, Aes256};
 use ctr::cipher::{KeyIvInit, StreamCipher};
+use zeroize::Zeroizing;
 
 type Ctr128Aes128 = ctr::Ctr128BE<Aes128>;
 type Ctr128Aes256 = ctr::Ctr128BE<Aes256>;
 
-/// One direction's keystream. AES-128 for 16-byte keys (authEngineVersion 2), AES-256 for
-/// 32-byte keys (version 1, the raw X25519 secret).
+/// A session key: 16 bytes (authEngineVersion 2) or 32 (version 1, the raw X25519 secret).
+/// The two sizes are two variants so no other length can reach the cipher. Zeroed on drop.
+pub enum SessionKey {
+    Aes128(Zeroizing<[u8; 16]>),
+    Aes256(Zeroizing<[u8; 32]>),
+}
+
+impl SessionKey {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            SessionKey::Aes128(k) => &k[..],
+            SessionKey::Aes256(k) => &k[..],
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKey(AES-{}, <redacted>)", self.as_bytes().len() * 8)
+    }
+}
+
+/// One direction's keystream.
 pub struct CtrCipher(Inner);
 
 enum Inner {
@@ -31,23 +53,12 @@ pub struct SessionCiphers {
 }
 
 impl CtrCipher {
-    /// `key` is 16 or 32 bytes: the engine derives nothing else. Any other length is a bug
-    /// in the caller, so it falls back to AES-128 over the first 16 bytes rather than panicking
-    /// on a network path; `SessionKeys` is the only constructor's caller and its tests pin both
-    /// lengths.
-    pub(crate) fn new(key: &[u8], iv: &[u8; 16]) -> CtrCipher {
-        let inner = match <&[u8; 32]>::try_from(key) {
-            Ok(k) => Inner::Aes256(Box::new(Ctr128Aes256::new(k.into(), iv.into()))),
-            Err(_) => {
-                let mut k = [0u8; 16];
-                let n = key.len().min(16);
-                k[..n].copy_from_slice(&key[..n]);
-                let c = Ctr128Aes128::new(&k.into(), iv.into());
-                zeroize::Zeroize::zeroize(&mut k);
-                Inner::Aes128(Box::new(c))
-            }
-        };
-        CtrCipher(inner)
+    /// A keystream whose first block is AES(key, iv), then iv+1, ... (128-bit big-endian).
+    pub fn new(key: &SessionKey, iv: &[u8; 16]) -> CtrCipher {
+        CtrCipher(match key {
+            SessionKey::Aes128(k) => Inner::Aes128(Box::new(Ctr128Aes128::new((&**k).into(), iv.into()))),
+            SessionKey::Aes256(k) => Inner::Aes256(Box::new(Ctr128Aes256::new((&**k).into(), iv.into()))),
+        })
     }
 
     /// Encrypts (or decrypts) `data` in place, continuing the keystream where the last call
@@ -84,7 +95,15 @@ mod tests {
         (0..n).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect()
     }
 
-    fn whole(key: &[u8], iv: &[u8; 16], data: &[u8]) -> Vec<u8> {
+    fn k128(b: u8) -> SessionKey {
+        SessionKey::Aes128(Zeroizing::new([b; 16]))
+    }
+
+    fn k256(b: u8) -> SessionKey {
+        SessionKey::Aes256(Zeroizing::new([b; 32]))
+    }
+
+    fn whole(key: &SessionKey, iv: &[u8; 16], data: &[u8]) -> Vec<u8> {
         let mut out = data.to_vec();
         CtrCipher::new(key, iv).apply(&mut out);
         out
@@ -94,7 +113,7 @@ mod tests {
     fn a_stream_split_at_any_byte_gives_the_same_output() {
         // IV low bytes near the wrap so the counter carries inside the 100 bytes.
         let iv = [0xffu8; 16];
-        for key in [&[7u8; 16][..], &[9u8; 32][..]] {
+        for key in [&k128(7), &k256(9)] {
             let data = pattern(100);
             let expected = whole(key, &iv, &data);
             for a in 0..=data.len() {
@@ -115,10 +134,10 @@ mod tests {
     #[test]
     fn applying_twice_restores_the_plaintext_and_the_key_size_follows_the_key() {
         let data = pattern(1000);
-        let mut c = CtrCipher::new(&[1u8; 32], &[2u8; 16]);
+        let mut c = CtrCipher::new(&k256(1), &[2u8; 16]);
         assert_eq!(c.key_bits(), 256);
-        assert_eq!(CtrCipher::new(&[1u8; 16], &[2u8; 16]).key_bits(), 128);
-        let enc = whole(&[1u8; 32], &[2u8; 16], &data);
+        assert_eq!(CtrCipher::new(&k128(1), &[2u8; 16]).key_bits(), 128);
+        let enc = whole(&k256(1), &[2u8; 16], &data);
         assert_ne!(enc, data);
         let mut dec = enc.clone();
         c.apply(&mut dec);

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use super::ctr::{CtrCipher, SessionCiphers};
+use super::ctr::{CtrCipher, SessionCiphers, SessionKey};
 use super::error::AuthError;
 use super::message::AuthMessage;
 use super::secret::Secret;
@@ -75,7 +75,7 @@ pub struct ServerResponse {
 
 /// The session key and IVs (AuthEngine.generateTransportCipher). Debug shows only the key id.
 pub struct SessionKeys {
-    key: Zeroizing<Vec<u8>>,
+    key: SessionKey,
     /// HKDF info "inputIv": the IV of the client's inbound stream, so our outbound one.
     input_iv: [u8; 16],
     /// HKDF info "outputIv": the client's outbound stream, so our inbound one.
@@ -95,16 +95,16 @@ impl SessionKeys {
     /// Spark's `TransportCipher.getKeyId`: HKDF(key, no salt, "keyID", 32) as hex. One-way, so
     /// safe to log to match a session with the client's debug log.
     pub fn key_id(&self) -> String {
-        hex(&hkdf(&self.key, &[], b"keyID", 32))
+        hex(&hkdf::<32>(self.key.as_bytes(), &[], b"keyID"))
     }
 
     pub fn key_len(&self) -> usize {
-        self.key.len()
+        self.key.as_bytes().len()
     }
 
     #[cfg(test)]
     pub(crate) fn parts(&self) -> (&[u8], [u8; 16], [u8; 16]) {
-        (&self.key, self.input_iv, self.output_iv)
+        (self.key.as_bytes(), self.input_iv, self.output_iv)
     }
 }
 
@@ -144,14 +144,10 @@ pub fn respond(
 /// The key derivation both sides run over `shared` and `transcript` = encode(C) ‖ encode(S).
 pub(crate) fn derive_keys(shared: &[u8; 32], transcript: &[u8], version: EngineVersion) -> SessionKeys {
     let key = match version {
-        EngineVersion::V1 => Zeroizing::new(shared.to_vec()),
-        EngineVersion::V2 => Zeroizing::new(hkdf(shared, transcript, b"derivedKey", 16)),
+        EngineVersion::V1 => SessionKey::Aes256(Zeroizing::new(*shared)),
+        EngineVersion::V2 => SessionKey::Aes128(Zeroizing::new(hkdf(shared, transcript, b"derivedKey"))),
     };
-    let iv = |info: &[u8]| -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&hkdf(shared, transcript, info, 16));
-        out
-    };
+    let iv = |info: &[u8]| hkdf::<16>(shared, transcript, info);
     SessionKeys { key, input_iv: iv(b"inputIv"), output_iv: iv(b"outputIv") }
 }
 
@@ -202,16 +198,16 @@ fn aad(app_id: &str, salt: &[u8], transcript: &[u8]) -> Vec<u8> {
 }
 
 fn kek_cipher(secret: &Secret, salt: &[u8], aad: &[u8]) -> Aes128Gcm {
-    let kek = Zeroizing::new(hkdf(secret.psk(), salt, aad, 16));
-    Aes128Gcm::new(aes_gcm::Key::<Aes128Gcm>::from_slice(&kek))
+    let kek = Zeroizing::new(hkdf::<16>(secret.psk(), salt, aad));
+    Aes128Gcm::new(aes_gcm::Key::<Aes128Gcm>::from_slice(&kek[..]))
 }
 
-/// Tink `Hkdf.computeHkdf("HMACSHA256", ikm, salt, info, len)`; an empty salt is HMAC's
-/// all-zero key, as in Tink. `len` is at most 32 here, far below HKDF's 255 * 32 limit.
-pub(crate) fn hkdf(ikm: &[u8], salt: &[u8], info: &[u8], len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
+/// Tink `Hkdf.computeHkdf("HMACSHA256", ikm, salt, info, N)`; an empty salt is HMAC's
+/// all-zero key, as in Tink.
+pub(crate) fn hkdf<const N: usize>(ikm: &[u8], salt: &[u8], info: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
     let salt = (!salt.is_empty()).then_some(salt);
-    // expand only fails for len > 8160; every caller passes a constant of 16 or 32.
+    // expand fails only for N > 255 * 32; every caller passes 16 or 32.
     let _ = Hkdf::<Sha256>::new(salt, ikm).expand(info, &mut out);
     out
 }

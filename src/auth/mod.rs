@@ -25,7 +25,7 @@ mod secret;
 #[cfg(test)]
 mod java_peer;
 
-pub use ctr::{CtrCipher, SessionCiphers};
+pub use ctr::{CtrCipher, SessionCiphers, SessionKey};
 pub use engine::{respond, EngineRandom, EngineVersion, OsRandom, ServerResponse, SessionKeys};
 pub use error::AuthError;
 pub use message::{AuthMessage, Handshake, SaslMessage, AUTH_TAG, SASL_TAG};
