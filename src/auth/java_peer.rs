@@ -208,9 +208,14 @@ fn spark_s_ctr_cipher_matches_ours_across_a_64_bit_counter_carry() {
 /// Runs SparkSaslClient against our server; returns our server's error or the client's.
 fn sasl_exchange(client_secret: &str, encrypt: bool, tamper_rspauth: bool) -> Option<Result<(), String>> {
     let mut java = Peer::start(&["sasl", client_secret, "app-1", &encrypt.to_string()])?;
-    let mut server = SaslServer::new("app-1", &Secret::new("secret")).unwrap();
+    // The first token arrives framed by Spark's own SaslMessage; the server is pinned to its id.
+    let first = java.recv("M").unwrap();
+    let Ok(Handshake::Sasl(first)) = Handshake::decode(&mut &first[..]) else { panic!("not a SaslMessage") };
+    assert_eq!(first.app_id, "app-1");
+    let mut server = SaslServer::new(first.app_id.clone(), &Secret::new("secret")).unwrap();
+    let mut pending = Some(first.token.to_vec());
     loop {
-        let token = match java.recv("T") {
+        let token = match pending.take().map(Ok).unwrap_or_else(|| java.recv("T")) {
             Ok(t) => t,
             Err(java_err) => return Some(Err(java_err)),
         };

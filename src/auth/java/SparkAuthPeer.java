@@ -113,13 +113,27 @@ public class SparkAuthPeer {
     return out;
   }
 
+  /** Spark's own SaslMessage (package-private, so by reflection) with the token appended. */
+  static byte[] saslMessage(String appId, byte[] token) throws Exception {
+    var ctor = Class.forName("org.apache.spark.network.sasl.SaslMessage").getDeclaredConstructor(String.class, byte[].class);
+    ctor.setAccessible(true);
+    var msg = (org.apache.spark.network.protocol.AbstractMessage) ctor.newInstance(appId, token);
+    ByteBuf buf = Unpooled.buffer();
+    msg.encode(buf);
+    buf.writeBytes(msg.body().nioByteBuffer());
+    byte[] out = new byte[buf.readableBytes()];
+    buf.readBytes(out);
+    return out;
+  }
+
   static void sasl(String secret, String appId, boolean encrypt) throws Exception {
     SecretKeyHolder keys = new SecretKeyHolder() {
       public String getSaslUser(String id) { return "sparkSaslUser"; }
       public String getSecretKey(String id) { return secret; }
     };
     SparkSaslClient client = new SparkSaslClient(appId, keys, encrypt);
-    send("T", client.firstToken());
+    // The first token as SaslClientBootstrap frames it: SaslMessage.encode, then the body.
+    send("M", saslMessage(appId, client.firstToken()));
     while (!client.isComplete()) {
       byte[] reply = client.response(expect("T"));
       send("T", reply == null ? new byte[0] : reply);
