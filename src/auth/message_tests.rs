@@ -77,3 +77,19 @@ fn other_tags_and_empty_bodies_are_refused() {
     assert!(matches!(Handshake::decode(&mut &b""[..]), Err(AuthError::Malformed(_))));
     assert!(matches!(SaslMessage::decode(&mut &b"\xfb"[..]), Err(AuthError::UnknownTag(0xfb))));
 }
+
+#[test]
+fn a_message_split_across_two_buffers_at_any_byte_decodes_the_same() {
+    // RpcRequest bodies may be non-contiguous (a Buf chain), so nothing may assume one chunk.
+    let golden = unhex(SPEC_C);
+    let whole = Handshake::decode(&mut &golden[..]).unwrap();
+    let mut sasl = Vec::new();
+    SaslMessage { app_id: "app".into(), token: Bytes::from_static(b"token") }.encode(&mut sasl);
+    let sasl_whole = Handshake::decode(&mut &sasl[..]).unwrap();
+    for (bytes, expected) in [(&golden, &whole), (&sasl, &sasl_whole)] {
+        for cut in 0..=bytes.len() {
+            let mut chained = (&bytes[..cut]).chain(&bytes[cut..]);
+            assert_eq!(&Handshake::decode(&mut chained).unwrap(), expected, "cut {cut}");
+        }
+    }
+}
