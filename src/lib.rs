@@ -7,6 +7,9 @@
 //! * [`metrics`]: Prometheus plumbing only ([`metrics::Series`], [`metrics::Source`],
 //!   [`metrics::Exporter`]); it knows no other layer. Each component defines and exports its own
 //!   series through it.
+//! * [`auth`] is pure: Spark's authentication handshakes (AuthEngine, SASL DIGEST-MD5) and the
+//!   AES-CTR session cipher, with secrets that never print and are zeroed on drop. Not yet wired
+//!   into connections.
 //! * [`protocol`] is pure: Spark's transport frames (spark-network-common) and shuffle messages
 //!   (spark-network-shuffle), block ids, and the one error type a client receives
 //!   ([`protocol::JavaError`]). It touches no socket, file or clock.
@@ -38,6 +41,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod disk_usage;

@@ -29,6 +29,8 @@ step "python venv with pyspark and test tools"
 # One profile for everything: the Rust tests and the real-Spark tests use the same release
 # build of the crate, so nothing is compiled twice (the integration tests build the binary).
 step "Rust unit and integration tests (release profile; they build the agent binary too)"
+# The auth tests talk to Spark's own Java AuthEngine and SASL client from the pyspark jars.
+export SPARK_JARS_DIR="$(.venv/bin/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --cargo-profile release --no-fail-fast
 else

@@ -6,8 +6,8 @@ mod common;
 mod k8s_support;
 mod podnet_support;
 
-mod frame_budget;
 mod exit_codes;
+mod frame_budget;
 mod golden_vectors;
 mod k8s_binary;
 mod k8s_discovery;

@@ -4,16 +4,15 @@
 //! node's agent, which still serves the dead executor's blocks; a connection opened before the
 //! death is reset instead of hanging (spec §2.3 "graceful hand-off", lab §7/§8).
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use crate::common::{TestClient, VectorLayout, APP_ID};
 use crate::podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
+use bytes::BytesMut;
 use spark_shuffle_agent::podnet::{
     bind_in_netns, dead_ips, find_pod_netns, Applied, DeadIps, Netns, NetnsId, Nft, RedirectTable,
 };
@@ -219,7 +218,10 @@ fn an_ipv6_dead_executor_ip_is_redirected_through_the_ip6_map() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let layout = VectorLayout::new();
-    let shared = crate::podnet_support::shared(&crate::podnet_support::registry(&layout.roots()), &crate::podnet_support::store());
+    let shared = crate::podnet_support::shared(
+        &crate::podnet_support::registry(&layout.roots()),
+        &crate::podnet_support::store(),
+    );
     let mut topo = Topology::new("dead6", 206);
     topo.pod("podb", 11);
     let (node_ns, pod_ns) = (topo.netns_name("node"), topo.netns_name("podb"));

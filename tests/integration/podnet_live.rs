@@ -5,7 +5,6 @@
 //!
 //! Prints the time from "the pod's namespace has its IP" to "the in-pod listener accepts".
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -137,7 +136,16 @@ fn a_pod_ip_nobody_holds_finds_nothing_and_each_pod_finds_its_own_namespace() {
         let netns = wait_for(pod, || find_pod_netns(Path::new("/proc"), topo.pod_ip(n), Some(own)).unwrap());
         assert_eq!(netns.id(), NetnsId::of_path(&topo.netns_path(pod)).unwrap(), "{pod}");
     }
-    crate::podnet_support::ip(&["-n", &topo.netns_name("podb"), "addr", "add", "fd00:202::11/64", "dev", "eth0", "nodad"]);
+    crate::podnet_support::ip(&[
+        "-n",
+        &topo.netns_name("podb"),
+        "addr",
+        "add",
+        "fd00:202::11/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
     let by_v6 = find_pod_netns(Path::new("/proc"), "fd00:202::11".parse().unwrap(), Some(own)).unwrap();
     assert_eq!(by_v6.map(|n| n.id()), Some(NetnsId::of_path(&topo.netns_path("podb")).unwrap()), "by IPv6 address");
     assert!(find_pod_netns(Path::new("/proc"), topo.pod_ip(99), Some(own)).unwrap().is_none());

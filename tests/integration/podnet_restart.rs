@@ -4,7 +4,6 @@
 //! once the first closes, and reconciles the nftables state the first one left in the kernel,
 //! starting from the dead IPs persisted in the state dir instead of a clean slate.
 
-
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -29,7 +28,8 @@ fn a_second_agent_readopts_the_pod_overlaps_with_reuseport_takes_over_and_reconc
     let state = tempfile::tempdir().unwrap();
     let store = crate::podnet_support::store();
     let registry = crate::podnet_support::registry(&layout.roots());
-    let (first, second) = (crate::podnet_support::shared(&registry, &store), crate::podnet_support::shared(&registry, &store));
+    let (first, second) =
+        (crate::podnet_support::shared(&registry, &store), crate::podnet_support::shared(&registry, &store));
     let opened =
         |s: &std::sync::Arc<spark_shuffle_agent::server::Shared>| s.counters.connections_opened.load(Ordering::Relaxed);
     let own = NetnsId::of_path(Path::new("/proc/self/ns/net")).unwrap();

@@ -23,9 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::podnet::Netns;
 use spark_shuffle_agent::registry::{Registry, Roots};
-use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::server::{self, Shared};
 use spark_shuffle_agent::store::Store;
 use tokio_util::sync::CancellationToken;
