@@ -57,7 +57,7 @@ fn every_serve_flag_names_a_config_key_the_conf_file_documents() {
         let key = line
             .split('(')
             .skip(1)
-            .map(|rest| rest.split(|c| c == ')' || c == ';').next().unwrap_or(""))
+            .map(|rest| rest.split([')', ';']).next().unwrap_or(""))
             .find(|k| k.starts_with("agent.") || k.starts_with("spark."))
             .unwrap_or_else(|| panic!("{flag} names no config key: {line}"));
         let documented = CONF.lines().any(|l| {
