@@ -21,12 +21,15 @@
 //!   use, and the HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`, on a thread
 //!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
+//! * [`prepare_dirs`] (`prepare-dirs`, the DaemonSet's init step) is a node-side command that
+//!   starts no server: it gives the roots and the state dir their owner and mode.
 
 pub mod clock;
 pub mod config;
 pub mod k8s;
 pub mod lifecycle;
 pub mod metrics;
+pub mod prepare_dirs;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -48,6 +48,8 @@ enum Command {
     /// node, or with --node just that node's agent IP. Two Ready pods on one node, or none on
     /// the --node asked for, is an error (exit code 1).
     Discover(DiscoverArgs),
+    /// Create the roots and the state dir and hand them to the executors' uid:gid (the init container).
+    PrepareDirs(spark_shuffle_agent::prepare_dirs::PrepareArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -133,6 +135,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve_command(args),
         Some(Command::Status(args)) => ExitCode::from(metrics::status::command(&args.addr, args.json)),
         Some(Command::Discover(args)) => discover_command(args),
+        Some(Command::PrepareDirs(args)) => ExitCode::from(spark_shuffle_agent::prepare_dirs::command(&args)),
     }
 }
 
