@@ -21,14 +21,16 @@
 //!   use, and the HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`, on a thread
 //!   of its own so a saturated data path cannot starve it.
 //! * [`config`] is the one configuration tree, parsed and validated once before any port is bound.
-//! * [`prepare_dirs`] (`prepare-dirs`, the DaemonSet's init step) is a node-side command that
-//!   starts no server: it gives the roots and the state dir their owner and mode.
+//! * [`preflight`] (`check`) and [`prepare_dirs`] (`prepare-dirs`, the DaemonSet's init step) are
+//!   node-side commands that start no server: one says what would stop executors from using the
+//!   agent, the other gives the roots and the state dir their owner and mode.
 
 pub mod clock;
 pub mod config;
 pub mod k8s;
 pub mod lifecycle;
 pub mod metrics;
+pub mod preflight;
 pub mod prepare_dirs;
 pub mod protocol;
 pub mod registry;
