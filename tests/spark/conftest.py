@@ -51,6 +51,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "huge: > 2 GiB block test (skip with SKIP_HUGE_BLOCK=1)")
     config.addinivalue_line("markers", "spark_job: runs real pyspark jobs in local-cluster mode")
+    config.addinivalue_line("markers", "image: builds the agent image and runs it from its unpacked filesystem")
 
 
 def selected_kinds(config) -> list[str]:
