@@ -513,7 +513,7 @@ def test_remove_blocks_for_unregistered_executor(std):
     assert os.path.exists(std.rdd10)
 
 
-@pytest.mark.jvm_since("4.3.0", "the 3.5/4.0 JVM services answer unregistered or duplicate executor ids with the known ones")
+@pytest.mark.jvm_since("4.3.0", "the 3.5/4.0 JVM services answer a request naming an unregistered executor with the registered ones")
 def test_get_local_dirs_unregistered_or_duplicate(std):
     r = std.run(["local-dirs", "--exec", "0", "--exec", "99"], ["local-dirs", "--exec", "0", "--exec", "0"],
                 ["local-dirs", "--exec", "0"])
