@@ -42,7 +42,8 @@ pub enum PrepareError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
 
-fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+/// `UID:GID`, numeric (the image has no user database worth asking); also `check --executor`.
+pub fn parse_owner(s: &str) -> Result<(u32, u32), String> {
     let (u, g) = s.split_once(':').ok_or("expected UID:GID, e.g. 185:185")?;
     let num = |v: &str| v.parse::<u32>().map_err(|_| format!("{v:?} is not a numeric id"));
     Ok((num(u)?, num(g)?))

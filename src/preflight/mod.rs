@@ -13,6 +13,7 @@ mod dirs;
 use std::path::PathBuf;
 
 use crate::config::Config;
+use crate::prepare_dirs::parse_owner;
 
 /// Arguments of `check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,12 +45,6 @@ pub struct CheckArgs {
     /// The kubeconfig to check (default: the in-cluster service account when in a pod; else skipped).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-}
-
-fn parse_owner(s: &str) -> Result<(u32, u32), String> {
-    let (u, g) = s.split_once(':').ok_or("expected UID:GID, e.g. 185:185")?;
-    let num = |v: &str| v.parse::<u32>().map_err(|_| format!("{v:?} is not a numeric id"));
-    Ok((num(u)?, num(g)?))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
