@@ -12,7 +12,11 @@
 #     the kubernetes-validate wheel, so no network is needed once it is installed.
 #  3. Kinds kubernetes-validate has no schema for would only print a warning
 #     there. Here they are errors, except PodMonitor (a Prometheus Operator
-#     CRD), which is checked against deploy/schemas/podmonitor-v1.json instead.
+#     CRD), which is checked against deploy/schemas/podmonitor-v1.json instead,
+#     and the SparkApplications of Apache's spark-kubernetes-operator and of the
+#     Kubeflow spark-operator (deploy/examples/), checked against subsets of
+#     those projects' CRDs (deploy/schemas/crd_subset.py, crd_check.py) with
+#     their pod templates checked as Kubernetes PodTemplateSpecs.
 #  4. The example scripts parse (bash -n).
 #  5. deploy/base/agent.conf, the source of the ConfigMap, is identical to
 #     conf/spark-shuffle-agent.conf (skipped with a notice while conf/ lacks it;
@@ -62,12 +66,18 @@ validate_stream() {
   out=$("$KV" --strict --quiet --no-warn "${version_args[@]}" "$file" 2>&1) || rc=$?
   if [[ -n $out ]]; then echo "$out" | sed "s#$file#$label#g"; fi
   [[ $rc -eq 0 ]] || fail "$label: kubernetes-validate reported errors"
-  if ! "$PY" - "$file" "$label" "$DEPLOY/schemas" <<'PY'
+  if ! "$PY" - "$file" "$label" "$DEPLOY/schemas" "$K8S_VERSIONS" <<'PY'
 import json, sys, yaml, jsonschema
 from kubernetes_validate import utils
-path, label, schema_dir = sys.argv[1:4]
+path, label, schema_dir, versions = sys.argv[1:5]
+sys.path.insert(0, schema_dir)
+import crd_check
 # Kinds outside the Kubernetes OpenAPI that we validate against our own schema.
 own = {("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-v1.json"}
+# Operators' SparkApplications: subsets of their CRDs (deploy/schemas/crd_subset.py), unknown fields
+# are errors, and their pod templates are checked as Kubernetes PodTemplateSpecs.
+crds = {("spark.apache.org/v1", "SparkApplication"): "sparkapplication-apache-v1.json",
+        ("sparkoperator.k8s.io/v1beta2", "SparkApplication"): "sparkapplication-kubeflow-v1beta2.json"}
 bad = 0
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 if not docs:
@@ -75,6 +85,24 @@ if not docs:
 for doc in docs:
     key = (doc.get("apiVersion"), doc.get("kind"))
     name = f'{key[1]}/{doc.get("metadata", {}).get("name")}'
+    if key in crds:
+        subset = json.load(open(f"{schema_dir}/{crds[key]}"))
+        errors = list(jsonschema.Draft202012Validator(crd_check.resource_schema(subset)).iter_errors(doc))
+        for where, tmpl in crd_check.pod_templates(doc, subset):
+            wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": tmpl}
+            for v in versions.split():
+                try:
+                    utils.validate(wrapped, v, strict=True)
+                except utils.ValidationError as e:
+                    print(f"ERROR {label}: {name}: {where} (as a Kubernetes {v} PodTemplateSpec): {e}")
+                    bad += 1
+        for e in errors:
+            where = ".".join(str(p) for p in e.absolute_path) or "(root)"
+            print(f"ERROR {label}: {name}: {where}: {e.message}")
+        bad += bool(errors)
+        if not errors:
+            print(f"ok    {label}: {name} against deploy/schemas/{crds[key]}, pod templates as Kubernetes {versions}")
+        continue
     if key in own:
         schema = json.load(open(f"{schema_dir}/{own[key]}"))
         errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))

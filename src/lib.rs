@@ -35,6 +35,9 @@
 //!   of its own, so a saturated data path cannot starve it.
 //! * [`app`] is the composition root: [`app::build`] wires all of the above from a
 //!   [`config::Config`]; the binary and the tests both start the agent through it.
+//! * [`preflight`] (`check`) and [`prepare_dirs`] (`prepare-dirs`, the DaemonSet's init step) are
+//!   node-side commands that start no server: one says what would stop executors from using the
+//!   agent, the other gives the roots and the state dir their owner and mode.
 
 // Zero-copy sends go through rustix's safe sendfile wrapper; nothing in the agent needs unsafe.
 #![forbid(unsafe_code)]
@@ -49,6 +52,8 @@ pub mod k8s;
 pub mod lifecycle;
 pub mod metrics;
 pub mod podnet;
+pub mod preflight;
+pub mod prepare_dirs;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -43,6 +43,10 @@ enum Command {
     /// node, or with --node just that node's agent IP. Two Ready pods on one node, or none on
     /// the --node asked for, is an error (exit code 1).
     Discover(DiscoverArgs),
+    /// Say what would stop executors from using this agent on this node; exit 1 if anything would.
+    Check(spark_shuffle_agent::preflight::CheckArgs),
+    /// Create the roots and the state dir and hand them to the executors' uid:gid (the init container).
+    PrepareDirs(spark_shuffle_agent::prepare_dirs::PrepareArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -138,6 +142,8 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve_command(args),
         Some(Command::Status(args)) => ExitCode::from(status_command::command(&args.addr, args.json)),
         Some(Command::Discover(args)) => discover_command(args),
+        Some(Command::Check(args)) => ExitCode::from(spark_shuffle_agent::preflight::command(&args)),
+        Some(Command::PrepareDirs(args)) => ExitCode::from(spark_shuffle_agent::prepare_dirs::command(&args)),
     }
 }
 

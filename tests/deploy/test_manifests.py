@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -209,6 +210,19 @@ def test_agent_container_is_unprivileged_with_a_read_only_root(rendered, overlay
     init_sc = container(spec, "prepare-dirs", init=True)["securityContext"]
     assert set(init_sc["capabilities"]["add"]) == {"CHOWN", "FOWNER", "FSETID"}
     assert not init_sc.get("privileged", False)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_daemonset_needs_one_image_whose_prepare_dirs_gets_the_init_env(rendered, overlay):
+    spec = pod_spec(rendered[overlay])
+    init = container(spec, "prepare-dirs", init=True)
+    version = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
+    images = {c["image"] for c in spec["containers"] + spec["initContainers"]}
+    assert images == {f"spark-shuffle-agent:{version}"}, "deploy/image/build.sh builds this one image"
+    assert "command" not in init, "the image's entrypoint (the agent) must run prepare-dirs"
+    env = {e["name"] for e in init["env"]}
+    expanded = re.findall(r"\$\((\w+)\)", " ".join(init["args"]))
+    assert init["args"][0] == "prepare-dirs" and set(expanded) <= env and len(expanded) == 4
 
 
 def test_hostnetwork_agent_runs_as_the_uid_spark_executors_use(rendered):

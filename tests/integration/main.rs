@@ -19,5 +19,6 @@ mod metrics_endpoints;
 mod podnet_dead;
 mod podnet_live;
 mod podnet_restart;
+mod preflight;
 mod thread_priorities;
 mod wire_protocol;

@@ -51,6 +51,28 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "huge: > 2 GiB block test (skip with SKIP_HUGE_BLOCK=1)")
     config.addinivalue_line("markers", "spark_job: runs real pyspark jobs in local-cluster mode")
+    config.addinivalue_line("markers", "image: builds the agent image and runs it from its unpacked filesystem")
+    config.addinivalue_line("markers", "jvm_since(version, why): the JVM service behaves so only from this Spark "
+                                       "version on; against an older line's JVM service the test must fail")
+
+
+def spark_line_version() -> tuple[int, ...]:
+    return tuple(int(x) for x in os.environ.get("SPARK_LINE", "4.3.0").split("."))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Spark lines (tests/run-spark-lines.sh): the agent behaves as Spark 4.3's JVM service whatever the
+    client line, so its tests run unchanged. Against an older line's own JVM service, a test that checks
+    a newer JVM behaviour is a strict xfail: it must fail there, and the reason says what differs."""
+    line = spark_line_version()
+    for item in items:
+        mark = item.get_closest_marker("jvm_since")
+        params = getattr(item, "callspec", None)
+        if mark is None or params is None or params.params.get("server_kind") != "jvm":
+            continue
+        since, why = mark.args
+        if line < tuple(int(x) for x in since.split(".")):
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"JVM service of Spark {'.'.join(map(str, line))}: {why}"))
 
 
 def selected_kinds(config) -> list[str]:
@@ -75,11 +97,15 @@ def pytest_generate_tests(metafunc):
 class SparkPaths:
     def __init__(self):
         venv = Path(os.environ.get("SPARK_VENV", REPO / ".venv"))
-        cands = sorted(venv.glob("lib/python3*/site-packages/pyspark"))
-        if not cands:
-            pytest.exit(f"pyspark not found under {venv}", returncode=3)
+        line = os.environ.get("SPARK_LINE")
+        if line:
+            self.pyspark = spark_line_pyspark(line)
+        else:
+            cands = sorted(venv.glob("lib/python3*/site-packages/pyspark"))
+            if not cands:
+                pytest.exit(f"pyspark not found under {venv}", returncode=3)
+            self.pyspark = cands[-1]
         self.venv = venv
-        self.pyspark = cands[-1]
         self.jars = self.pyspark / "jars"
         self.bin = self.pyspark / "bin"
         for need in (self.jars, self.bin / "spark-class"):
@@ -90,6 +116,18 @@ class SparkPaths:
         self.java = shutil.which("java") or "java"
         self.javac = shutil.which("javac") or "javac"
         self.python = sys.executable
+
+
+def spark_line_pyspark(line: str) -> Path:
+    """SPARK_LINE=3.5.8 (tests/run-spark-lines.sh): this process must really be running that pyspark
+    (PYTHONPATH=.spark-lines/pyspark-3.5.8), and the client jars are that pyspark's, so the Java driver,
+    the job tests' driver and executors, and the JVM service are all of that line."""
+    import pyspark
+
+    if pyspark.__version__ != line:
+        pytest.exit(f"SPARK_LINE={line} but pyspark {pyspark.__version__} is imported from {pyspark.__file__}; "
+                    f"put .spark-lines/pyspark-{line} first on PYTHONPATH", returncode=3)
+    return Path(pyspark.__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")

@@ -282,6 +282,7 @@ def diag(exec_id, shuffle, map_id, reduce, checksum, alg, raw=False):
     return s + (["--raw"] if raw else [])
 
 
+@pytest.mark.jvm_since("4.0.0", "the 3.5 JVM service knows no CRC32C: it answers UNSUPPORTED_CHECKSUM_ALGORITHM, not UNKNOWN_ISSUE")
 def test_diagnose_corruption_all_causes(std):
     m00_alder_r2 = std.m00.checksums["ADLER32"][2]  # 2833714933 as in layout.txt
     assert m00_alder_r2 == 2833714933
@@ -410,6 +411,7 @@ def test_missing_rdd_block_chunk_and_stream(std, tmp_path):
     assert list(dl.iterdir()) == []
 
 
+@pytest.mark.jvm_since("4.3.0", "LocalDirValidator (4.3 only) refuses dirs and files outside spark.local.dir")
 def test_symlinked_block_files_escaping_the_local_dirs(std, outside_dir, tmp_path):
     """Index and data are symlinks (at their hashed paths) to real files outside the registered dirs."""
     real = ExecutorDirs([str(outside_dir)], 1)
@@ -429,6 +431,7 @@ def test_symlinked_block_files_escaping_the_local_dirs(std, outside_dir, tmp_pat
     assert_server_error(r.blocks(0)["shuffle_5_0_0"], msg)
 
 
+@pytest.mark.jvm_since("4.3.0", "LocalDirValidator (4.3 only) refuses dirs and files outside spark.local.dir")
 def test_symlinked_rdd_block_escaping_the_local_dirs(std, outside_dir):
     target = outside_dir / "rdd_3_0"
     target.write_bytes(rdd_bytes(3, 0, 50))
@@ -441,6 +444,7 @@ def test_symlinked_rdd_block_escaping_the_local_dirs(std, outside_dir):
                              f"registered local directories")
 
 
+@pytest.mark.jvm_since("4.3.0", "LocalDirValidator (4.3 only) refuses dirs and files outside spark.local.dir")
 def test_register_outside_the_roots_or_with_an_empty_dir(shuffle_client, server_base, make_exec_dirs):
     c = shuffle_client
     good = make_exec_dirs("good", n_dirs=1)
@@ -463,6 +467,7 @@ def test_register_outside_the_roots_or_with_an_empty_dir(shuffle_client, server_
     assert r.one(5)["dirs"] == {"2": good.local_dirs}  # the refused attempts registered nothing
 
 
+@pytest.mark.jvm_since("4.3.0", "LocalDirValidator (4.3 only) refuses dirs and files outside spark.local.dir")
 def test_register_via_symlink_resolving_outside_the_roots(shuffle_client, test_dir, outside_dir):
     link = test_dir / "link-to-outside"
     os.symlink(outside_dir, link)
@@ -472,6 +477,7 @@ def test_register_via_symlink_resolving_outside_the_roots(shuffle_client, test_d
                                   f"service's local directories: {link}")
 
 
+@pytest.mark.jvm_since("4.3.0", "the 3.5/4.0 JVM services delete what path-like block ids point at")
 def test_remove_blocks_with_path_like_ids_removes_nothing(std):
     ex = std.ex
     victims = []
@@ -507,6 +513,7 @@ def test_remove_blocks_for_unregistered_executor(std):
     assert os.path.exists(std.rdd10)
 
 
+@pytest.mark.jvm_since("4.3.0", "the 3.5/4.0 JVM services answer a request naming an unregistered executor with the registered ones")
 def test_get_local_dirs_unregistered_or_duplicate(std):
     r = std.run(["local-dirs", "--exec", "0", "--exec", "99"], ["local-dirs", "--exec", "0", "--exec", "0"],
                 ["local-dirs", "--exec", "0"])

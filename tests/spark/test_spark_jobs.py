@@ -17,6 +17,8 @@ not re-run, and no task may have failed. What is checked, honestly:
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,9 @@ def cluster(spark_env, ess, jobs_local_dir, request):
     def make(conf: dict | None = None) -> SparkCluster:
         cl = SparkCluster(ess, jobs_local_dir, request.node.name, conf)
         made.append(cl)
+        # The driver JVM's version (not pyspark's), so a Spark-line run really runs that line's jobs.
+        line = os.environ.get("SPARK_LINE")
+        assert line is None or cl.jsc.version() == line, f"SPARK_LINE={line}, driver JVM {cl.jsc.version()}"
         return cl
 
     yield make

@@ -65,6 +65,8 @@ struct State {
     requests: Vec<String>,
     /// Requests whose decoded target contains one of these get a 500.
     failing: Vec<String>,
+    /// Requests whose decoded target contains one of these get a 403, as RBAC would answer.
+    forbidden: Vec<String>,
     /// Watch connections currently streaming.
     open_watches: usize,
 }
@@ -173,6 +175,12 @@ impl SimApi {
         lock(&self.state).failing.push(needle.to_string());
     }
 
+    /// Answers 403 Forbidden, with the API server's RBAC text, to every request whose (decoded)
+    /// target contains `needle`.
+    pub fn forbid_requests_containing(&self, needle: &str) {
+        lock(&self.state).forbidden.push(needle.to_string());
+    }
+
     pub fn stop_failing(&self) {
         lock(&self.state).failing.clear();
     }
@@ -222,11 +230,17 @@ async fn serve(
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let decoded = decode_target(target);
-    let failing = {
+    let (failing, forbidden) = {
         let mut s = lock(&state);
         s.requests.push(decoded.clone());
-        s.failing.iter().any(|needle| decoded.contains(needle.as_str()))
+        let hit = |needles: &[String]| needles.iter().any(|needle| decoded.contains(needle.as_str()));
+        (hit(&s.failing), hit(&s.forbidden))
     };
+    if forbidden {
+        let text = "pods is forbidden: User \"system:serviceaccount:spark-shuffle-agent:spark-shuffle-agent\" \
+                    cannot list resource \"pods\" in API group \"\" at the cluster scope";
+        return respond(&mut socket, 403, &status(403, "Forbidden", text)).await;
+    }
     if failing {
         return respond(&mut socket, 500, &status(500, "InternalError", "simulated failure")).await;
     }
