@@ -1,7 +1,7 @@
 //! Shuffle index files (spec §4.3) and the byte-bounded cache of parsed indexes (spec §3.4).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::os::unix::ffi::OsStrExt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -135,9 +135,11 @@ const MIN_SHARD_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Default)]
 struct CacheState {
-    entries: HashMap<PathBuf, Entry>,
+    /// Keyed by the path's hash, computed once per lookup (it also picks the shard); the entry
+    /// keeps its path, so a collision is a miss, never a wrong index.
+    entries: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
     /// Last-use tick -> key; the first entry is the least recently used.
-    recency: BTreeMap<u64, PathBuf>,
+    recency: BTreeMap<u64, u64>,
     next_tick: u64,
     weight_bytes: u64,
     hits: u64,
@@ -146,8 +148,27 @@ struct CacheState {
 
 #[derive(Debug)]
 struct Entry {
+    path: PathBuf,
     index: Arc<ShuffleIndex>,
     tick: u64,
+}
+
+/// The keys are hashes already: use them as they are.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl IndexCache {
@@ -165,14 +186,14 @@ impl IndexCache {
 
     /// The cached index for `path`, marking it most recently used.
     pub fn get(&self, path: &Path) -> Option<Arc<ShuffleIndex>> {
-        let mut state = self.shard(path);
+        let (key, mut state) = self.shard(path);
         let state = &mut *state;
         let tick = state.next_tick;
-        let Some(entry) = state.entries.get_mut(path) else {
+        let Some(entry) = state.entries.get_mut(&key).filter(|e| e.path == path) else {
             state.misses += 1;
             return None;
         };
-        if let Some(key) = state.recency.remove(&entry.tick) {
+        if state.recency.remove(&entry.tick).is_some() {
             state.recency.insert(tick, key);
         }
         entry.tick = tick;
@@ -188,8 +209,8 @@ impl IndexCache {
         if weight > self.shard_capacity {
             return;
         }
-        let mut state = self.shard(&path);
-        state.remove(&path);
+        let (key, mut state) = self.shard(&path);
+        state.remove(key);
         while state.weight_bytes + weight > self.shard_capacity {
             let Some((_, oldest)) = state.recency.pop_first() else {
                 break;
@@ -200,24 +221,31 @@ impl IndexCache {
         }
         let tick = state.next_tick;
         state.next_tick += 1;
-        state.recency.insert(tick, path.clone());
-        state.entries.insert(path, Entry { index, tick });
+        state.recency.insert(tick, key);
+        state.entries.insert(key, Entry { path, index, tick });
         state.weight_bytes += weight;
     }
 
     /// Drops the entry for `path`, if any (its file was deleted).
     pub fn remove(&self, path: &Path) {
-        self.shard(path).remove(path);
+        let (key, mut state) = self.shard(path);
+        if state.entries.get(&key).is_some_and(|e| e.path == path) {
+            state.remove(key);
+        }
     }
 
     /// Drops every entry whose path lies under one of `dirs` (an executor went away).
     pub fn remove_under(&self, dirs: &[PathBuf]) {
         for shard in &self.shards {
             let mut state = crate::sync::lock(shard);
-            let doomed: Vec<PathBuf> =
-                state.entries.keys().filter(|path| dirs.iter().any(|dir| path.starts_with(dir))).cloned().collect();
-            for path in doomed {
-                state.remove(&path);
+            let doomed: Vec<u64> = state
+                .entries
+                .iter()
+                .filter(|(_, e)| dirs.iter().any(|dir| e.path.starts_with(dir)))
+                .map(|(key, _)| *key)
+                .collect();
+            for key in doomed {
+                state.remove(key);
             }
         }
     }
@@ -240,17 +268,17 @@ impl IndexCache {
         self.capacity_bytes
     }
 
-    fn shard(&self, path: &Path) -> MutexGuard<'_, CacheState> {
-        // The raw bytes, not `Path`'s Hash (which walks the components): half the cost, and
-        // the same path always lands in the same shard either way.
-        let i = (self.hasher.hash_one(path.as_os_str().as_bytes()) % self.shards.len() as u64) as usize;
-        crate::sync::lock(&self.shards[i])
+    /// The path's hash (of its bytes, not `Path`'s component walk: half the cost), and its shard.
+    fn shard(&self, path: &Path) -> (u64, MutexGuard<'_, CacheState>) {
+        let key = self.hasher.hash_one(path.as_os_str().as_bytes());
+        let i = (key % self.shards.len() as u64) as usize;
+        (key, crate::sync::lock(&self.shards[i]))
     }
 }
 
 impl CacheState {
-    fn remove(&mut self, path: &Path) {
-        if let Some(old) = self.entries.remove(path) {
+    fn remove(&mut self, key: u64) {
+        if let Some(old) = self.entries.remove(&key) {
             self.recency.remove(&old.tick);
             self.weight_bytes = self.weight_bytes.saturating_sub(old.index.weight());
         }
