@@ -80,9 +80,18 @@ struct Connection {
     /// Bounded like the outbox itself; its capacity is reused, so no allocation per chunk.
     fetch_starts: Vec<Instant>,
     /// The map output the last shuffle block came from (see [`Connection::shuffle_segment`]).
-    last_map: Option<((usize, i32, i64), MapOutput)>,
+    last_map: Option<MapMemo>,
     /// Served on the control runtime: data requests stop handling for a hand-over.
     control: bool,
+}
+
+/// The map output the last shuffle block came from. It holds the executor it is keyed by, so
+/// the key cannot be a freed registration's address reused by a new one.
+struct MapMemo {
+    executor: Arc<Executor>,
+    shuffle_id: i32,
+    map_id: i64,
+    output: MapOutput,
 }
 
 /// Capacity `fetch_starts` keeps between flushes; a burst past it is given back.
@@ -365,16 +374,15 @@ impl Connection {
         start: i32,
         end: i32,
     ) -> Result<Segment, JavaError> {
-        let key = (Arc::as_ptr(ex) as usize, shuffle_id, map_id);
-        if let Some((memo_key, output)) = &self.last_map {
-            if *memo_key == key {
-                return output.segment(start, end).map_err(JavaError::from);
+        if let Some(memo) = &self.last_map {
+            if Arc::ptr_eq(&memo.executor, ex) && memo.shuffle_id == shuffle_id && memo.map_id == map_id {
+                return memo.output.segment(start, end).map_err(JavaError::from);
             }
         }
         match self.shared.store.map_output(&ex.dirs, shuffle_id, map_id) {
             Ok(output) => {
                 let segment = output.segment(start, end).map_err(JavaError::from);
-                self.last_map = Some((key, output));
+                self.last_map = Some(MapMemo { executor: Arc::clone(ex), shuffle_id, map_id, output });
                 segment
             }
             // The one-block path reports errors in Java's order (reduce id before data file).
