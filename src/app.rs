@@ -46,17 +46,13 @@ pub enum AppError {
 /// A running agent. Dropping it stops it without waiting; [`Agent::wait_termination`] waits.
 #[derive(Debug)]
 pub struct Agent {
-    shuffle_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    shared: Arc<Shared>,
-    admin: Arc<Admin>,
-    disk: Arc<DiskUsage>,
-    data: tokio::runtime::Handle,
+    started: Started,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<Result<(), AppError>>>,
 }
 
 /// What the agent's main thread reports once the shuffle port is bound.
+#[derive(Debug)]
 struct Started {
     shuffle_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -76,16 +72,7 @@ pub fn build(config: Config) -> Result<Agent, AppError> {
         .spawn(move || run(config, token, started_tx))
         .map_err(|e| AppError::Run(anyhow::Error::new(e).context("starting the agent thread")))?;
     match started_rx.recv() {
-        Ok(Ok(s)) => Ok(Agent {
-            shuffle_addr: s.shuffle_addr,
-            admin_addr: s.admin_addr,
-            shared: s.shared,
-            admin: s.admin,
-            disk: s.disk,
-            data: s.data,
-            shutdown,
-            thread: Some(thread),
-        }),
+        Ok(Ok(started)) => Ok(Agent { started, shutdown, thread: Some(thread) }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -102,37 +89,37 @@ pub fn build(config: Config) -> Result<Agent, AppError> {
 impl Agent {
     /// The shuffle port's address (`spark.shuffle.service.port`; the real one when 0 was asked).
     pub fn shuffle_addr(&self) -> SocketAddr {
-        self.shuffle_addr
+        self.started.shuffle_addr
     }
 
     /// The admin port's address (`agent.metrics.port`).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.started.admin_addr
     }
 
     /// What connections share: counters, registry, store (tests read counters through it).
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        &self.started.shared
     }
 
     /// The admin side: metrics, health, the status document.
     pub fn admin(&self) -> &Arc<Admin> {
-        &self.admin
+        &self.started.admin
     }
 
     /// The last disk measurements (tests walk on demand through it).
     pub fn disk_usage(&self) -> &Arc<DiskUsage> {
-        &self.disk
+        &self.started.disk
     }
 
     /// Stops on SIGTERM or SIGINT: not ready first, then stop accepting and drain.
     pub fn stop_on_signals(&self) {
-        self.data.spawn(stop_on_signal(self.shutdown.clone(), self.admin.health.clone()));
+        self.started.data.spawn(stop_on_signal(self.shutdown.clone(), self.started.admin.health.clone()));
     }
 
     /// Stops accepting and drains, as SIGTERM does; [`Agent::wait_termination`] waits for it.
     pub fn stop(&self) {
-        self.admin.health.set_draining();
+        self.started.admin.health.set_draining();
         self.shutdown.cancel();
     }
 
