@@ -1,7 +1,7 @@
 //! deploy/dashboards/spark-shuffle-agent.json may only query metrics the agent exports: every
-//! metric name in every PromQL expression of the dashboard must be one the agent's `Metrics`
-//! registers (`Metrics::exported_names`, which lists families that have no series yet too, such
-//! as the Kubernetes watch gauges). A renamed metric then fails here, not on an operator's screen.
+//! metric name in every PromQL expression of the dashboard must be one a real agent (built by
+//! `app::build`) registers (`Exporter::exported_names`, which lists families that have no series
+//! yet too, such as the Kubernetes watch gauges). A renamed metric then fails here, not on an operator's screen.
 
 use std::collections::BTreeSet;
 
