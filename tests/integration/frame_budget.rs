@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use crate::common::{start_agent_with, test_config, wait_until, TestAgent, TestClient, VectorLayout, APP_ID};
+use crate::common::{
+    fetch_map_0_0, start_agent_with, test_config, wait_until, TestAgent, TestClient, VectorLayout, APP_ID,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::{BlockTransferMessage as M, Message};
@@ -58,15 +60,7 @@ async fn registered_client(agent: &TestAgent, layout: &VectorLayout) -> TestClie
 
 /// Proves a connection works: a fetch of shuffle_0_0_0 on it succeeds.
 async fn still_serves(client: &mut TestClient, layout: &VectorLayout) {
-    let fetch = M::FetchShuffleBlocks {
-        app_id: APP_ID.into(),
-        exec_id: "0".into(),
-        shuffle_id: 0,
-        map_ids: vec![0],
-        reduce_ids: vec![vec![0]],
-        batch_fetch_enabled: false,
-    };
-    let (id, _) = client.open_stream(&fetch).await.expect("StreamHandle");
+    let (id, _) = client.open_stream(&fetch_map_0_0()).await.expect("StreamHandle");
     assert_eq!(client.chunk(id, 0).await.expect("chunk"), layout.map(0, 0).partitions[0]);
 }
 

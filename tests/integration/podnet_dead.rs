@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{TestClient, VectorLayout, APP_ID};
+use crate::common::{fetch_map_0_0, TestClient, VectorLayout, APP_ID};
 use crate::podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
 use bytes::BytesMut;
 use spark_shuffle_agent::podnet::{
@@ -20,17 +20,6 @@ use spark_shuffle_agent::protocol::{BlockTransferMessage as M, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PORT: u16 = 7337;
-
-fn fetch_map_0_0() -> M {
-    M::FetchShuffleBlocks {
-        app_id: APP_ID.into(),
-        exec_id: "0".into(),
-        shuffle_id: 0,
-        map_ids: vec![0],
-        reduce_ids: vec![vec![0]],
-        batch_fetch_enabled: false,
-    }
-}
 
 fn frame(msg: &M, request_id: i64) -> BytesMut {
     let mut out = BytesMut::new();

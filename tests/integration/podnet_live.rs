@@ -9,24 +9,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{TestClient, VectorLayout, APP_ID};
+use crate::common::{fetch_map_0_0, TestClient, VectorLayout, APP_ID};
 use crate::podnet_support::{in_netns, privileged, try_connect, wait_for, Serving, Topology};
 use spark_shuffle_agent::podnet::gate::wait_until_accepting;
 use spark_shuffle_agent::podnet::{bind_in_netns, find_pod_netns, NetnsId};
-use spark_shuffle_agent::protocol::BlockTransferMessage as M;
 
 const PORT: u16 = 7337;
-
-fn fetch_map_0_0() -> M {
-    M::FetchShuffleBlocks {
-        app_id: APP_ID.into(),
-        exec_id: "0".into(),
-        shuffle_id: 0,
-        map_ids: vec![0],
-        reduce_ids: vec![vec![0]],
-        batch_fetch_enabled: false,
-    }
-}
 
 #[test]
 fn an_executor_pod_found_through_proc_is_served_by_a_listener_inside_its_namespace() {

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use agent::{start_agent, start_agent_with, test_config, TestAgent};
 pub use client::{RecvError, TestClient};
 pub use shuffle_files::{partition_bytes, rdd_bytes, ChecksumKind, ExecutorFiles};
-pub use vector_layout::{VectorLayout, APP_ID};
+pub use vector_layout::{fetch_map_0_0, VectorLayout, APP_ID};
 
 /// How long any single wait of a test may take before it is a failure. Generous on purpose:
 /// these are hang detectors, not timing assertions.

@@ -114,3 +114,16 @@ impl Default for VectorLayout {
         VectorLayout::new()
     }
 }
+
+/// FetchShuffleBlocks of `shuffle_0_0_0` (map 0, reduce 0) of executor 0: the one-block fetch
+/// tests use to prove a connection serves.
+pub fn fetch_map_0_0() -> spark_shuffle_agent::protocol::BlockTransferMessage {
+    spark_shuffle_agent::protocol::BlockTransferMessage::FetchShuffleBlocks {
+        app_id: APP_ID.into(),
+        exec_id: "0".into(),
+        shuffle_id: 0,
+        map_ids: vec![0],
+        reduce_ids: vec![vec![0]],
+        batch_fetch_enabled: false,
+    }
+}
