@@ -201,6 +201,7 @@ async fn serve(
     started: &SyncSender<Result<Started, AppError>>,
 ) -> Result<(), AppError> {
     let roots = Roots::new(&config.roots).map_err(|e| AppError::Config(format!("agent.roots: {e}")))?;
+    let auth = config.auth_policy().map_err(|e| AppError::Config(e.to_string()))?;
     let kube = kube_setup(&config).await?;
     let health = Health::new();
     let admin = Arc::new(Admin::new(health.clone()));
@@ -214,7 +215,8 @@ async fn serve(
     health.set_recovered();
     let store = Arc::new(Store::new(config.index_cache_bytes));
     let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
-    let shared = Arc::new(Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store)));
+    let shared =
+        Arc::new(Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store)).with_auth(auth));
     let k8s_health = Arc::new(K8sHealth::default());
     let disk = Arc::new(DiskUsage::new());
     let exporter = &admin.exporter;

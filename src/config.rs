@@ -78,6 +78,8 @@ pub struct Config {
     pub node_name: Option<String>,
     /// `agent.log.format`: `text` or `json`.
     pub log_format: LogFormat,
+    /// `spark.authenticate` and the keys around it, with Spark's meaning (src/auth/settings.rs).
+    pub auth: crate::auth::AuthSettings,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -95,6 +97,10 @@ pub enum ConfigError {
     /// A value that does not parse or is out of range.
     #[error("invalid value {value:?} for {key}: {reason}")]
     BadValue { key: String, value: String, reason: String },
+    /// The authentication settings cannot work (no secret, an unreadable secret file, a
+    /// cipher not supported). The value is not repeated: it may be a secret.
+    #[error("{key}: {reason}")]
+    Auth { key: String, reason: String },
 }
 
 impl Default for Config {
@@ -124,6 +130,7 @@ impl Default for Config {
             kubeconfig: None,
             node_name: None,
             log_format: LogFormat::Text,
+            auth: crate::auth::AuthSettings::new(),
         }
     }
 }
@@ -202,7 +209,11 @@ impl Config {
                     _ => return Err(bad("text or json".into())),
                 }
             }
-            other => return Err(ConfigError::UnknownKey(other.to_string())),
+            other => {
+                if !self.auth.set(other, value).map_err(bad)? {
+                    return Err(ConfigError::UnknownKey(other.to_string()));
+                }
+            }
         }
         Ok(())
     }
@@ -271,6 +282,13 @@ impl Config {
             reconcile_interval: self.k8s_reconcile_interval,
             absent_recheck: self.k8s_absent_recheck,
         }
+    }
+
+    /// The authentication policy, with its secret read from `$_SPARK_AUTH_SECRET`, the key or
+    /// the file; None with `spark.authenticate` off. Called once, at start.
+    pub fn auth_policy(&self) -> Result<Option<std::sync::Arc<crate::auth::Policy>>, ConfigError> {
+        let env = std::env::var(crate::auth::SECRET_ENV).ok();
+        self.auth.policy(env).map_err(|(key, reason)| ConfigError::Auth { key: key.into(), reason })
     }
 
     /// The data-path settings the server runs with.

@@ -19,10 +19,11 @@ use super::message::AuthMessage;
 use super::secret::Secret;
 
 /// `spark.network.crypto.authEngineVersion`. Not negotiated: server and clients must agree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineVersion {
     /// The default: the session key is the raw X25519 shared secret, so AES-256
     /// (AuthEngine "UNSAFE_SKIP_HKDF_VERSION").
+    #[default]
     V1,
     /// The session key is HKDF(shared, transcript, "derivedKey"), 16 bytes, so AES-128.
     V2,

@@ -31,6 +31,7 @@ mod error;
 mod message;
 mod sasl;
 mod secret;
+mod settings;
 
 #[cfg(test)]
 mod java_peer;
@@ -41,3 +42,4 @@ pub use error::AuthError;
 pub use message::{AuthMessage, Handshake, SaslMessage, AUTH_TAG, SASL_TAG};
 pub use sasl::{SaslServer, SaslStep};
 pub use secret::Secret;
+pub use settings::{AuthSettings, Policy, SessionCipher, SECRET_ENV};

@@ -154,6 +154,35 @@ impl From<MessageError> for JavaError {
 }
 
 impl BlockTransferMessage {
+    /// The application a request acts for: what Spark's `checkAuth` compares with the
+    /// authenticated app id. Every request that names an app is covered (Spark's 10 sites, and
+    /// the old fork's RegisterDriver and heartbeat); replies name none.
+    pub fn app_id(&self) -> Option<&str> {
+        use BlockTransferMessage::*;
+        match self {
+            OpenBlocks { app_id, .. }
+            | UploadBlock { app_id, .. }
+            | RegisterExecutor { app_id, .. }
+            | RegisterDriver { app_id, .. }
+            | ShuffleServiceHeartbeat { app_id }
+            | RemoveBlocks { app_id, .. }
+            | FetchShuffleBlocks { app_id, .. }
+            | GetLocalDirsForExecutors { app_id, .. }
+            | PushBlockStream { app_id, .. }
+            | FinalizeShuffleMerge { app_id, .. }
+            | FetchShuffleBlockChunks { app_id, .. }
+            | DiagnoseCorruption { app_id, .. }
+            | RemoveShuffleMerge { app_id, .. } => Some(app_id),
+            StreamHandle { .. }
+            | UploadBlockStream { .. }
+            | BlocksRemoved { .. }
+            | LocalDirsForExecutors { .. }
+            | CorruptionCause { .. }
+            | BlockPushReturnCode { .. }
+            | Unparsed { .. } => None,
+        }
+    }
+
     pub fn type_id(&self) -> u8 {
         use BlockTransferMessage::*;
         match self {

@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::dispatch::{self, RpcReply};
+use super::handshake::{self, Outcome, Peer, Step};
 use super::metrics::ErrorKind;
 use super::outbox::{Outbox, QueueError};
 use super::placement::{is_data_request, Placement};
@@ -48,6 +48,9 @@ pub enum ConnectionEnd {
     /// Too many chunks are being transferred server-wide (`spark.shuffle.maxChunksBeingTransferred`).
     #[error("too many chunks being transferred ({0})")]
     ChunkLimit(u64),
+    /// A handshake failed in a way after which Spark closes the connection (AuthEngine).
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
     /// A large request frame found no room in the node-wide budget for frames being received
     /// (`agent.max.pending.frame.bytes`) within the idle timeout.
     #[error("no room for a {len}-byte request frame in agent.max.pending.frame.bytes after waiting {waited:?}")]
@@ -63,7 +66,7 @@ impl ConnectionEnd {
             ConnectionEnd::Idle(_) => ErrorKind::IdleTimeout,
             ConnectionEnd::BadFrame(_) => ErrorKind::BadFrame,
             ConnectionEnd::Io(_) => ErrorKind::Io,
-            ConnectionEnd::Refused(_) => ErrorKind::Refused,
+            ConnectionEnd::Refused(_) | ConnectionEnd::AuthFailed(_) => ErrorKind::Refused,
             ConnectionEnd::ChunkLimit(_) => ErrorKind::ChunkLimit,
             ConnectionEnd::FrameBudget { .. } => ErrorKind::FrameBudget,
         })
@@ -83,6 +86,8 @@ struct Connection {
     last_map: Option<MapMemo>,
     /// Served on the control runtime: data requests stop handling for a hand-over.
     control: bool,
+    /// Whom the connection acts for; with `spark.authenticate`, nobody until a handshake.
+    peer: Peer,
 }
 
 /// The map output the last shuffle block came from. It holds the executor it is keyed by, so
@@ -100,7 +105,16 @@ const FETCH_STARTS_KEPT: usize = 1024;
 /// How [`serve_from`] stopped.
 pub(super) enum Served {
     End(ConnectionEnd),
-    HandOver { transport: Transport, first: Message, data: tokio::runtime::Handle },
+    HandOver(Box<HandOver>),
+}
+
+/// A connection moving to the data runtime at its first data request: its bytes, whom it
+/// acts for, and that request.
+pub(super) struct HandOver {
+    pub(super) transport: Transport,
+    pub(super) peer: Peer,
+    pub(super) first: Message,
+    pub(super) data: tokio::runtime::Handle,
 }
 
 /// Who a connection is, for its whole life on either runtime.
@@ -128,8 +142,12 @@ pub(super) async fn serve_from(
     mut transport: Transport,
     session: &Session,
     placement: Placement,
-    first: Option<Message>,
+    first: Option<(Peer, Message)>,
 ) -> Served {
+    let (peer, first) = match first {
+        Some((peer, first)) => (peer, Some(first)),
+        None => (Peer::new(shared.auth.as_deref()), None),
+    };
     let idle = shared.settings.idle_timeout;
     let mut conn = Connection {
         streams: ConnectionStreams::new(session.conn_id, Arc::clone(&shared.streams)),
@@ -138,20 +156,21 @@ pub(super) async fn serve_from(
         fetch_starts: Vec::new(),
         last_map: None,
         control: matches!(placement, Placement::Control { .. }),
+        peer,
         shared,
     };
     let mut codec = FrameCodec::new(conn.shared.settings.max_frame_bytes);
     let mut first = first;
     let stop = loop {
         if let Some(msg) = first.take() {
-            if let Err(stop) = conn.handle_one(msg, &transport.stream).await {
+            if let Err(stop) = conn.handle_one(msg, &mut transport).await {
                 break stop;
             }
         }
-        if let Err(stop) = conn.handle_buffered(&mut codec, &mut transport.input.buf, &transport.stream).await {
+        if let Err(stop) = conn.handle_buffered(&mut codec, &mut transport).await {
             break stop;
         }
-        if let Err(e) = conn.flush(&transport.stream).await {
+        if let Err(e) = conn.flush(&mut transport).await {
             break e.into();
         }
         // Waits (not reading) while a large frame finds no budget: bounded by the idle timeout.
@@ -165,7 +184,9 @@ pub(super) async fn serve_from(
     };
     conn.release_queued();
     match (stop, placement) {
-        (Stop::HandOver(first), Placement::Control { data }) => Served::HandOver { transport, first, data },
+        (Stop::HandOver(first), Placement::Control { data }) => {
+            Served::HandOver(Box::new(HandOver { transport, peer: conn.peer, first, data }))
+        }
         (Stop::HandOver(_), Placement::Data) => {
             Served::End(ConnectionEnd::Refused("handed over on the data runtime".into()))
         }
@@ -175,53 +196,52 @@ pub(super) async fn serve_from(
 
 impl Connection {
     /// Handles every complete frame in `input`, flushing whenever the outbox fills.
-    async fn handle_buffered(
-        &mut self,
-        codec: &mut FrameCodec,
-        input: &mut bytes::BytesMut,
-        stream: &TcpStream,
-    ) -> Result<(), Stop> {
+    async fn handle_buffered(&mut self, codec: &mut FrameCodec, transport: &mut Transport) -> Result<(), Stop> {
         loop {
-            let msg = match codec.decode(input) {
+            // Decoded one frame at a time from the transport: a handshake that installs the
+            // session cipher decrypts what follows in the buffer before the next decode.
+            let msg = match codec.decode(&mut transport.input.buf) {
                 Ok(Some(Inbound::Message(msg))) => msg,
                 // Bodies only follow UploadStream, after which we close; nothing to do with them.
                 Ok(Some(Inbound::Body(_))) => continue,
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     // Answers to the requests before the bad frame still go out, as on the JVM.
-                    self.flush(stream).await?;
+                    self.flush(transport).await?;
                     return Err(ConnectionEnd::from(e).into());
                 }
             };
-            self.handle_one(msg, stream).await?;
+            self.handle_one(msg, transport).await?;
         }
     }
 
     /// Handles one request, or stops for a hand-over to the data runtime.
-    async fn handle_one(&mut self, msg: Message, stream: &TcpStream) -> Result<(), Stop> {
+    async fn handle_one(&mut self, msg: Message, transport: &mut Transport) -> Result<(), Stop> {
         if self.control && is_data_request(&msg) {
             // Earlier replies leave from here, so the order on the wire is kept.
-            self.flush(stream).await?;
+            self.flush(transport).await?;
             return Err(Stop::HandOver(msg));
         }
-        if let Err(end) = self.handle(msg).await {
+        if let Err(end) = self.handle(msg, transport).await {
             // Replies queued before the request that ends the connection still go out, as
             // the JVM service writes each reply as soon as it is handled.
-            self.flush(stream).await?;
+            self.flush(transport).await?;
             return Err(end.into());
         }
         if self.outbox.should_flush() {
-            self.flush(stream).await?;
+            self.flush(transport).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, stream: &TcpStream) -> Result<(), ConnectionEnd> {
+    async fn flush(&mut self, transport: &mut Transport) -> Result<(), ConnectionEnd> {
         if self.outbox.is_empty() {
             return Ok(());
         }
         self.last_map = None;
-        let result = self.outbox.flush(stream, self.shared.settings.idle_timeout).await;
+        let idle = self.shared.settings.idle_timeout;
+        let (stream, cipher) = transport.writer();
+        let result = self.outbox.flush(stream, cipher, idle).await;
         self.release_queued();
         let bytes = match result {
             Ok(bytes) => bytes,
@@ -246,10 +266,13 @@ impl Connection {
         self.queued_chunks = 0;
     }
 
-    async fn handle(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
+    async fn handle(&mut self, msg: Message, transport: &mut Transport) -> Result<(), ConnectionEnd> {
+        if !self.peer.is_authenticated() {
+            return self.handle_unauthenticated(msg, transport).await;
+        }
         match msg {
             Message::RpcRequest { request_id, body } => {
-                let reply = match dispatch::rpc(&self.shared, &mut self.streams, &body).await {
+                let reply = match dispatch::rpc(&self.shared, &mut self.streams, &self.peer, &body).await {
                     RpcReply::Ok(body) => Message::RpcResponse { request_id, body },
                     RpcReply::Fail(error) => {
                         self.shared.counters.rpc_failures.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +281,9 @@ impl Connection {
                 };
                 self.outbox.message(&reply);
             }
-            Message::OneWayMessage { body } => dispatch::one_way(&self.shared, &mut self.streams, &body).await,
+            Message::OneWayMessage { body } => {
+                dispatch::one_way(&self.shared, &mut self.streams, &self.peer, &body).await
+            }
             Message::ChunkFetchRequest(chunk) => self.chunk(chunk)?,
             Message::StreamRequest { stream_id } => self.stream(stream_id)?,
             Message::UploadStream { request_id, .. } => {
@@ -268,13 +293,95 @@ impl Connection {
                 self.outbox.message(&Message::RpcFailure { request_id, error: error.clone() });
                 return Err(ConnectionEnd::Refused(error));
             }
-            Message::MergedBlockMetaRequest { request_id, .. } => {
-                let error = dispatch::merge_unsupported().to_string();
-                self.outbox.message(&Message::RpcFailure { request_id, error });
+            Message::MergedBlockMetaRequest { request_id, app_id, .. } => {
+                let error = match self.peer.check_app(&app_id) {
+                    Ok(()) => dispatch::merge_unsupported(),
+                    Err(refused) => {
+                        self.shared.counters.handshake(Outcome::AppMismatch);
+                        refused
+                    }
+                };
+                self.outbox.message(&Message::RpcFailure { request_id, error: error.to_string() });
             }
             // Server-to-client messages have no meaning here; Java's request handler ignores
             // responses arriving at a server, and so do we (the connection stays usable).
             other => debug!(type_id = other.type_id(), "ignoring a response message sent to the server"),
+        }
+        Ok(())
+    }
+
+    /// Before authentication only handshakes are served (fail closed, as Spark 4.3): every
+    /// RpcRequest is a handshake message, everything else is refused.
+    async fn handle_unauthenticated(&mut self, msg: Message, transport: &mut Transport) -> Result<(), ConnectionEnd> {
+        let refused = |call| handshake::unauthenticated(call).to_string();
+        let reply = match msg {
+            Message::RpcRequest { request_id, body } => return self.handshake(request_id, &body, transport).await,
+            // No reply channel: Spark throws and logs; so do we (at debug).
+            Message::OneWayMessage { .. } => {
+                debug!("one-way message before authentication dropped");
+                None
+            }
+            Message::ChunkFetchRequest(chunk) => {
+                Some(Message::ChunkFetchFailure { chunk, error: refused("fetchChunk") })
+            }
+            Message::StreamRequest { stream_id } => {
+                Some(Message::StreamFailure { stream_id, error: refused("openStream") })
+            }
+            Message::UploadStream { request_id, .. } => {
+                let error = refused("receiveStream");
+                self.outbox.message(&Message::RpcFailure { request_id, error: error.clone() });
+                self.shared.counters.handshake(Outcome::Unauthenticated);
+                return Err(ConnectionEnd::Refused(error));
+            }
+            Message::MergedBlockMetaRequest { request_id, .. } => {
+                Some(Message::RpcFailure { request_id, error: refused("receiveMergeBlockMetaReq") })
+            }
+            other => {
+                debug!(type_id = other.type_id(), "ignoring a response message sent to the server");
+                return Ok(());
+            }
+        };
+        self.shared.counters.handshake(Outcome::Unauthenticated);
+        if let Some(reply) = reply {
+            self.outbox.message(&reply);
+        }
+        Ok(())
+    }
+
+    /// One handshake message. After an AuthEngine success its reply leaves in plaintext, and
+    /// the session cipher covers every byte after it.
+    async fn handshake(
+        &mut self,
+        request_id: i64,
+        body: &[u8],
+        transport: &mut Transport,
+    ) -> Result<(), ConnectionEnd> {
+        let Some(policy) = self.shared.auth.clone() else {
+            return Err(ConnectionEnd::Refused("a handshake without an authentication policy".into()));
+        };
+        match self.peer.handshake(&policy, body) {
+            Step::Reply(body) => self.outbox.message(&Message::RpcResponse { request_id, body }),
+            Step::Authenticated { reply, app_id, ciphers } => {
+                if let Some(started) = self.peer.started() {
+                    self.shared.latency.handshake.observe(started.elapsed().as_secs_f64());
+                }
+                self.shared.counters.handshake(Outcome::Ok);
+                debug!(app = %app_id, encrypted = ciphers.is_some(), "authenticated");
+                self.peer = Peer::App(app_id);
+                self.outbox.message(&Message::RpcResponse { request_id, body: reply });
+                if let Some(ciphers) = ciphers {
+                    self.flush(transport).await?;
+                    transport.install(ciphers);
+                }
+            }
+            Step::Fail { error, close, outcome } => {
+                self.shared.counters.handshake(outcome);
+                self.shared.counters.rpc_failures.fetch_add(1, Ordering::Relaxed);
+                self.outbox.message(&Message::RpcFailure { request_id, error: error.to_string() });
+                if close {
+                    return Err(ConnectionEnd::AuthFailed(outcome.label().to_string()));
+                }
+            }
         }
         Ok(())
     }

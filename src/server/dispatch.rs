@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use super::handshake::{Outcome, Peer};
 use super::metrics::Latency;
 use super::streams::{BlockRef, ConnectionStreams, Stream};
 use super::Shared;
@@ -41,21 +42,34 @@ async fn off_the_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 /// The executor id a GetLocalDirsForExecutors request uses for the push merger's dirs.
 const SHUFFLE_MERGER_ID: &str = "shuffle-push-merger";
 
-/// Handles an RpcRequest body.
-pub async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) -> RpcReply {
+/// Handles an RpcRequest body of a connection acting for `peer`.
+pub(super) async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, peer: &Peer, body: &[u8]) -> RpcReply {
     let msg = match BlockTransferMessage::decode(body) {
         Ok(msg) => msg,
         Err(e) => return RpcReply::Fail(e.into()),
     };
+    if let Err(refused) = check_app(shared, peer, &msg) {
+        return RpcReply::Fail(refused);
+    }
     match handle(shared, streams, msg).await {
         Ok(reply) => RpcReply::Ok(reply),
         Err(error) => RpcReply::Fail(error),
     }
 }
 
+/// Spark's `checkAuth`, for every message that names an app; refusals are counted.
+fn check_app(shared: &Shared, peer: &Peer, msg: &BlockTransferMessage) -> Result<(), JavaError> {
+    let Some(app_id) = msg.app_id() else { return Ok(()) };
+    peer.check_app(app_id).inspect_err(|_| shared.counters.handshake(Outcome::AppMismatch))
+}
+
 /// Handles a OneWayMessage body: same dispatch, results dropped, failures only logged.
-pub async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, body: &[u8]) {
+pub(super) async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, peer: &Peer, body: &[u8]) {
     let outcome = match BlockTransferMessage::decode(body) {
+        Ok(msg) if check_app(shared, peer, &msg).is_err() => {
+            debug!("one-way message for another app refused");
+            return;
+        }
         Ok(BlockTransferMessage::RemoveShuffleMerge { app_id, shuffle_id, .. }) => {
             // As on the JVM service: nothing was merged, so there is nothing to remove.
             debug!(app = %app_id, shuffle_id, "ignoring RemoveShuffleMerge: no merge manager");

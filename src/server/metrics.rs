@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
+use super::handshake::Outcome;
 use super::{Counters, Shared};
 use crate::metrics::{gauge_value, histogram, sync, Series, Source};
 
@@ -94,12 +95,18 @@ const FETCH_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// Buckets (seconds) of the handshake latency: one AuthEngine round trip or two SASL ones,
+/// including the client's think time between them.
+const HANDSHAKE_BUCKETS: &[f64] =
+    &[0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
+
 /// The latency histograms the data path observes (lock-free atomics, no allocation).
 #[derive(Debug, Clone)]
 pub struct Latency {
     pub open_blocks: Histogram,
     pub register: Histogram,
     pub fetch: Histogram,
+    pub handshake: Histogram,
 }
 
 impl Default for Latency {
@@ -127,6 +134,12 @@ impl Latency {
                 "Time from a chunk or stream request being handled to the last byte of its response being \
                  written to the socket. Includes waiting behind earlier responses and for a slow reader.",
                 FETCH_BUCKETS,
+            ),
+            handshake: histogram(
+                "spark_shuffle_agent_handshake_latency_seconds",
+                "Time from a connection's first handshake message to its authentication (AuthEngine or SASL), \
+                 successful handshakes only.",
+                HANDSHAKE_BUCKETS,
             ),
         }
     }
@@ -158,6 +171,7 @@ pub struct ServerSource {
     blocks: IntCounter,
     block_bytes: IntCounter,
     errors: Vec<(ErrorKind, IntCounter)>,
+    handshakes: Vec<(Outcome, IntCounter)>,
     streams_open: IntGauge,
     chunks_in_flight: IntGauge,
     pending_frame_bytes: IntGauge,
@@ -173,7 +187,15 @@ impl ServerSource {
              frame_budget, accept) and failure replies (chunk_failure, rpc_failure).",
             &["kind"],
         );
+        let handshakes = s.counter_vec(
+            "spark_shuffle_agent_handshakes_total",
+            "Authentication outcomes (spark.authenticate): ok, wrong_secret, unknown_app (no secret for its \
+             app id), unauthenticated_request (not a handshake before authentication, or a malformed one), \
+             app_mismatch (a request for another app than the connection authenticated for).",
+            &["outcome"],
+        );
         let source = ServerSource {
+            handshakes: Outcome::ALL.iter().map(|o| (*o, handshakes.with_label_values(&[o.label()]))).collect(),
             connections_total: s.counter("spark_shuffle_agent_connections_total", "Shuffle connections accepted."),
             active_connections: s.gauge("spark_shuffle_agent_active_connections", "Shuffle connections open now."),
             bytes_written: s.counter(
@@ -214,7 +236,7 @@ impl ServerSource {
             shared,
         };
         let latency = source.shared.latency.clone();
-        for h in [latency.open_blocks, latency.register, latency.fetch] {
+        for h in [latency.open_blocks, latency.register, latency.fetch, latency.handshake] {
             s.include_histogram(h);
         }
         ServerSource { series: s, ..source }
@@ -237,6 +259,9 @@ impl Source for ServerSource {
         sync(&self.block_bytes, c.chunk_bytes_served.load(Ordering::Relaxed));
         for (kind, counter) in &self.errors {
             sync(counter, kind.counter(c).load(Ordering::Relaxed));
+        }
+        for (outcome, counter) in &self.handshakes {
+            sync(counter, c.handshakes[*outcome as usize].load(Ordering::Relaxed));
         }
         self.streams_open.set(gauge_value(shared.streams.len() as u64));
         self.chunks_in_flight.set(gauge_value(shared.chunks_in_flight.load(Ordering::Relaxed)));

@@ -4,6 +4,7 @@
 
 mod connection;
 mod dispatch;
+mod handshake;
 mod input;
 pub mod metrics;
 mod outbox;
@@ -77,9 +78,16 @@ pub struct Counters {
     pub frame_budget_closes: AtomicU64,
     /// Failed accept(2) calls.
     pub accept_errors: AtomicU64,
+    /// Handshake outcomes, indexed by [`handshake::Outcome`].
+    pub handshakes: [AtomicU64; 5],
 }
 
 impl Counters {
+    /// Counts a handshake outcome, for `spark_shuffle_agent_handshakes_total`.
+    fn handshake(&self, outcome: handshake::Outcome) {
+        self.handshakes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts how a connection ended, for `spark_shuffle_agent_errors_total`.
     fn count_end(&self, end: &ConnectionEnd) {
         if let Some(kind) = end.error_kind() {
@@ -102,6 +110,8 @@ pub struct Shared {
     pub counters: Counters,
     /// The latency histograms the data path observes.
     pub latency: Latency,
+    /// With `spark.authenticate` on: the handshakes accepted and every app's secret.
+    pub auth: Option<Arc<crate::auth::Policy>>,
 }
 
 impl Shared {
@@ -115,7 +125,13 @@ impl Shared {
             chunks_in_flight: AtomicU64::new(0),
             counters: Counters::default(),
             latency: Latency::new(),
+            auth: None,
         }
+    }
+
+    /// Requires every connection to authenticate under `policy` (None: nobody has to).
+    pub fn with_auth(self, policy: Option<Arc<crate::auth::Policy>>) -> Shared {
+        Shared { auth: policy, ..self }
     }
 }
 

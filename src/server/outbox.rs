@@ -13,8 +13,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::auth::CtrCipher;
 use crate::protocol::Message;
 use crate::store::Segment;
+
+mod sealed;
 
 /// Flush once this many bytes are buffered, so memory per connection stays bounded.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -181,15 +184,34 @@ impl Outbox {
 
     /// Writes everything queued. `idle` bounds each wait for the socket to become writable:
     /// a peer that stops reading for that long is dropped, like Java's idle handler does.
-    pub async fn flush(&mut self, stream: &TcpStream, idle: Duration) -> io::Result<u64> {
+    /// With a session cipher, everything is encrypted on the way (file bodies included).
+    pub async fn flush(
+        &mut self,
+        stream: &TcpStream,
+        cipher: Option<&mut CtrCipher>,
+        idle: Duration,
+    ) -> io::Result<u64> {
         self.push_tail();
-        let mut written = 0u64;
-        for item in self.items.drain(..) {
-            written += match item {
-                Item::Bytes(bytes) => write_all(stream, &bytes, idle).await?,
-                Item::File(segment) => send_file(stream, &segment, idle).await?,
-            };
-        }
+        let written = match cipher {
+            None => {
+                let mut written = 0u64;
+                for item in self.items.drain(..) {
+                    written += match item {
+                        Item::Bytes(bytes) => write_all(stream, &bytes, idle).await?,
+                        Item::File(segment) => send_file(stream, &segment, idle).await?,
+                    };
+                }
+                written
+            }
+            Some(cipher) => {
+                let items = std::mem::take(&mut self.items);
+                let written = sealed::write(stream, cipher, &items, idle).await;
+                // Keep the vector's capacity for the next batch.
+                self.items = items;
+                self.items.clear();
+                written?
+            }
+        };
         self.buffered = 0;
         self.files = 0;
         // Between batches the connection may idle for long: give the window's memory back,

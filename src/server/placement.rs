@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::connection::{serve_from, ConnectionEnd, Served, Session};
+use super::connection::{serve_from, ConnectionEnd, HandOver, Served, Session};
 use super::transport::Transport;
 use super::Shared;
 use crate::protocol::Message;
@@ -31,7 +31,8 @@ pub(super) async fn serve(
     let transport = Transport::new(stream);
     match serve_from(Arc::clone(&shared), transport, &session, placement, None).await {
         Served::End(end) => end,
-        Served::HandOver { transport, first, data } => {
+        Served::HandOver(hand_over) => {
+            let HandOver { transport, peer, first, data } = *hand_over;
             // If the move fails, dropping the transport gives its frame budget back.
             let detached = match transport.detach() {
                 Ok(d) => d,
@@ -42,9 +43,9 @@ pub(super) async fn serve(
                     Ok(t) => t,
                     Err(e) => return ConnectionEnd::Io(e),
                 };
-                match serve_from(shared, transport, &session, Placement::Data, Some(first)).await {
+                match serve_from(shared, transport, &session, Placement::Data, Some((peer, first))).await {
                     Served::End(end) => end,
-                    Served::HandOver { .. } => ConnectionEnd::Refused("handed over twice".into()),
+                    Served::HandOver(_) => ConnectionEnd::Refused("handed over twice".into()),
                 }
             });
             task.await.unwrap_or_else(|e| ConnectionEnd::Refused(format!("connection task failed: {e}")))

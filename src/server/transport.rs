@@ -14,26 +14,45 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionEnd;
 use super::input::Input;
+use crate::auth::{CtrCipher, SessionCiphers};
 
 /// A connection's socket and what has been read from it but not yet decoded.
 #[derive(Debug)]
 pub(super) struct Transport {
     pub(super) stream: TcpStream,
+    /// Plaintext: with a session cipher, bytes are decrypted as they are read.
     pub(super) input: Input,
+    /// The AuthEngine session cipher, once the handshake installed it.
+    cipher: Option<SessionCiphers>,
 }
 
-/// A [`Transport`] between runtimes: the socket out of every reactor, the input along with it.
+/// A [`Transport`] between runtimes: the socket out of every reactor, the input and the
+/// session cipher along with it.
 #[derive(Debug)]
 pub(super) struct Detached {
     stream: std::net::TcpStream,
     input: Input,
+    cipher: Option<SessionCiphers>,
 }
 
 impl Transport {
     pub(super) fn new(stream: TcpStream) -> Transport {
         // Small replies must leave at once; batching happens in the outbox, not in the kernel.
         let _ = stream.set_nodelay(true);
-        Transport { stream, input: Input::new() }
+        Transport { stream, input: Input::new(), cipher: None }
+    }
+
+    /// Switches to the session cipher: every byte after the frame just handled is encrypted,
+    /// both ways. What was read past that frame is ciphertext already: decrypted here.
+    pub(super) fn install(&mut self, mut ciphers: SessionCiphers) {
+        ciphers.inbound.apply(&mut self.input.buf[..]);
+        self.cipher = Some(ciphers);
+    }
+
+    /// The socket to write to, and the outbound keystream when the connection is encrypted
+    /// (no sendfile then).
+    pub(super) fn writer(&mut self) -> (&TcpStream, Option<&mut CtrCipher>) {
+        (&self.stream, self.cipher.as_mut().map(|c| &mut c.outbound))
     }
 
     /// Reads what the socket has into the input buffer. Ends the connection on EOF, an error,
@@ -43,6 +62,7 @@ impl Transport {
         idle: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), ConnectionEnd> {
+        let before = self.input.buf.len();
         let read = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Err(ConnectionEnd::Shutdown),
@@ -51,7 +71,12 @@ impl Transport {
         match read {
             Err(_) => Err(ConnectionEnd::Idle(idle)),
             Ok(Ok(0)) => Err(ConnectionEnd::PeerClosed),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                if let Some(cipher) = &mut self.cipher {
+                    cipher.inbound.apply(&mut self.input.buf[before..]);
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(ConnectionEnd::Io(e)),
         }
     }
@@ -59,13 +84,13 @@ impl Transport {
     /// Takes the socket out of this runtime's reactor. Nothing is buffered on the way out (the
     /// outbox was flushed); the input, and the frame budget it holds, travel along.
     pub(super) fn detach(self) -> io::Result<Detached> {
-        Ok(Detached { stream: self.stream.into_std()?, input: self.input })
+        Ok(Detached { stream: self.stream.into_std()?, input: self.input, cipher: self.cipher })
     }
 }
 
 impl Detached {
     /// Registers the socket with the reactor of the runtime this is called on.
     pub(super) fn attach(self) -> io::Result<Transport> {
-        Ok(Transport { stream: TcpStream::from_std(self.stream)?, input: self.input })
+        Ok(Transport { stream: TcpStream::from_std(self.stream)?, input: self.input, cipher: self.cipher })
     }
 }

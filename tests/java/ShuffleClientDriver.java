@@ -9,11 +9,14 @@
 // Global options:
 //   --host H (127.0.0.1)  --port P (required unless only filepath steps)  --app APPID
 //   --conf key=value (repeatable; TransportConf module "shuffle")  --timeout-s N (60, per step)
+//   --secret S (authenticate as --app with this secret, as an executor with spark.authenticate=true does;
+//              spark.network.crypto.enabled=true in --conf selects the AuthEngine, else SASL)
 // Steps (all steps of one invocation share ONE client, so its connection pool is reused across steps):
 //   register   --exec E --dir D [--dir D]... [--subdirs 64] [--manager CLASS]
 //   fetch      --exec E (--id X)... | --ids a,b,c  [--download DIR [--no-reread]] [--digest both|crc32|sha256]
 //   local-dirs --exec E [--exec E]...                 (getHostLocalDirs; duplicates are passed through)
-//   remove     --exec E (--id X)... | --ids a,b,c  [--raw]
+//   remove     --exec E (--id X)... | --ids a,b,c  [--raw [--for-app A]]
+//   open       --exec E (--id X)... [--for-app A]     (a raw OpenBlocks; --for-app acts for another app)
 //   diagnose   --exec E --shuffle S --map M --reduce R --checksum C --algorithm A [--raw]
 //   filepath   --dir D [--dir D]... --subdirs N --name F [--name F]...   (ExecutorDiskUtils.getFilePath; no server)
 //   load       --exec E --ids a,b,c --concurrency K [--count N] [--seconds T] [--download DIR] [--ids-per-call N]
@@ -70,7 +73,9 @@ import org.apache.spark.network.shuffle.protocol.BlocksRemoved;
 import org.apache.spark.network.shuffle.protocol.CorruptionCause;
 import org.apache.spark.network.shuffle.protocol.DiagnoseCorruption;
 import org.apache.spark.network.shuffle.protocol.ExecutorShuffleInfo;
+import org.apache.spark.network.shuffle.protocol.OpenBlocks;
 import org.apache.spark.network.shuffle.protocol.RemoveBlocks;
+import org.apache.spark.network.shuffle.protocol.StreamHandle;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
 
@@ -82,12 +87,31 @@ public final class ShuffleClientDriver {
 
   /** The real client, with access to its own pooled TransportClient for --raw RPCs. */
   static final class ProbeClient extends ExternalBlockStoreClient {
-    ProbeClient(TransportConf conf) {
-      super(conf, null, false, 5000);
+    ProbeClient(TransportConf conf, String secret) {
+      super(conf, secret == null ? null : new FixedSecret(secret), secret != null, 5000);
     }
 
     TransportClient pooledClient(String host, int port) throws IOException, InterruptedException {
       return clientFactory.createClient(host, port);
+    }
+  }
+
+  /** One secret for every app id, as an executor's SecurityManager hands out its app's secret. */
+  static final class FixedSecret implements org.apache.spark.network.sasl.SecretKeyHolder {
+    private final String secret;
+
+    FixedSecret(String secret) {
+      this.secret = secret;
+    }
+
+    @Override
+    public String getSaslUser(String appId) {
+      return "sparkSaslUser";
+    }
+
+    @Override
+    public String getSecretKey(String appId) {
+      return secret;
     }
   }
 
@@ -97,6 +121,7 @@ public final class ShuffleClientDriver {
     int port = -1;
     String app = "app-20260101000000-0000";
     long timeoutMs = 60_000;
+    String secret;
     Map<String, String> conf = new LinkedHashMap<>();
     TransportConf transportConf;
     ProbeClient client;
@@ -135,6 +160,7 @@ public final class ShuffleClientDriver {
         case "--host": ctx.host = v; break;
         case "--port": ctx.port = Integer.parseInt(v); break;
         case "--app": ctx.app = v; break;
+        case "--secret": ctx.secret = v; break;
         case "--timeout-s": ctx.timeoutMs = (long) (Double.parseDouble(v) * 1000); break;
         case "--conf": {
           int eq = v.indexOf('=');
@@ -161,7 +187,7 @@ public final class ShuffleClientDriver {
       if (s.isEmpty()) throw new UsageError("empty step");
     }
     ctx.transportConf = new TransportConf("shuffle", new MapConfigProvider(ctx.conf));
-    ctx.client = new ProbeClient(ctx.transportConf);
+    ctx.client = new ProbeClient(ctx.transportConf, ctx.secret);
     ctx.client.init(ctx.app);
     try {
       for (List<String> s : steps) {
@@ -224,6 +250,7 @@ public final class ShuffleClientDriver {
       case "local-dirs": localDirs(ctx, o); break;
       case "remove": remove(ctx, o); break;
       case "diagnose": diagnose(ctx, o); break;
+      case "open": open(ctx, o); break;
       case "filepath": filepath(ctx, o); break;
       case "load": load(ctx, o); break;
       default: throw new UsageError("unknown step " + name);
@@ -376,7 +403,8 @@ public final class ShuffleClientDriver {
     try {
       if (o.containsKey("--raw")) {
         TransportClient tc = ctx.client.pooledClient(ctx.host, ctx.port);
-        ByteBuffer resp = tc.sendRpcSync(new RemoveBlocks(ctx.app, exec, ids).toByteBuffer(), ctx.timeoutMs);
+        String app = one(o, "--for-app", ctx.app);
+        ByteBuffer resp = tc.sendRpcSync(new RemoveBlocks(app, exec, ids).toByteBuffer(), ctx.timeoutMs);
         BlockTransferMessage m = BlockTransferMessage.Decoder.fromByteBuffer(resp);
         j.put("ok", true).put("removed", ((BlocksRemoved) m).numRemovedBlocks);
       } else {
@@ -386,6 +414,25 @@ public final class ShuffleClientDriver {
     } catch (Throwable t) {
       j.put("ok", false);
       putError(j, t instanceof ExecutionException && t.getCause() != null ? t.getCause() : t);
+    }
+    emit(j);
+  }
+
+  /** A raw OpenBlocks over the pooled (authenticated) connection, for --for-app (default: --app). */
+  static void open(Ctx ctx, Map<String, List<String>> o) {
+    requirePort(ctx);
+    String exec = one(o, "--exec", null);
+    String app = one(o, "--for-app", ctx.app);
+    Json j = base(ctx, "open").put("exec", exec).put("for_app", app);
+    try {
+      TransportClient tc = ctx.client.pooledClient(ctx.host, ctx.port);
+      OpenBlocks msg = new OpenBlocks(app, exec, ids(o));
+      StreamHandle h = (StreamHandle) BlockTransferMessage.Decoder.fromByteBuffer(
+          tc.sendRpcSync(msg.toByteBuffer(), ctx.timeoutMs));
+      j.put("ok", true).put("chunks", h.numChunks);
+    } catch (Throwable t) {
+      j.put("ok", false);
+      putError(j, t);
     }
     emit(j);
   }

@@ -130,7 +130,7 @@ class JavaDriver:
         self.log_dir = log_dir
         self._n = 0
 
-    def argv(self, steps, port=None, app=None, conf=None, timeout_s=60, host="127.0.0.1", jvm_opts=()):
+    def argv(self, steps, port=None, app=None, conf=None, timeout_s=60, host="127.0.0.1", jvm_opts=(), secret=None):
         argv = [
             self.java,
             "-Xmx512m",
@@ -148,6 +148,8 @@ class JavaDriver:
             argv += ["--port", str(port)]
         if app is not None:
             argv += ["--app", app]
+        if secret is not None:
+            argv += ["--secret", secret]
         for k, v in (conf or {}).items():
             argv += ["--conf", f"{k}={v}"]
         for i, s in enumerate(steps):

@@ -1,0 +1,148 @@
+"""spark.authenticate against the server, with Spark's own client (ExternalBlockStoreClient and its
+AuthClientBootstrap): SASL DIGEST-MD5 (spark.network.crypto.enabled=false, Spark's default) and the AuthEngine
+with its AES-CTR session cipher (crypto on). Each server under test is started with authentication on and one
+shared secret, the JVM service exactly as the agent; SHUFFLE_SERVER=jvm checks these tests themselves.
+
+What a client sees is compared with what Spark's JVM service answers (auth.md section 3): the right secret
+fetches byte-exact blocks (small ones packed with their headers, large ones that go through sendfile in
+plaintext and through the cipher here, and stream fetches); a wrong secret and no secret fail with Spark's
+texts; an authenticated app cannot act for another app (checkAuth's SecurityException).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from client_driver import server_text
+from conftest import REPO
+from servers import find_agent_bin, start_agent, start_jvm_ess
+from shuffle_layout import crc32, make_executor_dirs, sha256
+
+SECRET = "4f1c0a7d9e2b6c3a8d5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
+MODES = {"sasl": "false", "crypto": "true"}
+_apps = itertools.count(1)
+
+
+def auth_conf(mode: str) -> dict[str, str]:
+    return {
+        "spark.authenticate": "true",
+        "spark.authenticate.secret": SECRET,
+        "spark.network.crypto.enabled": MODES[mode],
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def auth_server(request, server_kind, server_base, spark_paths, tmp_path_factory):
+    """A server of `server_kind` with authentication on, in SASL or AuthEngine mode."""
+    mode = request.param
+    work = tmp_path_factory.mktemp(f"auth-{server_kind}-{mode}")
+    root = str(server_base / "root")
+    conf = auth_conf(mode)
+    if server_kind == "jvm":
+        h = start_jvm_ess(spark_paths.pyspark, work, root, extra_conf=conf)
+    else:
+        path = work / "agent.conf"
+        path.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
+        h = start_agent(find_agent_bin(REPO), work, [root], extra_args=["--config", str(path)])
+    h.auth_mode = mode
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def auth_ess(auth_server):
+    assert auth_server.alive(), auth_server.log_tail()
+    yield auth_server
+    assert auth_server.alive(), f"server died during the test:\n{auth_server.log_tail()}"
+
+
+def client_conf(server) -> dict[str, str]:
+    """What an executor of the same app has: the server's crypto setting (it is not negotiated)."""
+    return {"spark.network.crypto.enabled": MODES[server.auth_mode]}
+
+
+def register(exec_id, ex):
+    s = ["register", "--exec", exec_id]
+    for d in ex.local_dirs:
+        s += ["--dir", d]
+    return s + ["--subdirs", str(ex.subdirs)]
+
+
+def new_app() -> str:
+    return f"app-20261202000000-{next(_apps):04d}"
+
+
+# Block sizes: packed with its header (< 16 KiB), sent alone (sendfile without a cipher), larger than one
+# 128 KiB encryption buffer, and empty.
+SIZES = [100, 40_000, 300_000, 0, 7]
+
+
+def test_the_right_secret_registers_and_fetches_exact_bytes(java_driver, auth_ess, test_dir, tmp_path):
+    ex = make_executor_dirs(str(test_dir / "e"), 2, 8)
+    mo = ex.write_map_output(0, 0, SIZES)
+    app = new_app()
+    ids = [f"shuffle_0_0_{r}" for r in range(len(SIZES))]
+    fetch = ["fetch", "--exec", "0"] + list(itertools.chain.from_iterable(("--id", i) for i in ids))
+    stream = fetch + ["--download", str(tmp_path)]
+    r = java_driver.run([register("0", ex), fetch, stream], port=auth_ess.port, app=app, secret=SECRET,
+                        conf=client_conf(auth_ess))
+    assert r.one(0)["ok"], r.debug()
+    for step in (1, 2):
+        blocks = r.blocks(step)
+        assert sorted(blocks) == sorted(ids), r.debug()
+        for reduce_id, block_id in enumerate(ids):
+            rec = blocks[block_id]
+            assert rec["ok"], f"{block_id}: {rec}\n{auth_ess.log_tail()}"
+            expected = mo.block(reduce_id)
+            assert (rec["len"], rec["crc32"], rec["sha256"]) == (len(expected), crc32(expected), sha256(expected)), rec
+
+
+def test_a_wrong_secret_is_refused_with_sparks_text(java_driver, auth_ess, test_dir):
+    ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
+    r = java_driver.run([register("0", ex)], port=auth_ess.port, app=new_app(), secret="not-" + SECRET,
+                        conf=client_conf(auth_ess))
+    rec = r.one(0)
+    assert not rec["ok"], r.debug()
+    text = " | ".join(e["message"] for e in rec["chain"])
+    if auth_ess.auth_mode == "sasl":
+        assert "DIGEST-MD5: digest response format violation. Mismatched response." in text, text
+    else:
+        # The server answers "Authentication failed." and closes the connection; the client's SASL
+        # fallback then finds it closed. Spark's JVM service and the agent give the client the same.
+        assert "Failed to send RPC" in text and "ClosedChannelException" in text, text
+
+
+def test_a_client_without_authentication_is_told_to_enable_it(java_driver, auth_ess, test_dir):
+    ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
+    r = java_driver.run([register("0", ex)], port=auth_ess.port, app=new_app())
+    rec = r.one(0)
+    assert not rec["ok"], r.debug()
+    assert server_text(rec).startswith(
+        "java.lang.IllegalStateException: Expected SaslMessage, received something else "
+        "(maybe your client does not have SASL enabled?)"), rec
+
+
+def test_an_authenticated_app_cannot_reach_another_apps_blocks(java_driver, auth_ess, test_dir):
+    victim, thief = new_app(), new_app()
+    ex = make_executor_dirs(str(test_dir / "victim"), 1, 4)
+    ex.write_map_output(0, 0, [64])
+    conf = client_conf(auth_ess)
+    r = java_driver.run([register("0", ex)], port=auth_ess.port, app=victim, secret=SECRET, conf=conf)
+    assert r.one(0)["ok"], r.debug()
+    r = java_driver.run(
+        [
+            ["open", "--exec", "0", "--for-app", victim, "--id", "shuffle_0_0_0"],
+            ["remove", "--exec", "0", "--raw", "--for-app", victim, "--id", "shuffle_0_0_0"],
+            ["open", "--exec", "0", "--id", "shuffle_0_0_0"],
+        ],
+        port=auth_ess.port, app=thief, secret=SECRET, conf=conf)
+    for step in (0, 1):
+        rec = r.one(step)
+        assert not rec["ok"], r.debug()
+        assert server_text(rec).startswith(
+            f"java.lang.SecurityException: Client for {thief} not authorized for application {victim}."), rec
+    # Acting for itself is fine: the thief's own executor 0 is simply not registered.
+    rec = r.one(2)
+    assert rec["ok"] or "not registered" in server_text(rec), rec
