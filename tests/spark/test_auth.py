@@ -17,7 +17,7 @@ import pytest
 
 from client_driver import server_text
 from conftest import REPO
-from servers import find_agent_bin, start_agent, start_jvm_ess
+from servers import agent_metrics_url, find_agent_bin, start_agent, start_jvm_ess
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_cluster import SparkCluster
 from test_spark_jobs import EXPECTED, N, check_reread, jobs_local_dir, shuffled_rdd, spark_env  # noqa: F401
@@ -171,3 +171,17 @@ def test_a_job_with_authentication_survives_executor_replacement(spark_env, auth
         assert dict(rdd.collect()) == EXPECTED
         m = check_reread(cl, "phase2", acc, N)
         assert m["remote_blocks"] > 0, m
+
+
+def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
+    """Runs after the tests above in this module (their handshakes, failures and jobs are in the log)."""
+    if auth_ess.kind != "agent":
+        pytest.skip("the agent's own outputs; the JVM service has no /status")
+    import urllib.request
+
+    url = agent_metrics_url(auth_ess)
+    pages = {p: urllib.request.urlopen(url + p, timeout=10).read().decode() for p in ("/metrics", "/status")}
+    assert 'spark_shuffle_agent_handshakes_total{outcome="ok"}' in pages["/metrics"]
+    for where, text in [("log", auth_ess.log_text()), *pages.items()]:
+        assert SECRET not in text, f"the secret appears in the agent's {where}"
+        assert SECRET[:16] not in text, f"part of the secret appears in the agent's {where}"
