@@ -12,16 +12,17 @@ texts; an authenticated app cannot act for another app (checkAuth's SecurityExce
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
 from client_driver import server_text
-from conftest import REPO
 from servers import agent_metrics_url, find_agent_bin, start_agent, start_jvm_ess
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_cluster import SparkCluster
 from test_spark_jobs import EXPECTED, N, check_reread, jobs_local_dir, shuffled_rdd, spark_env  # noqa: F401
 
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "4f1c0a7d9e2b6c3a8d5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
 MODES = {"sasl": "false", "crypto": "true"}
 _apps = itertools.count(1)
