@@ -19,8 +19,6 @@ import pytest
 from client_driver import server_text
 from servers import agent_metrics_url, find_agent_bin, start_agent, start_jvm_ess
 from shuffle_layout import crc32, make_executor_dirs, sha256
-from spark_cluster import SparkCluster
-from test_spark_jobs import EXPECTED, N, check_reread, jobs_local_dir, shuffled_rdd, spark_env  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "4f1c0a7d9e2b6c3a8d5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
@@ -149,29 +147,6 @@ def test_an_authenticated_app_cannot_reach_another_apps_blocks(java_driver, auth
     # Acting for itself is fine: the thief's own executor 0 is simply not registered.
     rec = r.one(2)
     assert rec["ok"] or "not registered" in server_text(rec), rec
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Real jobs: a local-cluster application with spark.authenticate=true (its executors get the secret from the
-# worker, as on a standalone cluster), through the kill-and-replace-executors flow.
-
-
-def test_a_job_with_authentication_survives_executor_replacement(spark_env, auth_ess, jobs_local_dir, request):
-    conf = {
-        **auth_conf(auth_ess.auth_mode),
-        # Every block of the dead executors comes through the server, so the reads are authenticated.
-        "spark.shuffle.readHostLocalDisk": "false",
-    }
-    with SparkCluster(auth_ess, jobs_local_dir, request.node.name, conf) as cl:
-        rdd, acc = shuffled_rdd(cl)
-        cl.sc.setJobGroup("phase1", "write the shuffle and read it")
-        assert dict(rdd.collect()) == EXPECTED
-        old, new = cl.replace_all_executors()
-        assert sorted(old) == cl.initial_executors
-        cl.sc.setJobGroup("phase2", "read the shuffle again from new executors")
-        assert dict(rdd.collect()) == EXPECTED
-        m = check_reread(cl, "phase2", acc, N)
-        assert m["remote_blocks"] > 0, m
 
 
 def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
