@@ -201,8 +201,14 @@ async fn serve(
     started: &SyncSender<Result<Started, AppError>>,
 ) -> Result<(), AppError> {
     let roots = Roots::new(&config.roots).map_err(|e| AppError::Config(format!("agent.roots: {e}")))?;
-    let auth = config.auth_policy().map_err(|e| AppError::Config(e.to_string()))?;
+    let access = config.access().map_err(|e| AppError::Config(e.to_string()))?;
     let kube = kube_setup(&config).await?;
+    // Per-app secrets come from this node's executor pods: without them no app could be served.
+    if access.keyring().is_some() && kube.as_ref().is_none_or(|(_, k8s)| k8s.node_name.is_none()) {
+        return Err(AppError::Config(
+            "agent.auth.secrets=pods needs the Kubernetes API (in a pod, or agent.k8s.kubeconfig) and this node's name (agent.k8s.node.name or $NODE_NAME)".into(),
+        ));
+    }
     let health = Health::new();
     let admin = Arc::new(Admin::new(health.clone()));
     let admin_listener = std::net::TcpListener::bind((config.bind, config.metrics_port))
@@ -215,8 +221,9 @@ async fn serve(
     health.set_recovered();
     let store = Arc::new(Store::new(config.index_cache_bytes));
     let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
-    let shared =
-        Arc::new(Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store)).with_auth(auth));
+    let shared = Arc::new(
+        Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store)).with_access(access.clone()),
+    );
     let k8s_health = Arc::new(K8sHealth::default());
     let disk = Arc::new(DiskUsage::new());
     let exporter = &admin.exporter;
@@ -233,6 +240,7 @@ async fn serve(
             registry: Arc::clone(&registry),
             lifecycle: lifecycle.clone(),
             health: Arc::clone(&k8s_health),
+            keyring: access.keyring().cloned(),
         };
         let token = shutdown.clone();
         tokio::spawn(async move {

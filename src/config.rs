@@ -80,6 +80,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `spark.authenticate` and the keys around it, with Spark's meaning (src/auth/settings.rs).
     pub auth: crate::auth::AuthSettings,
+    /// `agent.auth.secrets`: `shared` (one secret, as the JVM service) or `pods` (each app's
+    /// own, from its executor pods; `spark.authenticate` then means "refuse apps without").
+    pub auth_per_app: bool,
+    /// `agent.auth.pods.wait`: how long a handshake for an app no pod is known of waits for the
+    /// watch to deliver one.
+    pub auth_pods_wait: Duration,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -131,6 +137,10 @@ impl Default for Config {
             node_name: None,
             log_format: LogFormat::Text,
             auth: crate::auth::AuthSettings::new(),
+            auth_per_app: false,
+            // Under the 5 s of spark.shuffle.registration.timeout, so an executor registering
+            // before its pod event reaches us gets our answer rather than its own timeout.
+            auth_pods_wait: Duration::from_secs(4),
         }
     }
 }
@@ -209,6 +219,14 @@ impl Config {
                     _ => return Err(bad("text or json".into())),
                 }
             }
+            "agent.auth.secrets" => {
+                self.auth_per_app = match value.trim() {
+                    "shared" => false,
+                    "pods" => true,
+                    _ => return Err(bad("shared or pods".into())),
+                }
+            }
+            "agent.auth.pods.wait" => self.auth_pods_wait = parse_duration(value).map_err(bad)?,
             other => {
                 if !self.auth.set(other, value).map_err(bad)? {
                     return Err(ConfigError::UnknownKey(other.to_string()));
@@ -284,11 +302,31 @@ impl Config {
         }
     }
 
-    /// The authentication policy, with its secret read from `$_SPARK_AUTH_SECRET`, the key or
-    /// the file; None with `spark.authenticate` off. Called once, at start.
-    pub fn auth_policy(&self) -> Result<Option<std::sync::Arc<crate::auth::Policy>>, ConfigError> {
-        let env = std::env::var(crate::auth::SECRET_ENV).ok();
-        self.auth.policy(env).map_err(|(key, reason)| ConfigError::Auth { key: key.into(), reason })
+    /// Who may act for which app (src/auth/access.rs). With one shared secret, it is read from
+    /// `$_SPARK_AUTH_SECRET`, the key or the file. Called once, at start.
+    pub fn access(&self) -> Result<crate::auth::Access, ConfigError> {
+        use crate::auth::Access;
+        let env = std::env::var(crate::auth::SECRET_ENV).ok().filter(|s| !s.is_empty());
+        if self.auth_per_app {
+            let shared = [
+                ("spark.authenticate.secret", self.auth.secret.is_some()),
+                ("spark.authenticate.secret.file", self.auth.secret_file.is_some()),
+                (crate::auth::SECRET_ENV, env.is_some()),
+            ];
+            if let Some((key, _)) = shared.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::Auth {
+                    key: (*key).into(),
+                    reason: "agent.auth.secrets=pods takes each app's secret from its pods; a shared secret is not used, so it must not be set".into(),
+                });
+            }
+            return Ok(Access::PerApp {
+                keyring: std::sync::Arc::new(crate::auth::Keyring::new()),
+                require: self.auth.enabled,
+                wait: self.auth_pods_wait,
+            });
+        }
+        let policy = self.auth.policy(env).map_err(|(key, reason)| ConfigError::Auth { key: key.into(), reason })?;
+        Ok(policy.map_or(Access::Open, Access::Shared))
     }
 
     /// The data-path settings the server runs with.
@@ -464,6 +502,23 @@ mod tests {
             let err = Config::default().set(key, "-30s").unwrap_err().to_string();
             assert!(err.starts_with(&format!("invalid value \"-30s\" for {key}:")), "{err}");
         }
+    }
+
+    #[test]
+    fn per_app_secrets_take_no_shared_secret_and_spark_authenticate_means_required() {
+        let mut c = Config::default();
+        c.set("agent.auth.secrets", "pods").unwrap();
+        match c.access().unwrap() {
+            crate::auth::Access::PerApp { require, wait, .. } => assert!(!require && wait == Duration::from_secs(4)),
+            other => panic!("{other:?}"),
+        }
+        c.set("spark.authenticate", "true").unwrap();
+        assert!(matches!(c.access().unwrap(), crate::auth::Access::PerApp { require: true, .. }));
+        c.set("spark.authenticate.secret", "hunter2").unwrap();
+        let err = c.access().unwrap_err().to_string();
+        assert!(err.starts_with("spark.authenticate.secret: agent.auth.secrets=pods"), "{err}");
+        assert!(!err.contains("hunter2"));
+        assert!(Config::default().set("agent.auth.secrets", "vault").is_err());
     }
 
     #[test]

@@ -51,6 +51,20 @@ pub enum Handshake {
 }
 
 impl Handshake {
+    /// Whether an RpcRequest body is a handshake message by its first byte (no BlockTransferMessage
+    /// type is 0xEA or 0xFB).
+    pub fn is_tagged(body: &[u8]) -> bool {
+        matches!(body.first(), Some(&AUTH_TAG) | Some(&SASL_TAG))
+    }
+
+    /// The app id the client claims.
+    pub fn app_id(&self) -> &str {
+        match self {
+            Handshake::Auth(m) => &m.app_id,
+            Handshake::Sasl(m) => &m.app_id,
+        }
+    }
+
     /// Decodes an RpcRequest body received before authentication.
     pub fn decode<B: Buf>(buf: &mut B) -> Result<Handshake, AuthError> {
         match buf.chunk().first().copied() {

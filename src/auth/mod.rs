@@ -25,9 +25,11 @@
 //! Not here yet: the AES-GCM session cipher (`spark.network.crypto.cipher=AES/GCM/NoPadding`)
 //! and SASL auth-conf (refused with the JDK's own text, see sasl.rs).
 
+mod access;
 mod ctr;
 mod engine;
 mod error;
+mod keyring;
 mod message;
 mod sasl;
 mod secret;
@@ -36,9 +38,11 @@ mod settings;
 #[cfg(test)]
 mod java_peer;
 
+pub use access::{Access, Refusal};
 pub use ctr::{CtrCipher, SessionCiphers, SessionKey};
 pub use engine::{respond, EngineRandom, EngineVersion, OsRandom, ServerResponse, SessionKeys};
 pub use error::AuthError;
+pub use keyring::{AppAccess, Claim, Keyring, Lookup, Offered};
 pub use message::{AuthMessage, Handshake, SaslMessage, AUTH_TAG, SASL_TAG};
 pub use sasl::{SaslServer, SaslStep};
 pub use secret::Secret;

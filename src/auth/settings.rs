@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
-use super::{EngineVersion, Secret};
+use super::{AppAccess, EngineVersion, Secret};
 
 /// The environment variable Spark's SecurityManager reads the secret from.
 pub const SECRET_ENV: &str = "_SPARK_AUTH_SECRET";
@@ -48,6 +48,8 @@ pub struct AuthSettings {
     pub cipher: SessionCipher,
     /// `spark.network.sasl.serverAlwaysEncrypt`: only SASL auth-conf clients.
     pub sasl_always_encrypt: bool,
+    /// `spark.authenticate.secret.executor.file` is set (an app's setting, read off its pods).
+    pub executor_secret_file: bool,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -95,6 +97,7 @@ impl AuthSettings {
                 }
             }
             "spark.network.sasl.serverAlwaysEncrypt" => self.sasl_always_encrypt = parse_bool(value)?,
+            "spark.authenticate.secret.executor.file" => self.executor_secret_file = !value.is_empty(),
             _ => return Ok(false),
         }
         Ok(true)
@@ -129,12 +132,40 @@ impl AuthSettings {
                 ))
             }
         };
-        Ok(Some(Arc::new(Policy {
+        Ok(Some(Arc::new(self.policy_with(secret))))
+    }
+
+    fn policy_with(&self, secret: Secret) -> Policy {
+        Policy {
             crypto_enabled: self.crypto_enabled,
             sasl_fallback: self.sasl_fallback,
             engine_version: self.engine_version,
-            shared_secret: secret,
-        })))
+            secret,
+        }
+    }
+
+    /// How an application with these settings (its executors' `-D` options) and the secret of
+    /// its executor pods' environment authenticates to us.
+    pub fn app_access(&self, pod_secret: Option<&str>) -> AppAccess {
+        if !self.enabled {
+            return AppAccess::Unauthenticated;
+        }
+        if self.secret_file.is_some() || self.executor_secret_file {
+            return AppAccess::Unsupported(
+                "its executors read the secret from a file (spark.authenticate.secret.file); \
+                 reading Kubernetes Secrets is not supported"
+                    .into(),
+            );
+        }
+        if self.crypto_enabled && self.cipher == SessionCipher::Gcm {
+            return AppAccess::Unsupported("spark.network.crypto.cipher=AES/GCM/NoPadding is not supported yet".into());
+        }
+        match pod_secret.filter(|s| !s.is_empty()) {
+            Some(secret) => AppAccess::Authenticated(Arc::new(self.policy_with(Secret::new(secret)))),
+            None => {
+                AppAccess::Unsupported(format!("spark.authenticate is on but its executor pods have no ${SECRET_ENV}"))
+            }
+        }
     }
 }
 
@@ -166,19 +197,28 @@ pub struct Policy {
     pub sasl_fallback: bool,
     /// The AuthEngine key derivation.
     pub engine_version: EngineVersion,
-    /// The one secret of every app (Spark's standalone service ignores the app id).
-    shared_secret: Secret,
+    /// The secret: the one of every app (Spark's standalone service ignores the app id), or
+    /// one app's own (`agent.auth.secrets=pods`, one policy per app).
+    secret: Secret,
 }
 
 impl Policy {
     /// The secret `app_id` authenticates with; None for an app this server has no secret for.
     pub fn secret_for(&self, _app_id: &str) -> Option<&Secret> {
-        Some(&self.shared_secret)
+        Some(&self.secret)
     }
 
     /// A policy with one shared secret, for tests and benches.
     pub fn shared(secret: Secret, crypto_enabled: bool) -> Policy {
-        Policy { crypto_enabled, sasl_fallback: true, engine_version: EngineVersion::V1, shared_secret: secret }
+        Policy { crypto_enabled, sasl_fallback: true, engine_version: EngineVersion::V1, secret }
+    }
+
+    /// Whether two policies accept exactly the same handshakes (same secret and keys).
+    pub fn same_as(&self, other: &Policy) -> bool {
+        self.crypto_enabled == other.crypto_enabled
+            && self.sasl_fallback == other.sasl_fallback
+            && self.engine_version == other.engine_version
+            && self.secret.psk() == other.secret.psk()
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::app_secrets::SecretSource;
 use super::{next_event, pods, Targets};
 
 /// What the view says about one application's driver.
@@ -158,6 +159,7 @@ pub async fn watch(
     client: kube::Client,
     targets: Targets,
     view: Arc<Mutex<DriverView>>,
+    secrets: Arc<Mutex<SecretSource>>,
     synced: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -167,6 +169,7 @@ pub async fn watch(
         let mut stream = pin!(watcher(Api::<Pod>::all(client.clone()), config.clone()).default_backoff());
         while let Some(event) = next_event(&mut stream, health, "driver pods", &shutdown).await {
             let relisted = matches!(event, watcher::Event::InitDone);
+            targets.secrets(&secrets, |source, keyring| source.driver_event(&event, keyring));
             let ended = lock(&view).apply(event);
             for app in ended {
                 if targets.knows(&app) {

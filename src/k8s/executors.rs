@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -21,6 +22,7 @@ use kube::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::app_secrets::SecretSource;
 use super::{next_event, pods, Targets};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,13 +113,20 @@ fn entry(pod: &Pod) -> Option<(String, ExecutorPod)> {
 
 /// Follows this node's executor pods until `shutdown`, handing each ended executor to the
 /// lifecycle engine.
-pub async fn watch(client: kube::Client, node: String, targets: Targets, shutdown: CancellationToken) {
+pub async fn watch(
+    client: kube::Client,
+    node: String,
+    targets: Targets,
+    secrets: Arc<Mutex<SecretSource>>,
+    shutdown: CancellationToken,
+) {
     let health = &targets.health.executors;
     let config = watcher::Config::default().labels(pods::EXECUTOR_SELECTOR).fields(&format!("spec.nodeName={node}"));
     let mut view = ExecutorView::default();
     loop {
         let mut stream = pin!(watcher(Api::<Pod>::all(client.clone()), config.clone()).default_backoff());
         while let Some(event) = next_event(&mut stream, health, "executor pods", &shutdown).await {
+            targets.secrets(&secrets, |source, keyring| source.executor_event(&event, keyring));
             for (app, exec) in view.apply(event) {
                 if targets.lifecycle.executor_removed(&app, &exec) {
                     targets.health.executors_removed.fetch_add(1, Ordering::Relaxed);

@@ -27,6 +27,7 @@
 //! whether or not the API server answers. It deletes nothing itself; the lifecycle engine does.
 
 mod api_health;
+pub mod app_secrets;
 pub mod discovery;
 pub mod drivers;
 pub mod executors;
@@ -93,9 +94,22 @@ pub struct Targets {
     pub registry: Arc<Registry>,
     pub lifecycle: Lifecycle,
     pub health: Arc<K8sHealth>,
+    /// With `agent.auth.secrets=pods`: where the apps' secrets learned from pods go.
+    pub keyring: Option<Arc<crate::auth::Keyring>>,
 }
 
 impl Targets {
+    /// Feeds a watch event to the per-app secrets, when they are on.
+    fn secrets(
+        &self,
+        source: &Mutex<app_secrets::SecretSource>,
+        feed: impl FnOnce(&mut app_secrets::SecretSource, &crate::auth::Keyring),
+    ) {
+        if let Some(keyring) = &self.keyring {
+            feed(&mut crate::sync::lock(source), keyring);
+        }
+    }
+
     /// Whether an application is registered here (executors, or a RegisterDriver).
     fn knows(&self, app_id: &str) -> bool {
         self.registry.driver(app_id).is_some() || !self.registry.executors_of(app_id).is_empty()
@@ -173,18 +187,25 @@ pub async fn run(
 
     let view = Arc::new(Mutex::new(drivers::DriverView::default()));
     let synced = Arc::new(Notify::new());
+    let secrets = Arc::new(Mutex::new(app_secrets::SecretSource::default()));
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(keyring) = &targets.keyring {
+        let client = observed_client(&config, &health, None)?;
+        let (keyring, registry) = (Arc::clone(keyring), Arc::clone(&targets.registry));
+        tasks.spawn(app_secrets::lookups(client, keyring, Arc::clone(&secrets), registry, shutdown.clone()));
+    }
     tasks.spawn(drivers::watch(
         driver_client,
         targets.clone(),
         Arc::clone(&view),
+        Arc::clone(&secrets),
         Arc::clone(&synced),
         shutdown.clone(),
     ));
     tasks.spawn(reconcile::run(reconcile_client, targets.clone(), view, synced, settings.clone(), shutdown.clone()));
     match (executor_client, settings.node_name) {
         (Some(client), Some(node)) => {
-            tasks.spawn(executors::watch(client, node, targets, shutdown.clone()));
+            tasks.spawn(executors::watch(client, node, targets, secrets, shutdown.clone()));
         }
         _ => warn!("no node name (--node-name or NODE_NAME): executor pods are not watched; executors' files are deleted with their application"),
     }

@@ -18,6 +18,7 @@ use super::placement::{is_data_request, Placement};
 use super::streams::{BlockRef, ChunkTurn, ConnectionStreams};
 use super::transport::Transport;
 use super::Shared;
+use crate::auth::{Access, Handshake, Refusal};
 use crate::protocol::block_id::{java_parse_int, java_split};
 use crate::protocol::frame::JAVA_MAX_FRAME;
 use crate::protocol::{java_error, FrameCodec, FrameError, Inbound, JavaClass, JavaError, Message, StreamChunkId};
@@ -146,7 +147,7 @@ pub(super) async fn serve_from(
 ) -> Served {
     let (peer, first) = match first {
         Some((peer, first)) => (peer, Some(first)),
-        None => (Peer::new(shared.auth.as_deref()), None),
+        None => (Peer::new(&shared.access), None),
     };
     let idle = shared.settings.idle_timeout;
     let mut conn = Connection {
@@ -268,8 +269,20 @@ impl Connection {
 
     async fn handle(&mut self, msg: Message, transport: &mut Transport) -> Result<(), ConnectionEnd> {
         if !self.peer.is_authenticated() {
-            return self.handle_unauthenticated(msg, transport).await;
+            match msg {
+                Message::RpcRequest { request_id, body } if Handshake::is_tagged(&body) => {
+                    return self.handshake(request_id, &body, transport).await
+                }
+                // Per-app mode: requests for apps without authentication are served (each is
+                // checked in dispatch).
+                msg if self.shared.access.serves_unauthenticated() => return self.serve(msg).await,
+                msg => return self.handle_unauthenticated(msg, transport).await,
+            }
         }
+        self.serve(msg).await
+    }
+
+    async fn serve(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
         match msg {
             Message::RpcRequest { request_id, body } => {
                 let reply = match dispatch::rpc(&self.shared, &mut self.streams, &self.peer, &body).await {
@@ -294,12 +307,9 @@ impl Connection {
                 return Err(ConnectionEnd::Refused(error));
             }
             Message::MergedBlockMetaRequest { request_id, app_id, .. } => {
-                let error = match self.peer.check_app(&app_id) {
+                let error = match dispatch::authorize(&self.shared, &self.peer, &app_id).await {
                     Ok(()) => dispatch::merge_unsupported(),
-                    Err(refused) => {
-                        self.shared.counters.handshake(Outcome::AppMismatch);
-                        refused
-                    }
+                    Err(refused) => refused,
                 };
                 self.outbox.message(&Message::RpcFailure { request_id, error: error.to_string() });
             }
@@ -311,7 +321,7 @@ impl Connection {
     }
 
     /// Before authentication only handshakes are served (fail closed, as Spark 4.3): every
-    /// RpcRequest is a handshake message, everything else is refused.
+    /// RpcRequest is taken as a handshake message, everything else is refused.
     async fn handle_unauthenticated(&mut self, msg: Message, transport: &mut Transport) -> Result<(), ConnectionEnd> {
         let refused = |call| handshake::unauthenticated(call).to_string();
         let reply = match msg {
@@ -356,10 +366,17 @@ impl Connection {
         body: &[u8],
         transport: &mut Transport,
     ) -> Result<(), ConnectionEnd> {
-        let Some(policy) = self.shared.auth.clone() else {
-            return Err(ConnectionEnd::Refused("a handshake without an authentication policy".into()));
+        let parsed = Handshake::decode(&mut &body[..]);
+        let policy = match (&self.shared.access, &parsed) {
+            (Access::Open, _) => {
+                return Err(ConnectionEnd::Refused("a handshake without an authentication policy".into()))
+            }
+            (Access::Shared(policy), _) => Ok(Arc::clone(policy)),
+            // Per app: waits (bounded) for an app whose pod the watch has not delivered yet.
+            (access, Ok(handshake)) => access.policy_for(handshake.app_id()).await,
+            (_, Err(_)) => Err(Refusal::UnknownApp),
         };
-        match self.peer.handshake(&policy, body) {
+        match self.peer.handshake(parsed, policy) {
             Step::Reply(body) => self.outbox.message(&Message::RpcResponse { request_id, body }),
             Step::Authenticated { reply, app_id, ciphers } => {
                 if let Some(started) = self.peer.started() {

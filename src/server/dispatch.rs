@@ -11,6 +11,7 @@ use super::handshake::{Outcome, Peer};
 use super::metrics::Latency;
 use super::streams::{BlockRef, ConnectionStreams, Stream};
 use super::Shared;
+use crate::auth::Refusal;
 use crate::protocol::{java_error, parse_open_blocks, BlockTransferMessage, JavaError, OpenBlocksPlan};
 use crate::registry::Driver;
 
@@ -48,7 +49,7 @@ pub(super) async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, peer: 
         Ok(msg) => msg,
         Err(e) => return RpcReply::Fail(e.into()),
     };
-    if let Err(refused) = check_app(shared, peer, &msg) {
+    if let Err(refused) = check_app(shared, peer, &msg).await {
         return RpcReply::Fail(refused);
     }
     match handle(shared, streams, msg).await {
@@ -58,15 +59,49 @@ pub(super) async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, peer: 
 }
 
 /// Spark's `checkAuth`, for every message that names an app; refusals are counted.
-fn check_app(shared: &Shared, peer: &Peer, msg: &BlockTransferMessage) -> Result<(), JavaError> {
-    let Some(app_id) = msg.app_id() else { return Ok(()) };
-    peer.check_app(app_id).inspect_err(|_| shared.counters.handshake(Outcome::AppMismatch))
+async fn check_app(shared: &Shared, peer: &Peer, msg: &BlockTransferMessage) -> Result<(), JavaError> {
+    match msg.app_id() {
+        Some(app_id) => authorize(shared, peer, app_id).await,
+        None => Ok(()),
+    }
+}
+
+/// Whether `peer` may act for `app_id`: the app it authenticated for; or, not authenticated,
+/// what the access rules allow (per-app mode: apps known not to use authentication, waiting a
+/// bounded time for an app whose pod is not known yet). Refusals are counted.
+pub(super) async fn authorize(shared: &Shared, peer: &Peer, app_id: &str) -> Result<(), JavaError> {
+    if peer.is_authenticated() {
+        return peer.check_app(app_id).inspect_err(|_| shared.counters.handshake(Outcome::AppMismatch));
+    }
+    shared.access.unauthenticated_may_act(app_id).await.map_err(|refusal| {
+        shared.counters.handshake(Outcome::of(&refusal));
+        refusal_error(app_id, &refusal)
+    })
+}
+
+/// What an unauthenticated client is told. For an app that uses authentication it is the text
+/// Spark's service gives a client without SASL; the others say what is wrong.
+fn refusal_error(app_id: &str, refusal: &Refusal) -> JavaError {
+    match refusal {
+        Refusal::NeedsAuthentication => java_error::illegal_state(
+            "Expected SaslMessage, received something else (maybe your client does not have SASL enabled?)",
+        ),
+        Refusal::UnknownApp => java_error::security(format_args!(
+            "Application {app_id} is not known to this shuffle service: no executor pod of it was seen."
+        )),
+        Refusal::Conflicted => java_error::security(format_args!(
+            "Application {app_id} is refused: its pods disagree on its secret or namespace."
+        )),
+        Refusal::Unsupported => java_error::security(format_args!(
+            "Application {app_id} is refused: its authentication settings are not supported (see the agent's log)."
+        )),
+    }
 }
 
 /// Handles a OneWayMessage body: same dispatch, results dropped, failures only logged.
 pub(super) async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, peer: &Peer, body: &[u8]) {
     let outcome = match BlockTransferMessage::decode(body) {
-        Ok(msg) if check_app(shared, peer, &msg).is_err() => {
+        Ok(msg) if check_app(shared, peer, &msg).await.is_err() => {
             debug!("one-way message for another app refused");
             return;
         }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::auth::{self, AuthError, Handshake, Policy, SaslServer, SaslStep, SessionCiphers};
+use crate::auth::{self, Access, AuthError, Handshake, Policy, Refusal, SaslServer, SaslStep, SessionCiphers};
 use crate::protocol::{java_error, JavaError};
 
 /// Whom a connection acts for.
@@ -51,11 +51,28 @@ pub enum Outcome {
     Unauthenticated,
     /// An authenticated connection sent a message for another app.
     AppMismatch,
+    /// The app is refused because its pods disagreed on its secret or namespace.
+    ConflictingSecret,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] =
-        [Outcome::Ok, Outcome::WrongSecret, Outcome::UnknownApp, Outcome::Unauthenticated, Outcome::AppMismatch];
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::WrongSecret,
+        Outcome::UnknownApp,
+        Outcome::Unauthenticated,
+        Outcome::AppMismatch,
+        Outcome::ConflictingSecret,
+    ];
+
+    /// How a refusal by the [`Access`] rules is counted.
+    pub fn of(refusal: &Refusal) -> Outcome {
+        match refusal {
+            Refusal::UnknownApp | Refusal::Unsupported => Outcome::UnknownApp,
+            Refusal::Conflicted => Outcome::ConflictingSecret,
+            Refusal::NeedsAuthentication => Outcome::Unauthenticated,
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -64,16 +81,17 @@ impl Outcome {
             Outcome::UnknownApp => "unknown_app",
             Outcome::Unauthenticated => "unauthenticated_request",
             Outcome::AppMismatch => "app_mismatch",
+            Outcome::ConflictingSecret => "conflicting_secret",
         }
     }
 }
 
 impl Peer {
     /// The state a new connection starts in.
-    pub(super) fn new(policy: Option<&Policy>) -> Peer {
-        match policy {
-            None => Peer::Anyone,
-            Some(_) => Peer::Handshaking { sasl: None, started: None },
+    pub(super) fn new(access: &Access) -> Peer {
+        match access.must_authenticate() {
+            false => Peer::Anyone,
+            true => Peer::Handshaking { sasl: None, started: None },
         }
     }
 
@@ -95,16 +113,24 @@ impl Peer {
         }
     }
 
-    /// Takes one RpcRequest body of a connection that is not authenticated yet.
-    pub(super) fn handshake(&mut self, policy: &Policy, body: &[u8]) -> Step {
+    /// Takes one handshake message of a connection that is not authenticated yet, decoded
+    /// (`parsed`), with the policy the app it claims is held to (`policy`, from [`Access`]).
+    pub(super) fn handshake(
+        &mut self,
+        parsed: Result<Handshake, AuthError>,
+        policy: Result<std::sync::Arc<Policy>, Refusal>,
+    ) -> Step {
         let Peer::Handshaking { sasl, started } = self else {
             return Step::Fail { error: unauthenticated("receive"), close: false, outcome: Outcome::Unauthenticated };
         };
         started.get_or_insert_with(Instant::now);
-        let parsed = Handshake::decode(&mut &body[..]);
+        let policy = match policy {
+            Ok(policy) => policy,
+            Err(refusal) => return refused(&parsed, &refusal),
+        };
         if sasl.is_none() && policy.crypto_enabled {
             match parsed {
-                Ok(Handshake::Auth(challenge)) => return auth_engine(policy, &challenge),
+                Ok(Handshake::Auth(challenge)) => return auth_engine(&policy, &challenge),
                 // AuthRpcHandler: anything else goes to SASL when allowed, or is the end.
                 _ if !policy.sasl_fallback => {
                     return Step::Fail {
@@ -116,24 +142,13 @@ impl Peer {
                 _ => {}
             }
         }
-        let message =
-            match parsed {
-                Ok(Handshake::Sasl(message)) => message,
-                // SaslMessage.decode's text, which tells the user their client has auth off.
-                _ => return Step::Fail {
-                    error: java_error::illegal_state(
-                        "Expected SaslMessage, received something else (maybe your client does not have SASL enabled?)",
-                    ),
-                    close: false,
-                    outcome: Outcome::Unauthenticated,
-                },
-            };
+        let message = match parsed {
+            Ok(Handshake::Sasl(message)) => message,
+            _ => return not_sasl(),
+        };
         if sasl.is_none() {
             let Some(secret) = policy.secret_for(&message.app_id) else {
-                return sasl_failure(
-                    AuthError::Sasl(format!("no secret for application {}", message.app_id)),
-                    Outcome::UnknownApp,
-                );
+                return no_secret(&message.app_id, Outcome::UnknownApp);
             };
             match SaslServer::new(message.app_id.clone(), secret) {
                 Ok(server) => *sasl = Some(server),
@@ -178,6 +193,34 @@ fn auth_engine(policy: &Policy, challenge: &auth::AuthMessage) -> Step {
         Err(AuthError::BadClientKey) => fail(Outcome::WrongSecret),
         Err(_) => fail(Outcome::Unauthenticated),
     }
+}
+
+/// A handshake for an app nobody may act for: as an AuthEngine failure ("Authentication
+/// failed." and the end), or as a SASL one (the connection stays open).
+fn refused(parsed: &Result<Handshake, AuthError>, refusal: &Refusal) -> Step {
+    let outcome = Outcome::of(refusal);
+    match parsed {
+        Ok(Handshake::Auth(_)) => {
+            Step::Fail { error: java_error::illegal_argument("Authentication failed."), close: true, outcome }
+        }
+        Ok(Handshake::Sasl(message)) => no_secret(&message.app_id, outcome),
+        Err(_) => not_sasl(),
+    }
+}
+
+/// SaslMessage.decode's text, which tells the user their client has auth off.
+fn not_sasl() -> Step {
+    Step::Fail {
+        error: java_error::illegal_state(
+            "Expected SaslMessage, received something else (maybe your client does not have SASL enabled?)",
+        ),
+        close: false,
+        outcome: Outcome::Unauthenticated,
+    }
+}
+
+fn no_secret(app_id: &str, outcome: Outcome) -> Step {
+    sasl_failure(AuthError::Sasl(format!("no secret for application {app_id}")), outcome)
 }
 
 /// A failed SASL step: Spark answers with the JDK's text and leaves the connection open.

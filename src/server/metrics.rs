@@ -172,6 +172,9 @@ pub struct ServerSource {
     block_bytes: IntCounter,
     errors: Vec<(ErrorKind, IntCounter)>,
     handshakes: Vec<(Outcome, IntCounter)>,
+    /// Per-app mode only: apps by access, and conflicts.
+    auth_apps: [IntGauge; 3],
+    secret_conflicts: IntCounter,
     streams_open: IntGauge,
     chunks_in_flight: IntGauge,
     pending_frame_bytes: IntGauge,
@@ -191,11 +194,24 @@ impl ServerSource {
             "spark_shuffle_agent_handshakes_total",
             "Authentication outcomes (spark.authenticate): ok, wrong_secret, unknown_app (no secret for its \
              app id), unauthenticated_request (not a handshake before authentication, or a malformed one), \
-             app_mismatch (a request for another app than the connection authenticated for).",
+             app_mismatch (a request for another app than the connection authenticated for), \
+             conflicting_secret (an app refused because its pods disagree on its secret or namespace).",
             &["outcome"],
+        );
+        let apps = s.gauge_vec(
+            "spark_shuffle_agent_auth_apps",
+            "Applications whose authentication settings were learned from their pods (agent.auth.secrets=pods), \
+             by how they are served: secret (authenticated), open (without authentication), refused.",
+            &["access"],
         );
         let source = ServerSource {
             handshakes: Outcome::ALL.iter().map(|o| (*o, handshakes.with_label_values(&[o.label()]))).collect(),
+            auth_apps: ["secret", "open", "refused"].map(|a| apps.with_label_values(&[a])),
+            secret_conflicts: s.counter(
+                "spark_shuffle_agent_app_secret_conflicts_total",
+                "Applications refused because a pod claimed a secret, namespace or driver other than the one \
+                 first learned for them (agent.auth.secrets=pods). Each is also a WARN line.",
+            ),
             connections_total: s.counter("spark_shuffle_agent_connections_total", "Shuffle connections accepted."),
             active_connections: s.gauge("spark_shuffle_agent_active_connections", "Shuffle connections open now."),
             bytes_written: s.counter(
@@ -262,6 +278,13 @@ impl Source for ServerSource {
         }
         for (outcome, counter) in &self.handshakes {
             sync(counter, c.handshakes[*outcome as usize].load(Ordering::Relaxed));
+        }
+        if let Some(keyring) = shared.access.keyring() {
+            let (secret, open, refused) = keyring.counts();
+            for (gauge, n) in self.auth_apps.iter().zip([secret, open, refused]) {
+                gauge.set(gauge_value(n as u64));
+            }
+            sync(&self.secret_conflicts, keyring.conflicts());
         }
         self.streams_open.set(gauge_value(shared.streams.len() as u64));
         self.chunks_in_flight.set(gauge_value(shared.chunks_in_flight.load(Ordering::Relaxed)));

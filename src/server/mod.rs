@@ -79,7 +79,7 @@ pub struct Counters {
     /// Failed accept(2) calls.
     pub accept_errors: AtomicU64,
     /// Handshake outcomes, indexed by [`handshake::Outcome`].
-    pub handshakes: [AtomicU64; 5],
+    pub handshakes: [AtomicU64; handshake::Outcome::ALL.len()],
 }
 
 impl Counters {
@@ -110,8 +110,8 @@ pub struct Shared {
     pub counters: Counters,
     /// The latency histograms the data path observes.
     pub latency: Latency,
-    /// With `spark.authenticate` on: the handshakes accepted and every app's secret.
-    pub auth: Option<Arc<crate::auth::Policy>>,
+    /// Who may act for which app: nobody checked, one shared secret, or each app's own.
+    pub access: crate::auth::Access,
 }
 
 impl Shared {
@@ -125,13 +125,13 @@ impl Shared {
             chunks_in_flight: AtomicU64::new(0),
             counters: Counters::default(),
             latency: Latency::new(),
-            auth: None,
+            access: crate::auth::Access::Open,
         }
     }
 
     /// Requires every connection to authenticate under `policy` (None: nobody has to).
-    pub fn with_auth(self, policy: Option<Arc<crate::auth::Policy>>) -> Shared {
-        Shared { auth: policy, ..self }
+    pub fn with_access(self, access: crate::auth::Access) -> Shared {
+        Shared { access, ..self }
     }
 }
 

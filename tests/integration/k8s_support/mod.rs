@@ -185,8 +185,12 @@ impl Node {
         let mut tasks = vec![tokio::spawn(worker.run(shutdown.clone()))];
         if let Some(path) = kubeconfig {
             let config = k8s::client_config(Some(path)).await.expect("kubeconfig").expect("a client config");
-            let targets =
-                Targets { registry: Arc::clone(&registry), lifecycle: lifecycle.clone(), health: Arc::clone(&health) };
+            let targets = Targets {
+                registry: Arc::clone(&registry),
+                lifecycle: lifecycle.clone(),
+                health: Arc::clone(&health),
+                keyring: None,
+            };
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 k8s::run(config, settings, targets, token).await.expect("k8s::run");

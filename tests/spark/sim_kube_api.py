@@ -1,0 +1,153 @@
+"""A SIMULATED Kubernetes API server for the pod list and watch the agent makes.
+
+No real kube-apiserver can run on these machines (spec/kubernetes.md §4). This serves what
+kube-rs's watcher and the agent's lookups call: `GET /api/v1/pods` (also per namespace) as a
+PodList filtered by `labelSelector` (`k=v`, `k`, comma-separated) and `fieldSelector`
+(`spec.nodeName=`, `metadata.namespace=`), and the same with `watch=true&resourceVersion=N`: the
+events after N as JSON lines, then live ones, until `timeoutSeconds`. The Rust integration tests
+have a fuller one (tests/integration/k8s_support/sim_api.rs: cut watches, 410s, failures); this
+one is for the Python tests that drive the agent binary with the real Spark client.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+def _selector(text: str | None) -> list[tuple[str, str | None]]:
+    out = []
+    for part in filter(None, (text or "").split(",")):
+        key, eq, value = part.partition("=")
+        out.append((key.rstrip("="), value.lstrip("=") if eq else None))
+    return out
+
+
+def _field(pod: dict, path: str):
+    value = pod
+    for part in path.split("."):
+        value = (value or {}).get(part)
+    return value
+
+
+class SimApi:
+    """Pods in memory; every change is an event with its own resourceVersion."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.rv = 1
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.history: list[tuple[int, str, dict]] = []
+        self.requests: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, path) -> str:
+        path.write_text(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n"
+            f"    server: {self.url}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n"
+            "    user: u\ncurrent-context: sim\nusers:\n- name: u\n  user: {}\n"
+        )
+        return str(path)
+
+    def _record(self, kind: str, pod: dict) -> None:
+        with self.cond:
+            self.rv += 1
+            pod = copy.deepcopy(pod)
+            pod.setdefault("apiVersion", "v1")
+            pod.setdefault("kind", "Pod")
+            pod["metadata"]["resourceVersion"] = str(self.rv)
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            if kind == "DELETED":
+                self.pods.pop(key, None)
+            else:
+                self.pods[key] = pod
+            self.history.append((self.rv, kind, pod))
+            self.cond.notify_all()
+
+    def apply(self, pod: dict) -> None:
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        self._record("MODIFIED" if key in self.pods else "ADDED", pod)
+
+    def delete(self, namespace: str, name: str) -> None:
+        pod = self.pods.get((namespace, name))
+        if pod is not None:
+            self._record("DELETED", pod)
+
+    def _matches(self, pod: dict, path: str, labels, fields) -> bool:
+        parts = path.strip("/").split("/")
+        if len(parts) >= 4 and parts[2] == "namespaces" and pod["metadata"]["namespace"] != parts[3]:
+            return False
+        have = pod["metadata"].get("labels") or {}
+        for key, value in labels:
+            if key not in have or (value is not None and have[key] != value):
+                return False
+        return all(_field(pod, key) == value for key, value in fields)
+
+    def _handler(self):
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt, *args):
+                pass
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                sim.requests.append(self.path)
+                if not url.path.endswith("/pods"):
+                    return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                             "reason": "NotFound", "code": 404})
+                labels, fields = _selector(q.get("labelSelector")), _selector(q.get("fieldSelector"))
+                match = lambda pod: sim._matches(pod, url.path, labels, fields)  # noqa: E731
+                if q.get("watch") != "true":
+                    with sim.cond:
+                        items = [p for p in sim.pods.values() if match(p)]
+                        rv = sim.rv
+                    return self._reply(200, {"kind": "PodList", "apiVersion": "v1",
+                                             "metadata": {"resourceVersion": str(rv)}, "items": items})
+                self._watch(int(q.get("resourceVersion") or 0), float(q.get("timeoutSeconds") or 60), match)
+
+            def _reply(self, code: int, obj: dict) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _watch(self, since: int, timeout: float, match) -> None:
+                # HTTP/1.0 without a length: the body is the events until the connection closes.
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                deadline = time.monotonic() + min(timeout, 60)
+                sent = since
+                try:
+                    while time.monotonic() < deadline:
+                        with sim.cond:
+                            sim.cond.wait_for(lambda: sim.rv > sent, timeout=max(0.0, deadline - time.monotonic()))
+                            events = [e for e in sim.history if e[0] > sent]
+                        for rv, kind, pod in events:
+                            sent = rv
+                            if match(pod):
+                                line = json.dumps({"type": kind, "object": pod}) + "\n"
+                                self.wfile.write(line.encode())
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler

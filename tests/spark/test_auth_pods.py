@@ -1,0 +1,274 @@
+"""Per-application secrets from pods (agent.auth.secrets=pods), with Spark's own client against the agent and a
+SIMULATED Kubernetes API server (sim_kube_api.py; no real API server can run here).
+
+Each app gets its own secret and its own crypto settings, as Spark on Kubernetes gives them: the executor pods
+carry `_SPARK_AUTH_SECRET` and `SPARK_JAVA_OPT_*` entries, and their controller owner is the driver pod. One
+executor pod is the one real Spark 4.3 builds for spark.authenticate=true (tests/deploy/spark_pod_probe.py), so
+the env layout the agent reads is Spark's own, not ours. The JVM service has no per-app secrets (it knows one
+shared secret), so these tests run against the agent only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from client_driver import server_text
+from servers import agent_metrics_url, find_agent_bin, restart_agent, scrape_metrics, start_agent, wait_until
+from shuffle_layout import crc32, make_executor_dirs
+from sim_kube_api import SimApi
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = "node-a"
+NS = "jobs"
+_apps = itertools.count(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def agent_only(server_kind):
+    if server_kind != "agent":
+        pytest.skip("per-app secrets are the agent's; Spark's JVM service has one shared secret")
+
+
+@pytest.fixture(scope="module")
+def spark_built_pod(tmp_path_factory) -> dict:
+    """The executor pod real Spark 4.3 creates for an app with spark.authenticate and crypto on."""
+    work = tmp_path_factory.mktemp("probe")
+    settings = {"spark.authenticate": "true", "spark.network.crypto.enabled": "true",
+                "spark.kubernetes.namespace": NS, "spark.executor.instances": "1",
+                "spark.kubernetes.container.image": "spark:4.3.0", "spark.shuffle.service.enabled": "true"}
+    (work / "in.json").write_text(json.dumps(settings))
+    probe = REPO / "tests" / "deploy" / "spark_pod_probe.py"
+    subprocess.run([sys.executable, str(probe), str(work / "in.json"), str(work / "out.json")], check=True,
+                   timeout=300, capture_output=True)
+    pod, = json.loads((work / "out.json").read_text())  # the first executor pod Spark created
+    return pod
+
+
+@pytest.fixture(scope="module")
+def cluster(server_base, tmp_path_factory):
+    """The simulated API server and an agent watching it for node-a, in per-app mode."""
+    sim = SimApi()
+    work = tmp_path_factory.mktemp("auth-pods")
+    conf = work / "agent.conf"
+    # A generous wait: the test that delivers the pod after the first handshake must not race it.
+    conf.write_text("agent.auth.secrets pods\nagent.auth.pods.wait 20s\n")
+    args = ["--config", str(conf), "--kubeconfig", sim.kubeconfig(work / "kubeconfig"), "--node-name", NODE]
+    agent = start_agent(find_agent_bin(REPO), work, [str(server_base / "root")], extra_args=args,
+                        port=_free_port())
+    wait_until(lambda: "pods listed" in agent.log_text(), 30, what="the agent's first pod list")
+    box = {"agent": agent, "sim": sim}
+    yield box
+    box["agent"].stop()
+    sim.close()
+
+
+def _free_port() -> int:
+    from servers import free_port
+    return free_port()
+
+
+def new_app() -> str:
+    return f"spark-{os.getpid():x}{next(_apps):04d}"
+
+
+def driver_pod(app: str, uid: str, phase: str = "Running") -> dict:
+    return {"metadata": {"name": f"{app}-driver", "namespace": NS, "uid": uid,
+                         "labels": {"spark-role": "driver", "spark-app-selector": app}},
+            "spec": {"nodeName": "node-z", "containers": [{"name": "spark-kubernetes-driver"}]},
+            "status": {"phase": phase}}
+
+
+def executor_pod(app: str, name: str, owner_uid: str, secret: str | None, crypto: bool, node: str = NODE) -> dict:
+    env = [{"name": "SPARK_APPLICATION_ID", "value": app}]
+    opts = ["-Dspark.driver.port=7078"]
+    if secret is not None:
+        env.append({"name": "_SPARK_AUTH_SECRET", "value": secret})
+        opts += ["-Dspark.authenticate=true", f"-Dspark.network.crypto.enabled={str(crypto).lower()}"]
+    env += [{"name": f"SPARK_JAVA_OPT_{i}", "value": o} for i, o in enumerate(opts)]
+    return {"metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
+                         "labels": {"spark-role": "executor", "spark-app-selector": app, "spark-exec-id": "1"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": f"{app}-driver",
+                                              "uid": owner_uid, "controller": True}]},
+            "spec": {"nodeName": node, "containers": [{"name": "spark-kubernetes-executor", "env": env}]},
+            "status": {"phase": "Running"}}
+
+
+def secret_for(app: str) -> str:
+    return (app.encode().hex() * 4)[:64]
+
+
+def run_app(java_driver, agent, app, test_dir, secret, crypto, tag="e"):
+    """Registers an executor of `app` and fetches one block; returns the driver result."""
+    ex = make_executor_dirs(str(test_dir / f"{app}-{tag}"), 1, 4)
+    mo = ex.write_map_output(0, 0, [5000])
+    steps = [["register", "--exec", "0", "--dir", ex.local_dirs[0], "--subdirs", str(ex.subdirs)],
+             ["fetch", "--exec", "0", "--id", "shuffle_0_0_0"]]
+    conf = {"spark.network.crypto.enabled": str(crypto).lower()}
+    r = java_driver.run(steps, port=agent.port, app=app, secret=secret, conf=conf)
+    r.expected_crc = crc32(mo.block(0))
+    return r
+
+
+def served(r) -> bool:
+    if not r.one(0)["ok"]:
+        return False
+    rec = r.blocks(1)["shuffle_0_0_0"]
+    return rec["ok"] and rec["crc32"] == r.expected_crc
+
+
+def outcome(agent, name: str) -> float:
+    return scrape_metrics(agent_metrics_url(agent)).get(f'spark_shuffle_agent_handshakes_total{{outcome="{name}"}}', 0)
+
+
+def learn(cluster, app, secret, crypto, driver_uid=None):
+    driver_uid = driver_uid or f"uid-{app}-driver"
+    cluster["sim"].apply(driver_pod(app, driver_uid))
+    cluster["sim"].apply(executor_pod(app, f"{app}-exec-1", driver_uid, secret, crypto))
+    return driver_uid
+
+
+def test_each_app_is_served_with_its_own_secret_and_crypto_setting(java_driver, cluster, test_dir):
+    agent = cluster["agent"]
+    sasl_app, crypto_app = new_app(), new_app()
+    learn(cluster, sasl_app, secret_for(sasl_app), crypto=False)
+    learn(cluster, crypto_app, secret_for(crypto_app), crypto=True)
+    for app, crypto in [(sasl_app, False), (crypto_app, True)]:
+        r = run_app(java_driver, agent, app, test_dir, secret_for(app), crypto)
+        assert served(r), f"{app}: {r.debug()}\n{agent.log_tail()}"
+    # One app's secret is not another's.
+    r = run_app(java_driver, agent, sasl_app, test_dir, secret_for(crypto_app), False, tag="x")
+    assert not r.one(0)["ok"], r.debug()
+
+
+def test_the_secret_spark_put_in_the_pod_it_built_authenticates_sparks_client(java_driver, cluster, test_dir,
+                                                                              spark_built_pod):
+    pod = json.loads(json.dumps(spark_built_pod))
+    app = pod["metadata"]["labels"]["spark-app-selector"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["SPARK_APPLICATION_ID"] == app and "-Dspark.authenticate=true" in env.values(), env.keys()
+    # What the cluster adds to Spark's pod: its namespace, node and uid, and the driver pod as its owner (Spark
+    # sets it in cluster mode from spark.kubernetes.driver.pod.name; the probe runs the driver in client mode).
+    pod["metadata"].update(namespace=NS, uid="uid-real-exec")
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "drv",
+                                           "uid": "uid-real-driver", "controller": True}]
+    pod["spec"]["nodeName"] = NODE
+    pod["status"] = {"phase": "Running"}
+    cluster["sim"].apply(driver_pod(app, "uid-real-driver"))
+    cluster["sim"].apply(pod)
+    r = run_app(java_driver, cluster["agent"], app, test_dir, env["_SPARK_AUTH_SECRET"], crypto=True)
+    assert served(r), f"{r.debug()}\n{cluster['agent'].log_tail()}"
+
+
+def test_a_pod_whose_owner_is_not_its_apps_driver_gives_no_secret(java_driver, cluster, test_dir):
+    agent = cluster["agent"]
+    app, other = new_app(), new_app()
+    cluster["sim"].apply(driver_pod(other, "uid-other-driver"))
+    # Owned by another app's driver pod, and by a uid that is no driver pod at all.
+    cluster["sim"].apply(executor_pod(app, f"{app}-exec-1", "uid-other-driver", secret_for(app), True))
+    cluster["sim"].apply(executor_pod(app, f"{app}-exec-2", "uid-nobody", secret_for(app), True))
+    wait_until(lambda: "another app or namespace" in agent.log_text(), 30, what="the owner check")
+    before = outcome(agent, "unknown_app")
+    r = run_app(java_driver, agent, app, test_dir, secret_for(app), crypto=False)
+    assert not r.one(0)["ok"], r.debug()
+    assert outcome(agent, "unknown_app") > before
+
+
+def test_conflicting_secrets_refuse_the_app_until_its_driver_ends(java_driver, cluster, test_dir):
+    agent, sim = cluster["agent"], cluster["sim"]
+    app = new_app()
+    uid = learn(cluster, app, secret_for(app), crypto=False)
+    sim.apply(executor_pod(app, f"{app}-exec-2", uid, "a-different-secret", False))
+    wait_until(lambda: "pods disagree" in agent.log_text(), 30, what="the conflict WARN")
+    before = outcome(agent, "conflicting_secret")
+    for secret in (secret_for(app), "a-different-secret"):
+        r = run_app(java_driver, agent, app, test_dir, secret, crypto=False, tag=secret[:4])
+        assert not r.one(0)["ok"], r.debug()
+    assert outcome(agent, "conflicting_secret") >= before + 2
+    metrics = scrape_metrics(agent_metrics_url(agent))
+    assert metrics["spark_shuffle_agent_app_secret_conflicts_total"] >= 1
+    # The first driver ends; a new app under the same id (a resubmission) starts afresh.
+    sim.apply(driver_pod(app, uid, phase="Succeeded"))
+    learn(cluster, app, secret_for(app) + "-2", crypto=False, driver_uid=uid + "-2")
+    r = run_app(java_driver, agent, app, test_dir, secret_for(app) + "-2", crypto=False, tag="new")
+    assert served(r), f"{r.debug()}\n{agent.log_tail()}"
+
+
+def test_a_handshake_before_the_pod_event_waits_for_it(java_driver, cluster, test_dir):
+    app = new_app()
+    result = {}
+    client = threading.Thread(target=lambda: result.update(
+        r=run_app(java_driver, cluster["agent"], app, test_dir, secret_for(app), crypto=True)))
+    client.start()
+    # The pods appear only after the client's first handshake reached the agent.
+    wait_until(lambda: _handshake_waiting(cluster["agent"]), 60, what="a connection waiting for its app's pods")
+    learn(cluster, app, secret_for(app), crypto=True)
+    client.join(120)
+    assert served(result["r"]), f"{result['r'].debug()}\n{cluster['agent'].log_tail()}"
+
+
+def _handshake_waiting(agent) -> bool:
+    return scrape_metrics(agent_metrics_url(agent)).get("spark_shuffle_agent_active_connections", 0) >= 1
+
+
+def test_an_app_whose_driver_ended_is_refused(java_driver, cluster, test_dir):
+    agent, sim = cluster["agent"], cluster["sim"]
+    app = new_app()
+    learn(cluster, app, secret_for(app), crypto=False)
+    assert served(run_app(java_driver, agent, app, test_dir, secret_for(app), crypto=False))
+    dropped = agent.log_text().count("secret is dropped")
+    sim.delete(NS, f"{app}-driver")
+    wait_until(lambda: agent.log_text().count("secret is dropped") > dropped, 30, what="the secret dropped")
+    r = run_app(java_driver, agent, app, test_dir, secret_for(app), crypto=False, tag="after")
+    assert not r.one(0)["ok"], r.debug()
+
+
+def test_an_app_without_authentication_is_served_unauthenticated_and_only_it(java_driver, cluster, test_dir):
+    agent = cluster["agent"]
+    open_app, auth_app = new_app(), new_app()
+    learn(cluster, open_app, None, crypto=False)
+    learn(cluster, auth_app, secret_for(auth_app), crypto=False)
+    assert served(run_app(java_driver, agent, open_app, test_dir, None, crypto=False))
+    r = run_app(java_driver, agent, auth_app, test_dir, None, crypto=False)
+    assert not r.one(0)["ok"], r.debug()
+    assert server_text(r.one(0)).startswith("java.lang.IllegalStateException: Expected SaslMessage"), r.debug()
+
+
+def test_after_a_kill_9_an_app_with_no_executor_left_on_this_node_is_served(java_driver, cluster, test_dir):
+    """Its secret is looked up from an executor pod of the app on another node (the fetcher is one)."""
+    agent, sim = cluster["agent"], cluster["sim"]
+    app = new_app()
+    uid = learn(cluster, app, secret_for(app), crypto=True)
+    r = run_app(java_driver, agent, app, test_dir, secret_for(app), crypto=True)
+    assert served(r), r.debug()
+    sim.delete(NS, f"{app}-exec-1")
+    sim.apply(executor_pod(app, f"{app}-exec-9", uid, secret_for(app), True, node="node-b"))
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(30)
+    cluster["agent"] = agent = restart_agent(agent)
+    wait_until(lambda: agent.log_text().count("pods listed") >= 4, 60, what="the restarted agent's lists")
+    # Fetch what the first run registered (recovered from the journal), as a reducer on node-b would.
+    r2 = java_driver.run([["fetch", "--exec", "0", "--id", "shuffle_0_0_0"]], port=agent.port, app=app,
+                         secret=secret_for(app), conf={"spark.network.crypto.enabled": "true"})
+    rec = r2.blocks(0)["shuffle_0_0_0"]
+    assert rec["ok"] and rec["crc32"] == r.expected_crc, f"{r2.debug()}\n{agent.log_tail()}"
+
+
+def test_no_secret_is_in_the_agents_log_metrics_or_status(cluster):
+    import urllib.request
+
+    agent = cluster["agent"]
+    url = agent_metrics_url(agent)
+    pages = {p: urllib.request.urlopen(url + p, timeout=10).read().decode() for p in ("/metrics", "/status")}
+    secrets = [secret_for(f"spark-{os.getpid():x}{i:04d}") for i in range(1, next(_apps))]
+    for where, text in [("log", agent.log_text()), *pages.items()]:
+        for s in secrets:
+            assert s not in text and s[:16] not in text, f"a secret appears in the agent's {where}"
