@@ -3,6 +3,7 @@
 //! roots), the durable journal every registration goes through before it is acknowledged, and
 //! the lookups the data path makes. It does no socket I/O.
 
+mod dir_owners;
 mod journal;
 pub mod metrics;
 mod roots;
@@ -64,6 +65,10 @@ pub enum RegistryError {
     /// A local dir resolves outside every configured root.
     #[error("localDirs entry is not under any of the service's local directories: {0}")]
     OutsideRoots(String),
+    /// A local dir is, contains or lies inside a dir another app registered (the other app is
+    /// not named to the client). Spark 4.3's LocalDirValidator text for app-scoped dirs.
+    #[error("localDirs entry is not within application {app_id}'s directory: {entry}")]
+    OtherAppsDir { app_id: String, entry: String },
     /// subDirsPerLocalDir was zero or negative.
     #[error("subDirsPerLocalDir must be positive, got {0}")]
     BadSubDirs(i32),
@@ -107,6 +112,8 @@ pub struct Registry {
     drivers: RwLock<HashMap<String, Driver>>,
     /// Removed apps whose dirs are still to be deleted (persisted, so a crash resumes them).
     cleanups: Mutex<HashMap<String, Vec<PathBuf>>>,
+    /// Which app each registered dir belongs to: no app registers another's.
+    dir_owners: Mutex<dir_owners::DirOwners>,
     /// None: registrations live in memory only (tests, and `--state-dir` unusable is refused).
     journal: Option<Journal>,
 }
@@ -119,6 +126,7 @@ impl Registry {
             apps: RwLock::default(),
             drivers: RwLock::default(),
             cleanups: Mutex::default(),
+            dir_owners: Mutex::default(),
             journal: None,
         }
     }
@@ -138,7 +146,7 @@ impl Registry {
         for (app_id, exec_id, info) in recovered.executors {
             // Re-checked against today's roots: a registration the agent would now refuse is
             // not served just because it was accepted under another configuration.
-            match registry.validate(&app_id, &exec_id, info) {
+            match registry.validate(&app_id, &exec_id, info).and_then(|e| registry.claim_dirs(e).map(|(e, _)| e)) {
                 Ok(executor) => {
                     registry.insert(executor);
                     report.executors += 1;
@@ -174,10 +182,30 @@ impl Registry {
         info: ExecutorShuffleInfo,
     ) -> Result<Arc<Executor>, RegistryError> {
         let executor = self.validate(app_id, exec_id, info)?;
+        let (executor, claimed) = self.claim_dirs(executor)?;
         let record =
             Record::Executor { app_id: app_id.to_string(), exec_id: exec_id.to_string(), info: executor.info.clone() };
-        self.persist(record).await?;
+        if let Err(e) = self.persist(record).await {
+            lock(&self.dir_owners).release(&claimed);
+            return Err(e);
+        }
         Ok(self.insert(executor))
+    }
+
+    /// Records the executor's dirs as its app's, unless one overlaps another app's. Returns the
+    /// dirs newly recorded.
+    fn claim_dirs(&self, executor: Executor) -> Result<(Executor, Vec<PathBuf>), RegistryError> {
+        let mut owners = lock(&self.dir_owners);
+        let dirs = executor.dirs.canonical_dirs();
+        if let Some((dir, owner)) = owners.conflict(&executor.app_id, dirs) {
+            let i = dirs.iter().position(|d| d == dir).unwrap_or(0);
+            let entry = executor.info.local_dirs.get(i).cloned().unwrap_or_default();
+            warn!(app = %executor.app_id, exec = %executor.exec_id, dir = %dir.display(), owner = %owner, "registration refused: its local dir overlaps another application's");
+            return Err(RegistryError::OtherAppsDir { app_id: executor.app_id.clone(), entry });
+        }
+        let claimed = owners.claim(&executor.app_id, dirs);
+        drop(owners);
+        Ok((executor, claimed))
     }
 
     /// Persists, then stores a driver registration.
@@ -270,6 +298,7 @@ impl Registry {
         self.persist(Record::AppRemoved { app_id: app_id.to_string(), dirs: dirs.clone() }).await?;
         write(&self.apps).remove(app_id);
         write(&self.drivers).remove(app_id);
+        lock(&self.dir_owners).release_app(app_id);
         if !dirs.is_empty() {
             // Merged, not replaced, exactly as the journal replays two removals of one app.
             let mut cleanups = lock(&self.cleanups);

@@ -89,7 +89,8 @@ async fn a_removed_application_loses_its_registrations_and_dirs_and_stays_remove
     assert!(lifecycle.application_removed("app-2").await);
     assert!(registry.executor("app-2", "1").is_none());
     wait_until("the app's dirs are deleted", || !d1.exists() && !d2.exists()).await;
-    assert!(!n.root.join("spark-app-2").exists(), "the emptied spark-<app> dir goes too");
+    // After its last executor dir, in the same cleanup: waited for, not raced (it failed 1 in 3).
+    wait_until("the emptied spark-<app> dir goes too", || !n.root.join("spark-app-2").exists()).await;
     wait_until("the cleanup is recorded", || registry.pending_cleanups().is_empty()).await;
     assert!(other.join("0c/shuffle_0_0_0.data").exists(), "another app is untouched");
     stop.cancel();
@@ -180,4 +181,30 @@ async fn wait_for_reopen(n: &Node) -> Arc<Registry> {
             Err(e) => panic!("reopen: {e}"),
         }
     }
+}
+
+/// RegisterExecutor's dirs are the client's choice, so an app could name another app's dirs
+/// and fetch its files under its own (authenticated) id. The first app to register a dir owns
+/// it, the dirs above and below it included, until it is removed; across restarts too.
+#[tokio::test]
+async fn an_app_cannot_register_another_apps_dirs_until_that_app_is_removed() {
+    let n = node();
+    let registry = open(&n);
+    let dir = executor_dir(&n.root, "victim", "1");
+    registry.register_executor("victim", "1", info(&dir)).await.unwrap();
+    let inside = dir.join("0c");
+    for (what, d) in [("the same dir", dir.clone()), ("a dir above", n.root.clone()), ("a dir inside", inside)] {
+        let err = registry.register_executor("thief", "1", info(&d)).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("localDirs entry is not within application thief's directory: {}", d.display()),
+            "{what}"
+        );
+    }
+    registry.register_executor("victim", "2", info(&dir)).await.expect("its own app may share it");
+    drop(registry);
+    let registry = wait_for_reopen(&n).await;
+    assert!(registry.register_executor("thief", "1", info(&dir)).await.is_err(), "owned after a restart too");
+    registry.remove_app("victim").await.unwrap();
+    registry.register_executor("thief", "1", info(&dir)).await.expect("free once its app is removed");
 }
