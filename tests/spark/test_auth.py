@@ -12,26 +12,15 @@ texts; an authenticated app cannot act for another app (checkAuth's SecurityExce
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
 from client_driver import server_text
-from servers import agent_metrics_url, find_agent_bin, start_agent, start_jvm_ess
+from servers import agent_metrics_url
 from shuffle_layout import crc32, make_executor_dirs, sha256
+from spark_auth import MODES, SECRET, client_conf, start_auth_server
 
-REPO = Path(__file__).resolve().parents[2]
-SECRET = "4f1c0a7d9e2b6c3a8d5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
-MODES = {"sasl": "false", "crypto": "true"}
 _apps = itertools.count(1)
-
-
-def auth_conf(mode: str) -> dict[str, str]:
-    return {
-        "spark.authenticate": "true",
-        "spark.authenticate.secret": SECRET,
-        "spark.network.crypto.enabled": MODES[mode],
-    }
 
 
 @pytest.fixture(scope="module", params=sorted(MODES))
@@ -39,15 +28,7 @@ def auth_server(request, server_kind, server_base, spark_paths, tmp_path_factory
     """A server of `server_kind` with authentication on, in SASL or AuthEngine mode."""
     mode = request.param
     work = tmp_path_factory.mktemp(f"auth-{server_kind}-{mode}")
-    root = str(server_base / "root")
-    conf = auth_conf(mode)
-    if server_kind == "jvm":
-        h = start_jvm_ess(spark_paths.pyspark, work, root, extra_conf=conf)
-    else:
-        path = work / "agent.conf"
-        path.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
-        h = start_agent(find_agent_bin(REPO), work, [root], extra_args=["--config", str(path)])
-    h.auth_mode = mode
+    h = start_auth_server(server_kind, mode, work, str(server_base / "root"), spark_paths.pyspark)
     yield h
     h.stop()
 
@@ -57,11 +38,6 @@ def auth_ess(auth_server):
     assert auth_server.alive(), auth_server.log_tail()
     yield auth_server
     assert auth_server.alive(), f"server died during the test:\n{auth_server.log_tail()}"
-
-
-def client_conf(server) -> dict[str, str]:
-    """What an executor of the same app has: the server's crypto setting (it is not negotiated)."""
-    return {"spark.network.crypto.enabled": MODES[server.auth_mode]}
 
 
 def register(exec_id, ex):
