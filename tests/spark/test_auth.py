@@ -18,7 +18,9 @@ import pytest
 from client_driver import server_text
 from servers import agent_metrics_url
 from shuffle_layout import crc32, make_executor_dirs, sha256
-from spark_auth import MODES, SECRET, client_conf, start_auth_server
+from spark_auth import MODES, SECRET, auth_conf, client_conf, start_auth_server
+from spark_cluster import SparkCluster
+from test_spark_jobs import EXPECTED, N, check_registrations, check_reread, shuffled_rdd
 
 _apps = itertools.count(1)
 
@@ -125,6 +127,40 @@ def test_an_authenticated_app_cannot_reach_another_apps_blocks(java_driver, auth
     assert rec["ok"] or "not registered" in server_text(rec), rec
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A real job: a local-cluster application with spark.authenticate=true (its executors get the secret from the
+# Worker, as on a standalone cluster), through the kill-and-replace-executors flow. It shares the session's
+# driver JVM with every other job test, which is safe because that JVM is launched with no app's conf
+# (spark_cluster.launch_gateway).
+
+
+@pytest.mark.spark_job
+def test_a_job_with_authentication_survives_executor_replacement(spark_env, auth_ess, jobs_local_dir, request):
+    conf = {
+        **auth_conf(auth_ess.auth_mode),
+        # Every block of the dead executors comes through the server, so the reads are authenticated.
+        "spark.shuffle.readHostLocalDisk": "false",
+    }
+    with SparkCluster(auth_ess, jobs_local_dir, request.node.name, conf) as cl:
+        rdd, acc = shuffled_rdd(cl)
+        cl.sc.setJobGroup("phase1", "write the shuffle and read it")
+        assert dict(rdd.collect()) == EXPECTED
+        old, new = cl.replace_all_executors()
+        assert sorted(old) == cl.initial_executors
+        cl.sc.setJobGroup("phase2", "read the shuffle again from new executors")
+        assert dict(rdd.collect()) == EXPECTED
+        m = check_reread(cl, "phase2", acc, N)
+        assert m["remote_blocks"] > 0, m
+        # The executors authenticated through the server: their first RPCs are SaslMessages (0xEA) or, with crypto,
+        # AuthMessages (0xFB), as the wiretap decodes them. After an AuthEngine handshake the bytes are ciphertext,
+        # so only in SASL mode does the tap see the registrations and the server's replies.
+        tag = {"sasl": "type234", "crypto": "type251"}[auth_ess.auth_mode]
+        assert cl.tap.rpcs(tag), cl.tap.summary()
+        if auth_ess.auth_mode == "sasl":
+            check_registrations(cl, old + new)
+            assert not cl.tap.failures(), cl.tap.failures()
+
+
 def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
     """Runs after the tests above in this module (their handshakes, failures and jobs are in the log)."""
     if auth_ess.kind != "agent":
@@ -137,3 +173,4 @@ def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
     for where, text in [("log", auth_ess.log_text()), *pages.items()]:
         assert SECRET not in text, f"the secret appears in the agent's {where}"
         assert SECRET[:16] not in text, f"part of the secret appears in the agent's {where}"
+
