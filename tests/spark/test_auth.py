@@ -12,6 +12,7 @@ texts; an authenticated app cannot act for another app (checkAuth's SecurityExce
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -151,14 +152,35 @@ def test_a_job_with_authentication_survives_executor_replacement(spark_env, auth
         assert dict(rdd.collect()) == EXPECTED
         m = check_reread(cl, "phase2", acc, N)
         assert m["remote_blocks"] > 0, m
-        # The executors authenticated through the server: their first RPCs are SaslMessages (0xEA) or, with crypto,
-        # AuthMessages (0xFB), as the wiretap decodes them. After an AuthEngine handshake the bytes are ciphertext,
-        # so only in SASL mode does the tap see the registrations and the server's replies.
-        tag = {"sasl": "type234", "crypto": "type251"}[auth_ess.auth_mode]
-        assert cl.tap.rpcs(tag), cl.tap.summary()
-        if auth_ess.auth_mode == "sasl":
+        check_handshakes_on_the_wire(cl, auth_ess.auth_mode)
+        if auth_ess.auth_mode == "sasl":  # after an AuthEngine handshake the tap sees only ciphertext
             check_registrations(cl, old + new)
             assert not cl.tap.failures(), cl.tap.failures()
+
+
+def check_handshakes_on_the_wire(cl: SparkCluster, mode: str):
+    """What this Spark line's AuthClientBootstrap sent on every connection to the server, against spec section 6:
+    SASL (6.1): two SaslMessages for the app, the first with an empty token, then no more; AuthEngine (6.2): one
+    AuthMessage for the app with a 16-byte salt and a 60-byte ciphertext (12 IV + 32 key + 16 tag), after which
+    the tap can decode nothing (the session cipher), and no SASL fallback."""
+    by_conn: dict[int, list[dict]] = {}
+    for r in cl.tap.rpcs():
+        by_conn.setdefault(r["conn"], []).append(r)
+    assert by_conn, cl.tap.summary()
+    line = os.environ.get("SPARK_LINE")
+    assert line is None or cl.jsc.version() == line, f"SPARK_LINE={line}, driver JVM {cl.jsc.version()}"
+    for conn, rpcs in by_conn.items():
+        msgs = [r["msg"] for r in rpcs]
+        first = rpcs[0]
+        assert first.get("app") == cl.app_id, (conn, first)
+        if mode == "sasl":
+            assert msgs[:2] == ["SaslMessage", "SaslMessage"] and "SaslMessage" not in msgs[2:], (conn, msgs)
+            assert first["token_len"] == 0 and rpcs[1]["token_len"] > 0 and rpcs[1]["app"] == cl.app_id, (conn, rpcs)
+        else:
+            assert msgs == ["AuthMessage"], (conn, msgs)
+            assert (first["salt_len"], first["ciphertext_len"]) == (16, 60), (conn, first)
+    print(f"\n[{mode}] Spark {cl.jsc.version()}: {len(by_conn)} connections to the server, each began with "
+          f"{'two SaslMessages (empty first token)' if mode == 'sasl' else 'one AuthMessage (16-byte salt, 60-byte ciphertext)'}")
 
 
 def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
