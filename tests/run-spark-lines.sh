@@ -9,8 +9,9 @@
 # tests/spark/conftest.py stops the session unless that process really imports that pyspark. Each
 # wheel is installed with `pip install --target` into .spark-lines/ (git-ignored), so .venv keeps 4.3.
 # What runs per line, and why that subset: test_layout.py and test_client_protocol.py (every message
-# the real client sends; ~1.5 min) and test_spark_jobs.py (the six jobs that lose every executor and
-# re-read; ~5 min). test_restart.py and test_hostile.py are left to the 4.3 run: they exercise the
+# the real client sends; ~1.5 min), test_auth.py (that line's AuthClientBootstrap: SASL and the
+# AuthEngine, right and wrong secrets, and an authenticated job that loses its executors) and
+# test_spark_jobs.py (the six jobs that lose every executor and re-read; ~5 min). test_restart.py and test_hostile.py are left to the 4.3 run: they exercise the
 # agent being killed and malformed frames our own code sends, which the client line does not change.
 # The > 2 GiB block test is skipped here (SKIP_HUGE_BLOCK=1): it downloads 2 GiB per line for a
 # StreamRequest path the client tests already cover. Expects tests/run-all.sh to have run (the venv,
@@ -32,6 +33,6 @@ for line in $SPARK_LINES; do
     PYTHONPATH="$PWD/$dir" SPARK_LINE="$line" SKIP_HUGE_BLOCK=1 \
         AGENT_BIN="${AGENT_BIN:-$PWD/target/release/spark-shuffle-agent}" SHUFFLE_SERVER="${SHUFFLE_SERVER:-agent}" \
         .venv/bin/python -m pytest tests/spark/test_layout.py tests/spark/test_client_protocol.py \
-        tests/spark/test_spark_jobs.py -q -p no:cacheprovider "$@" || rc=1
+        tests/spark/test_auth.py tests/spark/test_spark_jobs.py -q -p no:cacheprovider "$@" || rc=1
 done
 exit $rc

@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 from client_driver import JavaDriver, compile_driver  # noqa: E402
 from servers import find_agent_bin, start_agent, start_jvm_ess  # noqa: E402
 from shuffle_layout import ExecutorDirs, make_executor_dirs  # noqa: E402
+from spark_cluster import launch_gateway, prepare_spark_home, set_spark_env  # noqa: E402
 
 REPO = HERE.parent.parent
 KINDS = ("agent", "jvm")
@@ -266,3 +267,25 @@ class ShuffleClient:
 @pytest.fixture
 def shuffle_client(java_driver, ess, app_id) -> ShuffleClient:
     return ShuffleClient(java_driver, ess, app_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pyspark jobs (SparkCluster): test_spark_jobs.py, test_restart.py, test_auth.py
+
+
+@pytest.fixture(scope="session")
+def spark_env(spark_paths, tmp_path_factory):
+    """SPARK_HOME and friends for the driver JVM, which is started here, once, with no app's conf
+    (spark_cluster.launch_gateway says why)."""
+    home, conf = prepare_spark_home(spark_paths.pyspark, tmp_path_factory.mktemp("spark-env"))
+    set_spark_env(home, conf)
+    launch_gateway()
+    return home
+
+
+@pytest.fixture(scope="session")
+def jobs_local_dir(server_base) -> Path:
+    """spark.local.dir of every job: one per session (the driver JVM caches its local root dirs)."""
+    d = server_base / "root" / "spark-jobs"
+    d.mkdir(exist_ok=True)
+    return d

@@ -14,6 +14,8 @@ Facts this relies on (checked in Spark 4.3.0, see README.md):
     Utils.getOrCreateLocalRootDirs caches the root dirs for the life of the driver JVM (the py4j gateway,
     shared by all tests of a pytest process), so all job tests use ONE spark.local.dir.
   * local-cluster mode defaults spark.shuffle.readHostLocalDisk to false (SparkContext.createTaskScheduler).
+  * The driver JVM is launched once per process, without any app's conf (launch_gateway), so no app's conf
+    becomes a default of the next app.
 Every wait is a bounded poll on a condition.
 """
 
@@ -71,6 +73,37 @@ def set_spark_env(home: Path, conf: Path) -> None:
     os.environ.pop("SPARK_LOCAL_DIRS", None)
 
 
+# The spark.* JVM system properties of this process's py4j gateway right after launch_gateway() started it.
+_GATEWAY_PROPS: dict[str, str] | None = None
+
+
+def gateway_spark_props() -> dict[str, str]:
+    from pyspark import SparkContext
+
+    p = SparkContext._jvm.java.lang.System.getProperties()
+    return {str(k): str(p.getProperty(k)) for k in p.stringPropertyNames() if str(k).startswith("spark.")}
+
+
+def launch_gateway() -> None:
+    """Start this process's py4j gateway JVM (the driver JVM of every SparkCluster) with no application conf.
+
+    pyspark launches the gateway with the conf of the FIRST SparkContext of the process (`spark-submit --conf
+    k=v ... pyspark-shell`); SparkSubmit makes each of those keys a JVM system property for the life of the
+    process, and every later SparkConf() loads them as defaults. Left to the first test's app, its keys
+    (spark.authenticate, its secret, spark.network.crypto.enabled, readHostLocalDisk, ...) silently became
+    settings of every later app of the session: after an authenticated app, the executors of every later job
+    authenticated to a server without authentication ("Unknown message type: 234") and never came up.
+    Must run after set_spark_env() and before any SparkContext."""
+    global _GATEWAY_PROPS
+    from pyspark import SparkContext
+
+    if _GATEWAY_PROPS is not None:
+        return
+    assert SparkContext._gateway is None, "a SparkContext started the gateway before launch_gateway()"
+    SparkContext._ensure_initialized()
+    _GATEWAY_PROPS = gateway_spark_props()
+
+
 class SparkCluster:
     """One SparkContext in local-cluster mode, its shuffle-service traffic relayed through a WireTap."""
 
@@ -110,6 +143,10 @@ class SparkCluster:
         )
         for k, v in (conf or {}).items():
             c.set(k, str(v))
+        assert _GATEWAY_PROPS is not None, "launch_gateway() must start the driver JVM first"
+        assert gateway_spark_props() == _GATEWAY_PROPS, (
+            f"the driver JVM's spark.* system properties changed since launch: {gateway_spark_props()} "
+            f"!= {_GATEWAY_PROPS}; they would be defaults of this app")
         try:
             self.sc = SparkContext(conf=c)
         except Exception:

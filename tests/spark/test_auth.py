@@ -12,26 +12,18 @@ texts; an authenticated app cannot act for another app (checkAuth's SecurityExce
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
+import os
 
 import pytest
 
 from client_driver import server_text
-from servers import agent_metrics_url, find_agent_bin, start_agent, start_jvm_ess
+from servers import agent_metrics_url
 from shuffle_layout import crc32, make_executor_dirs, sha256
+from spark_auth import MODES, SECRET, auth_conf, client_conf, start_auth_server
+from spark_cluster import SparkCluster
+from test_spark_jobs import EXPECTED, N, check_registrations, check_reread, shuffled_rdd
 
-REPO = Path(__file__).resolve().parents[2]
-SECRET = "4f1c0a7d9e2b6c3a8d5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
-MODES = {"sasl": "false", "crypto": "true"}
 _apps = itertools.count(1)
-
-
-def auth_conf(mode: str) -> dict[str, str]:
-    return {
-        "spark.authenticate": "true",
-        "spark.authenticate.secret": SECRET,
-        "spark.network.crypto.enabled": MODES[mode],
-    }
 
 
 @pytest.fixture(scope="module", params=sorted(MODES))
@@ -39,15 +31,7 @@ def auth_server(request, server_kind, server_base, spark_paths, tmp_path_factory
     """A server of `server_kind` with authentication on, in SASL or AuthEngine mode."""
     mode = request.param
     work = tmp_path_factory.mktemp(f"auth-{server_kind}-{mode}")
-    root = str(server_base / "root")
-    conf = auth_conf(mode)
-    if server_kind == "jvm":
-        h = start_jvm_ess(spark_paths.pyspark, work, root, extra_conf=conf)
-    else:
-        path = work / "agent.conf"
-        path.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
-        h = start_agent(find_agent_bin(REPO), work, [root], extra_args=["--config", str(path)])
-    h.auth_mode = mode
+    h = start_auth_server(server_kind, mode, work, str(server_base / "root"), spark_paths.pyspark)
     yield h
     h.stop()
 
@@ -57,11 +41,6 @@ def auth_ess(auth_server):
     assert auth_server.alive(), auth_server.log_tail()
     yield auth_server
     assert auth_server.alive(), f"server died during the test:\n{auth_server.log_tail()}"
-
-
-def client_conf(server) -> dict[str, str]:
-    """What an executor of the same app has: the server's crypto setting (it is not negotiated)."""
-    return {"spark.network.crypto.enabled": MODES[server.auth_mode]}
 
 
 def register(exec_id, ex):
@@ -149,6 +128,61 @@ def test_an_authenticated_app_cannot_reach_another_apps_blocks(java_driver, auth
     assert rec["ok"] or "not registered" in server_text(rec), rec
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A real job: a local-cluster application with spark.authenticate=true (its executors get the secret from the
+# Worker, as on a standalone cluster), through the kill-and-replace-executors flow. It shares the session's
+# driver JVM with every other job test, which is safe because that JVM is launched with no app's conf
+# (spark_cluster.launch_gateway).
+
+
+@pytest.mark.spark_job
+def test_a_job_with_authentication_survives_executor_replacement(spark_env, auth_ess, jobs_local_dir, request):
+    conf = {
+        **auth_conf(auth_ess.auth_mode),
+        # Every block of the dead executors comes through the server, so the reads are authenticated.
+        "spark.shuffle.readHostLocalDisk": "false",
+    }
+    with SparkCluster(auth_ess, jobs_local_dir, request.node.name, conf) as cl:
+        rdd, acc = shuffled_rdd(cl)
+        cl.sc.setJobGroup("phase1", "write the shuffle and read it")
+        assert dict(rdd.collect()) == EXPECTED
+        old, new = cl.replace_all_executors()
+        assert sorted(old) == cl.initial_executors
+        cl.sc.setJobGroup("phase2", "read the shuffle again from new executors")
+        assert dict(rdd.collect()) == EXPECTED
+        m = check_reread(cl, "phase2", acc, N)
+        assert m["remote_blocks"] > 0, m
+        check_handshakes_on_the_wire(cl, auth_ess.auth_mode)
+        if auth_ess.auth_mode == "sasl":  # after an AuthEngine handshake the tap sees only ciphertext
+            check_registrations(cl, old + new)
+            assert not cl.tap.failures(), cl.tap.failures()
+
+
+def check_handshakes_on_the_wire(cl: SparkCluster, mode: str):
+    """What this Spark line's AuthClientBootstrap sent on every connection to the server, against spec section 6:
+    SASL (6.1): two SaslMessages for the app, the first with an empty token, then no more; AuthEngine (6.2): one
+    AuthMessage for the app with a 16-byte salt and a 60-byte ciphertext (12 IV + 32 key + 16 tag), after which
+    the tap can decode nothing (the session cipher), and no SASL fallback."""
+    by_conn: dict[int, list[dict]] = {}
+    for r in cl.tap.rpcs():
+        by_conn.setdefault(r["conn"], []).append(r)
+    assert by_conn, cl.tap.summary()
+    line = os.environ.get("SPARK_LINE")
+    assert line is None or cl.jsc.version() == line, f"SPARK_LINE={line}, driver JVM {cl.jsc.version()}"
+    for conn, rpcs in by_conn.items():
+        msgs = [r["msg"] for r in rpcs]
+        first = rpcs[0]
+        assert first.get("app") == cl.app_id, (conn, first)
+        if mode == "sasl":
+            assert msgs[:2] == ["SaslMessage", "SaslMessage"] and "SaslMessage" not in msgs[2:], (conn, msgs)
+            assert first["token_len"] == 0 and rpcs[1]["token_len"] > 0 and rpcs[1]["app"] == cl.app_id, (conn, rpcs)
+        else:
+            assert msgs == ["AuthMessage"], (conn, msgs)
+            assert (first["salt_len"], first["ciphertext_len"]) == (16, 60), (conn, first)
+    print(f"\n[{mode}] Spark {cl.jsc.version()}: {len(by_conn)} connections to the server, each began with "
+          f"{'two SaslMessages (empty first token)' if mode == 'sasl' else 'one AuthMessage (16-byte salt, 60-byte ciphertext)'}")
+
+
 def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
     """Runs after the tests above in this module (their handshakes, failures and jobs are in the log)."""
     if auth_ess.kind != "agent":
@@ -161,3 +195,4 @@ def test_the_secret_is_in_no_log_line_metric_or_status(auth_ess):
     for where, text in [("log", auth_ess.log_text()), *pages.items()]:
         assert SECRET not in text, f"the secret appears in the agent's {where}"
         assert SECRET[:16] not in text, f"part of the secret appears in the agent's {where}"
+

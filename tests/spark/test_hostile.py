@@ -18,12 +18,25 @@
    fetch, and in place after a fetch). Spark's JVM service checks none of this (it serves whatever the index
    says, lazily), so the exact texts are the agent's; against the JVM only "the bad block fails, the good
    ones keep working" is checked.
+
+3. Hostile handshakes with spark.authenticate on (SASL, and the AuthEngine with SASL fallback): while Spark's
+   real client with the right secret keeps fetching and checking blocks, 10,000 connections send random bytes,
+   headers claiming huge lengths, garbage handshake RPCs, AuthMessages no secret of ours made, SASL exchanges
+   abandoned after the challenge or finished with a wrong password (the DIGEST-MD5 client side is computed
+   here), a right-secret SASL login followed by a request for another app, requests before any handshake and
+   half-sent handshakes; 50 more connections open and stall for the whole flood. Every connection must get
+   exactly the replies its kind calls for, from the agent as from Spark's JVM service; the agent's
+   handshakes_total must move by what the plan implies; the server's open fds must come back.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import itertools
 import os
 import random
+import re
 import socket
 import struct
 import threading
@@ -36,6 +49,7 @@ import pytest
 from client_driver import server_text
 from servers import agent_metrics_url, scrape_metrics, wait_until
 from shuffle_layout import crc32, sha256
+from spark_auth import MODES, SECRET, client_conf, start_auth_server
 from spark_cluster import RETRY_LINE, RETRY_LOG4J2
 
 SEED = int(os.environ.get("HOSTILE_SEED", "20260101"))
@@ -651,3 +665,471 @@ def test_data_file_truncated_in_place_after_a_fetch_fails_with_a_clear_chunk_fet
     assert server_kind != "agent" or seen[-1][2] == want, (
         f"{len(seen)} fetches over {seen[-1][0]}s after the in-place truncation never got the truncation "
         f"ChunkFetchFailure {want!r}; last: {seen[-1][1]}: {seen[-1][2]!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile handshakes against a server with spark.authenticate on (spec section 6, auth.md section 3)
+
+HANDSHAKES = 10_000
+STALLS = 50
+HS_THREADS = 6
+HS_MIN_S = 10.0  # paced over at least this long, so the real client's rounds overlap the flood
+
+
+def sasl_password(secret: str) -> str:
+    """SparkSaslServer.encodePassword: Netty's Base64, which breaks lines every 76 characters."""
+    b = base64.b64encode(secret.encode()).decode()
+    return "\n".join(b[i:i + 76] for i in range(0, len(b), 76))
+
+
+SASL_PASSWORD = sasl_password(SECRET)
+WRONG_PASSWORD = sasl_password("not-" + SECRET)
+SASL_USER = base64.b64encode(b"sparkSaslUser").decode()
+DIGEST_URI = "null/default"  # SparkSaslClient: no protocol, server name "default"
+OTHER_APP = "app-20260101000000-9999"
+
+# (kind, weight). What each does is in HandshakeConn.run; what the server must answer is in expect().
+HS_KINDS = [
+    ("random_bytes", 14),  # bytes that are no frame at all (length <= 8 or above every limit)
+    ("huge_length", 10),  # a valid RpcRequest header claiming 16 MiB .. 2^62 bytes, then a few bytes
+    ("garbage_rpc", 16),  # 1-3 complete RpcRequests whose bodies are neither AuthMessage nor SaslMessage
+    ("auth_bad_key", 16),  # AuthMessages (right shape) whose ciphertext no secret of ours made, any app id
+    ("sasl_abandoned", 14),  # SASL: the challenge, then gone (half-close or RST)
+    ("sasl_wrong_secret", 12),  # a complete DIGEST-MD5 response computed with another password
+    ("sasl_ok_other_app", 3),  # the right secret (checked through rspauth), then OpenBlocks for another app
+    ("requests_before_auth", 8),  # ChunkFetch, Stream, OneWay, ChunkFetch before any handshake
+    ("partial_handshake", 7),  # a handshake RpcRequest cut short, then half-close
+]
+
+
+def sasl_message(app: str, token: bytes) -> bytes:
+    return b"\xea" + jstr(app) + struct.pack(">i", len(token)) + token
+
+
+def auth_message(app: str, salt: bytes, ciphertext: bytes) -> bytes:
+    return b"\xfb" + jstr(app) + struct.pack(">i", len(salt)) + salt + struct.pack(">i", len(ciphertext)) + ciphertext
+
+
+def directives(token: bytes) -> dict[str, str]:
+    out = {}
+    for m in re.finditer(r'([\w-]+)=("((?:[^"\\]|\\.)*)"|[^,]*)', token.decode()):
+        out[m.group(1).lower()] = m.group(3) if m.group(3) is not None else m.group(2)
+    return out
+
+
+def digest_response(challenge: bytes, password: str, cnonce: str) -> tuple[str, str]:
+    """RFC 2831 md5-sess, qop=auth, as the JDK's DIGEST-MD5 client computes it: (response token, rspauth)."""
+    d = directives(challenge)
+    nonce, realm = d["nonce"], d.get("realm", "default")
+    inner = hashlib.md5(f"{SASL_USER}:{realm}:{password}".encode()).digest()
+    ha1 = hashlib.md5(inner + f":{nonce}:{cnonce}".encode()).hexdigest()
+
+    def kd(a2: str) -> str:
+        ha2 = hashlib.md5(a2.encode()).hexdigest()
+        return hashlib.md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}".encode()).hexdigest()
+
+    token = (f'charset=utf-8,username="{SASL_USER}",realm="{realm}",nonce="{nonce}",nc=00000001,'
+             f'cnonce="{cnonce}",digest-uri="{DIGEST_URI}",maxbuf=65536,response={kd("AUTHENTICATE:" + DIGEST_URI)},'
+             f"qop=auth")
+    return token, "rspauth=" + kd(":" + DIGEST_URI)
+
+
+class FrameReader:
+    """Reads whole reply frames off a blocking socket: (type name, frame bytes after the type byte)."""
+
+    def __init__(self, s: socket.socket):
+        self.s, self.buf = s, b""
+
+    def next(self) -> tuple[str, bytes] | None:
+        """The next frame, or None at EOF."""
+        while True:
+            if len(self.buf) >= 9:
+                flen = struct.unpack(">q", self.buf[:8])[0]
+                if len(self.buf) >= flen:
+                    f, self.buf = self.buf[:flen], self.buf[flen:]
+                    return TYPE_NAMES.get(f[8], f"type{f[8]}"), f[9:]
+            d = self.s.recv(65536)
+            if not d:
+                return None
+            self.buf += d
+
+
+def rpc_reply_body(kind: str, payload: bytes) -> bytes:
+    """RpcResponse: i64 id, i32 body length, body. RpcFailure: i64 id, Str error."""
+    if kind == "RpcResponse":
+        return payload[12:]
+    (n,) = struct.unpack(">i", payload[8:12])
+    return payload[12:12 + n]
+
+
+@dataclass
+class HsResult:
+    kind: str
+    replies: list[str] = field(default_factory=list)
+    end: str = ""  # "eof" (the server closed, or answered our half-close), "rst-sent", "timeout", "reset", ...
+    problems: list[str] = field(default_factory=list)
+    rpcs: int = 0  # handshake RpcRequests sent (garbage_rpc: 1-3)
+    seconds: float = 0.0  # connect to close, for information
+
+
+class HandshakeConn:
+    """One hostile connection of a kind; its bytes come from a per-connection seeded Random."""
+
+    def __init__(self, kind: str, seed: int, app: str):
+        self.kind, self.r, self.app = kind, random.Random(seed), app
+
+    def run(self, host: str, port: int) -> HsResult:
+        res = HsResult(self.kind)
+        t0 = time.monotonic()
+        try:
+            s = socket.create_connection((host, port), timeout=10)
+        except OSError as e:
+            res.end = f"connect-failed: {e!r}"
+            return res
+        with s:
+            try:
+                getattr(self, self.kind)(s, FrameReader(s), res)
+                if res.end == "":
+                    s.shutdown(socket.SHUT_WR)
+                    rd = FrameReader(s)
+                    while (f := rd.next()) is not None:
+                        res.replies.append(f[0])
+                    res.end = "eof"
+            except socket.timeout:
+                res.end = "timeout"
+            except (ConnectionResetError, BrokenPipeError):
+                res.end = "reset"
+        res.seconds = time.monotonic() - t0
+        return res
+
+    def _reply(self, rd: FrameReader, res: HsResult) -> tuple[str, bytes] | None:
+        f = rd.next()
+        if f is None:
+            res.end = "eof"
+        else:
+            res.replies.append(f[0])
+        return f
+
+    def _rst(self, s: socket.socket, res: HsResult):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        res.end = "rst-sent"
+
+    def _rid(self) -> int:
+        return self.r.getrandbits(62)
+
+    # -- the kinds -------------------------------------------------------------------------------------------------
+    def random_bytes(self, s, rd, res):
+        while True:
+            b = self.r.randbytes(self.r.randint(8, 64))
+            flen = struct.unpack(">q", b[:8])[0]
+            if flen <= 8 or flen > JAVA_MAX_FRAME + 8:
+                break
+        s.sendall(b)
+
+    def huge_length(self, s, rd, res):
+        flen = self.r.choice([self.r.randint(AGENT_MAX_FRAME + 10, JAVA_MAX_FRAME), self.r.randint(2**31, 2**62)])
+        s.sendall(struct.pack(">qB", flen, 3) + struct.pack(">qi", self._rid(), min(flen - 21, 2**31 - 1)) + self.r.randbytes(64))
+
+    def garbage_rpc(self, s, rd, res):
+        res.rpcs = self.r.randint(1, 3)
+        for _ in range(res.rpcs):
+            first = self.r.choice([b for b in range(256) if b not in (0xEA, 0xFB)])
+            s.sendall(rpc(self._rid(), bytes([first]) + self.r.randbytes(self.r.randint(0, 80))))
+        for _ in range(res.rpcs):
+            if self._reply(rd, res) is None:
+                return
+
+    def auth_bad_key(self, s, rd, res):
+        app = self.r.choice([self.app, OTHER_APP, f"spark-{self.r.getrandbits(128):032x}"])
+        s.sendall(rpc(self._rid(), auth_message(app, self.r.randbytes(16), self.r.randbytes(60))))
+        self._reply(rd, res)
+
+    def _challenge(self, s, rd, res) -> bytes | None:
+        s.sendall(rpc(self._rid(), sasl_message(self.app, b"")))
+        f = self._reply(rd, res)
+        if f is None or f[0] != "RpcResponse":
+            return None
+        ch = rpc_reply_body(*f)
+        if "nonce" not in directives(ch):
+            res.problems.append(f"no nonce in the challenge {ch[:200]!r}")
+            return None
+        return ch
+
+    def sasl_abandoned(self, s, rd, res):
+        if self._challenge(s, rd, res) is not None and self.r.random() < 0.5:
+            self._rst(s, res)
+
+    def sasl_wrong_secret(self, s, rd, res):
+        ch = self._challenge(s, rd, res)
+        if ch is None:
+            return
+        token, _ = digest_response(ch, WRONG_PASSWORD, base64.b64encode(self.r.randbytes(24)).decode())
+        s.sendall(rpc(self._rid(), sasl_message(self.app, token.encode())))
+        f = self._reply(rd, res)
+        if f is not None and "Mismatched response" not in rpc_reply_body(*f).decode(errors="replace"):
+            res.problems.append(f"wrong secret answered {f[0]} {rpc_reply_body(*f)[:200]!r}")
+
+    def sasl_ok_other_app(self, s, rd, res):
+        ch = self._challenge(s, rd, res)
+        if ch is None:
+            return
+        token, rspauth = digest_response(ch, SASL_PASSWORD, base64.b64encode(self.r.randbytes(24)).decode())
+        s.sendall(rpc(self._rid(), sasl_message(self.app, token.encode())))
+        f = self._reply(rd, res)
+        if f is None or f[0] != "RpcResponse":
+            return
+        if rpc_reply_body(*f).decode(errors="replace") != rspauth:
+            res.problems.append(f"rspauth {rpc_reply_body(*f)[:100]!r} != {rspauth!r}")
+        body = b"\x00" + jstr(OTHER_APP) + jstr("0") + struct.pack(">i", 1) + jstr("shuffle_0_0_0")
+        s.sendall(rpc(self._rid(), body))
+        f = self._reply(rd, res)
+        if f is not None and f"not authorized for application {OTHER_APP}" not in rpc_reply_body(*f).decode("utf-8",
+                                                                                                             "replace"):
+            res.problems.append(f"OpenBlocks for another app answered {f[0]} {rpc_reply_body(*f)[:200]!r}")
+
+    def requests_before_auth(self, s, rd, res):
+        s.sendall(chunk_request(self.r.getrandbits(63), 0) + frame(6, jstr(f"{self.r.getrandbits(63)}_0")) +
+                  frame(9, struct.pack(">i", 0) + self.r.randbytes(16)) + chunk_request(self.r.getrandbits(63), 1))
+        for _ in range(3):
+            if self._reply(rd, res) is None:
+                return
+
+    def partial_handshake(self, s, rd, res):
+        body = (sasl_message(self.app, b"") if self.r.random() < 0.5 else
+                auth_message(self.app, self.r.randbytes(16), self.r.randbytes(60)))
+        whole = rpc(self._rid(), body)
+        s.sendall(whole[:self.r.randint(1, len(whole) - 1)])
+
+
+def expect(kind: str, mode: str, rpcs: int) -> tuple[list[str], Counter]:
+    """The replies a connection of `kind` must get (in order), and the handshakes_total outcomes it moves."""
+    if kind in ("random_bytes", "huge_length", "partial_handshake"):
+        return [], Counter()
+    if kind == "garbage_rpc":  # "Expected SaslMessage ..." (crypto mode: after the fallback to SASL)
+        return ["RpcFailure"] * rpcs, Counter(unauthenticated_request=rpcs)
+    if kind == "auth_bad_key":  # crypto: "Authentication failed." and close; SASL only: not a SaslMessage
+        return ["RpcFailure"], Counter(wrong_secret=1) if mode == "crypto" else Counter(unauthenticated_request=1)
+    if kind == "sasl_abandoned":
+        return ["RpcResponse"], Counter()
+    if kind == "sasl_wrong_secret":
+        return ["RpcResponse", "RpcFailure"], Counter(wrong_secret=1)
+    if kind == "sasl_ok_other_app":
+        return ["RpcResponse", "RpcResponse", "RpcFailure"], Counter(ok=1, app_mismatch=1)
+    if kind == "requests_before_auth":  # the one-way message has no reply, but counts
+        return ["ChunkFetchFailure", "StreamFailure", "ChunkFetchFailure"], Counter(unauthenticated_request=4)
+    raise AssertionError(kind)
+
+
+def hs_plan(seed: int, app: str, n: int) -> list[HandshakeConn]:
+    r = random.Random(seed)
+    kinds, weights = zip(*HS_KINDS)
+    return [HandshakeConn(k, r.getrandbits(64), app) for k in r.choices(kinds, weights, k=n)]
+
+
+class HandshakeFlood:
+    """HS_THREADS workers over a fixed plan of connections, paced over >= HS_MIN_S."""
+
+    def __init__(self, host: str, port: int, plan: list[HandshakeConn]):
+        self.host, self.port, self.plan = host, port, plan
+        self.results: list[HsResult] = []
+        self.lock = threading.Lock()
+        self.next = 0
+        self.done = threading.Event()
+        self.t0 = self.t1 = 0.0
+
+    def _worker(self):
+        while True:
+            with self.lock:
+                i = self.next
+                if i >= len(self.plan):
+                    return
+                self.next += 1
+            delay = self.t0 + HS_MIN_S * i / len(self.plan) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing, not waiting for a condition
+            res = self.plan[i].run(self.host, self.port)
+            with self.lock:
+                self.results.append(res)
+
+    def start(self) -> "HandshakeFlood":
+        self.t0 = time.monotonic()
+        threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(HS_THREADS)]
+        for t in threads:
+            t.start()
+
+        def finish():
+            for t in threads:
+                t.join()
+            self.t1 = time.monotonic()
+            self.done.set()
+
+        threading.Thread(target=finish, daemon=True).start()
+        return self
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def hostile_auth_server(request, server_kind, server_base, spark_paths, tmp_path_factory):
+    work = tmp_path_factory.mktemp(f"hostile-auth-{server_kind}-{request.param}")
+    h = start_auth_server(server_kind, request.param, work, str(server_base / "root"), spark_paths.pyspark)
+    yield h
+    h.stop()
+
+
+def test_authenticated_client_keeps_fetching_through_10k_hostile_handshakes(
+        java_driver, hostile_auth_server, make_exec_dirs, server_kind, retry_log4j2):
+    """While Spark's real client, with the right secret, fetches and checks blocks round after round, 10,000
+    hostile connections try to handshake (HS_KINDS) and 50 more open and stall for the whole flood. Checked:
+    every real fetch is byte-exact with no client retry; every hostile connection got exactly the replies its
+    kind calls for (the SASL ones are computed here, RFC 2831, and the right-secret ones check the server's
+    rspauth); the server is alive and serves a fresh authenticated client afterwards; its open fds come back
+    to what they were before. Against the agent also: handshakes_total moved by exactly what the plan implies
+    for every outcome but ok, which the real client's own connections raise too (lower-bounded)."""
+    srv = hostile_auth_server
+    mode, is_agent = srv.auth_mode, server_kind == "agent"
+    assert srv.alive(), srv.log_tail()
+    app = f"app-20261203000000-{mode == 'crypto':04d}"
+    ex = make_exec_dirs("exec0")
+    mos = [ex.write_map_output(0, m, SIZES, checksum_algorithms=()) for m in range(MAPS)]
+    expected = {f"shuffle_0_{m}_{r}": mos[m].block(r) for m in range(MAPS) for r in range(len(SIZES))}
+    ids_of = {m: [f"shuffle_0_{m}_{r}" for r in range(len(SIZES))] for m in range(MAPS)}
+    fetches = [["fetch", "--exec", "0", "--ids", ",".join(ids_of[m])] for m in range(MAPS)]
+    load = ["load", "--exec", "0", "--ids", ",".join(ids_of[1]), "--concurrency", "4", "--count", "100"]
+    register = ["register", "--exec", "0", *itertools.chain.from_iterable(("--dir", d) for d in ex.local_dirs),
+                "--subdirs", str(ex.subdirs)]
+    steps = [register, *fetches, load, *fetches]
+    load_step = 1 + MAPS
+
+    def one_round():
+        t0 = time.monotonic()
+        res = java_driver.run(steps, port=srv.port, app=app, secret=SECRET, conf=client_conf(srv), timeout_s=60,
+                              jvm_opts=[f"-Dlog4j2.configurationFile={retry_log4j2}"])
+        assert res.one(0)["ok"], res.debug()
+        n = 0
+        for i in [i for i in range(1, len(steps)) if i != load_step]:
+            s = res.summary(i)
+            assert s["ok_count"] == len(SIZES) and not s["timeout"], f"step {i}: {s}\n{res.debug()}"
+            for bid, rec in res.blocks(i).items():
+                data = expected[bid]
+                assert rec["ok"], f"{bid}: {rec}"
+                assert (rec["len"], rec["crc32"], rec["sha256"]) == (len(data), crc32(data), sha256(data)), rec
+                n += 1
+        ld = res.one(load_step)
+        assert ld["failures"] == 0 and ld["len_mismatches"] == 0 and ld["drained"], ld
+        assert ld["calls_completed"] == ld["calls_issued"] == 100 and ld["bytes"] == 100 * sum(SIZES), ld
+        retries = [ln for ln in res.stderr.splitlines() if RETRY_LINE.search(ln)]
+        assert not retries, "the real client had to retry next to the hostile handshakes:\n" + "\n".join(retries)
+        return t0, time.monotonic(), n + ld["blocks"]
+
+    url = agent_metrics_url(srv) if is_agent else None
+
+    def settled_fds():
+        """The server's fd count once no connection of ours is open (agent: active_connections == 0)."""
+        if is_agent:
+            wait_until(lambda: scrape_metrics(url).get("spark_shuffle_agent_active_connections", 1) == 0, 30, 0.1,
+                       "active_connections to reach 0")
+        return open_fds(srv.proc.pid)
+
+    one_round()  # warm: the index and data files the rounds read are open or cached from here on
+    fds0 = settled_fds()
+    before = scrape_metrics(url) if is_agent else {}
+
+    stalls = []
+    for i in range(STALLS):
+        s = socket.create_connection((srv.host, srv.port), timeout=5)
+        if i % 2:  # the first bytes of an RpcRequest carrying an AuthMessage, then nothing
+            s.sendall(rpc(1, auth_message(app, bytes(16), bytes(60)))[:13])
+        stalls.append(s)
+    if is_agent:
+        wait_until(lambda: scrape_metrics(url).get("spark_shuffle_agent_active_connections", 0) >= STALLS, 20, 0.05,
+                   "the agent to hold every stalled connection")
+
+    plan = hs_plan(SEED, app, HANDSHAKES)
+    flood = HandshakeFlood(srv.host, srv.port, plan)
+    rounds, errors = [], []
+
+    def client_loop():
+        try:
+            while len(rounds) < 8:
+                over = flood.done.is_set()
+                rounds.append(one_round())
+                if over:
+                    return
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread below
+            errors.append(e)
+
+    client = threading.Thread(target=client_loop, daemon=True)
+    client.start()
+    flood.start()
+    wait_until(flood.done.is_set, 300, 0.2, "the hostile handshakes to finish")
+    client.join(timeout=300)
+    assert not client.is_alive(), "the real client's rounds did not finish"
+    assert not errors, f"the authenticated client failed during the flood: {errors[0]!r}"
+    stalled_open = 0
+    for s in stalls:
+        s.setblocking(False)
+        try:
+            stalled_open += s.recv(1) != b""
+        except BlockingIOError:
+            stalled_open += 1
+        except OSError:
+            pass
+        s.close()
+
+    # -- the hostile side ------------------------------------------------------------------------------------------
+    res = flood.results
+    assert len(res) == HANDSHAKES
+    secs = flood.t1 - flood.t0
+    kinds = Counter(x.kind for x in res)
+    took = sorted(x.seconds for x in res)
+    print(f"\n[hostile handshakes, {server_kind}/{mode}] seed {SEED}: {HANDSHAKES} connections in {secs:.1f}s "
+          f"({HANDSHAKES / secs:.0f} connections/s, {sum(len(x.replies) for x in res) / secs:.0f} replies/s, "
+          f"{HS_THREADS} threads, paced over >= {HS_MIN_S:.0f}s); kinds {dict(sorted(kinds.items()))}; "
+          f"ends {dict(Counter(x.end.split(':')[0] for x in res))}; {stalled_open}/{STALLS} stalled connections "
+          f"still open at the end; one connection (connect to close, as seen here) took median "
+          f"{took[len(took) // 2] * 1e3:.1f} ms, p99 {took[len(took) * 99 // 100] * 1e3:.1f} ms, max {took[-1] * 1e3:.0f} ms")
+    assert not [x for x in res if x.end.startswith("connect-failed")], "the server stopped accepting"
+    hung = [x for x in res if x.end == "timeout"]
+    assert not hung, f"{len(hung)} hostile connections were neither answered nor closed: {hung[0]}"
+    want_outcomes = Counter()
+    for x in res:
+        want, outcomes = expect(x.kind, mode, x.rpcs)
+        want_outcomes += outcomes
+        assert not x.problems, f"{x.kind}: {x.problems}"
+        if x.end == "rst-sent":
+            assert x.replies == want, (x.kind, x.replies, want)
+        elif is_agent or x.kind != "requests_before_auth":
+            assert x.replies == want and x.end == "eof", (x.kind, x.replies, want, x.end)
+        else:  # the JVM answers chunk requests on another thread pool: in any order
+            assert Counter(x.replies) == Counter(want) and x.end == "eof", (x.kind, x.replies, want, x.end)
+
+    # -- the real client, and a fresh one afterwards ---------------------------------------------------------------
+    overlapping = [r for r in rounds if r[0] < flood.t1 and r[1] > flood.t0]
+    print(f"[real client] {len(rounds)} rounds ({len(overlapping)} overlapping the flood), "
+          f"{sum(r[2] for r in rounds)} blocks, all byte-exact; round seconds {[round(b - a, 1) for a, b, _ in rounds]}")
+    assert overlapping, "the real client's rounds did not overlap the flood"
+    assert srv.alive(), srv.log_tail()
+    one_round()
+    fds1 = wait_until(lambda: (n := settled_fds()) <= fds0 + 2 and n, 30, 0.2,
+                      f"the server's open fds to come back to {fds0} (+2)")
+    print(f"[fds] server pid {srv.proc.pid}: {fds0} before the flood, {fds1} after it and a fresh client")
+
+    if not is_agent:
+        return
+    after = scrape_metrics(url)
+    got = {o: after.get(f'spark_shuffle_agent_handshakes_total{{outcome="{o}"}}', 0)
+           - before.get(f'spark_shuffle_agent_handshakes_total{{outcome="{o}"}}', 0)
+           for o in ("ok", "wrong_secret", "unknown_app", "unauthenticated_request", "app_mismatch")}
+    bad = after.get('spark_shuffle_agent_errors_total{kind="bad_frame"}', 0) - before.get(
+        'spark_shuffle_agent_errors_total{kind="bad_frame"}', 0)
+    must_bad = kinds["random_bytes"] + kinds["huge_length"]
+    print(f"[agent metrics] handshakes_total deltas {got}; expected from the plan {dict(want_outcomes)} "
+          f"(+ the real client's {len(rounds) + 1} rounds for ok); bad_frame +{bad:.0f} (at least {must_bad})")
+    for o in ("wrong_secret", "unknown_app", "unauthenticated_request", "app_mismatch"):
+        assert got[o] == want_outcomes[o], (o, got, dict(want_outcomes))
+    # Each real-client round authenticates at least one connection; how many it opens is the client's business.
+    assert got["ok"] >= want_outcomes["ok"] + len(rounds) + 1, (got, dict(want_outcomes))
+    assert must_bad <= bad <= must_bad + kinds["partial_handshake"] + kinds["sasl_abandoned"], bad

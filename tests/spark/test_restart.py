@@ -42,7 +42,7 @@ import pytest
 from servers import (ServerHandle, agent_argv_on_port, agent_metrics_url, find_agent_bin, free_port, port_accepts,
                      restart_agent, scrape_metrics, start_agent, wait_until)
 from shuffle_layout import crc32, sha256
-from spark_cluster import RETRY_LINE, RETRY_LOG4J2, SparkCluster, prepare_spark_home, set_spark_env
+from spark_cluster import RETRY_LINE, RETRY_LOG4J2, SparkCluster
 from test_spark_jobs import EXPECTED, N, check_reread, shuffled_rdd
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -79,25 +79,6 @@ def retry_log4j2(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("retry-log") / "log4j2-retry.properties"
     p.write_text(RETRY_LOG4J2)
     return p
-
-
-@pytest.fixture(scope="session")
-def spark_env(spark_paths, tmp_path_factory):
-    """As in test_spark_jobs.py. Only the first SparkContext of the process reads it (the py4j gateway JVM
-    keeps it), so when another module already started the gateway, nothing is changed."""
-    from pyspark import SparkContext
-
-    if SparkContext._gateway is None:
-        home, conf = prepare_spark_home(spark_paths.pyspark, tmp_path_factory.mktemp("spark-env"))
-        set_spark_env(home, conf)
-
-
-@pytest.fixture(scope="session")
-def jobs_local_dir(server_base) -> Path:
-    """The same spark.local.dir as test_spark_jobs.py: the driver JVM caches its local root dirs."""
-    d = server_base / "root" / "spark-jobs"
-    d.mkdir(exist_ok=True)
-    return d
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from servers import wait_until
-from spark_cluster import SparkCluster, prepare_spark_home, set_spark_env
+from spark_cluster import SparkCluster
 
 pytestmark = pytest.mark.spark_job
 
@@ -32,21 +32,6 @@ SORT = "org.apache.spark.shuffle.sort.SortShuffleManager"
 N = 4000
 KEYS = 97
 EXPECTED = {k: sum(x for x in range(N) if x % KEYS == k) for k in range(KEYS)}
-
-
-@pytest.fixture(scope="session")
-def spark_env(spark_paths, tmp_path_factory):
-    home, conf = prepare_spark_home(spark_paths.pyspark, tmp_path_factory.mktemp("spark-env"))
-    set_spark_env(home, conf)
-    return home
-
-
-@pytest.fixture(scope="session")
-def jobs_local_dir(server_base) -> Path:
-    """spark.local.dir of every job: one per session (the driver JVM caches its local root dirs)."""
-    d = server_base / "root" / "spark-jobs"
-    d.mkdir(exist_ok=True)
-    return d
 
 
 @pytest.fixture

@@ -28,7 +28,9 @@ BTM = {0: "OpenBlocks", 1: "UploadBlock", 2: "RegisterExecutor", 3: "StreamHandl
        7: "RemoveBlocks", 8: "BlocksRemoved", 9: "FetchShuffleBlocks", 10: "GetLocalDirsForExecutors",
        11: "LocalDirsForExecutors", 12: "PushBlockStream", 13: "FinalizeShuffleMerge", 14: "MergeStatuses",
        15: "FetchShuffleBlockChunks", 16: "DiagnoseCorruption", 17: "CorruptionCause",
-       18: "BlockPushReturnCode", 19: "RemoveShuffleMerge"}
+       18: "BlockPushReturnCode", 19: "RemoveShuffleMerge",
+       # Not BlockTransferMessages, but what the RPCs of a connection's handshake carry (spec section 6).
+       0xEA: "SaslMessage", 0xFB: "AuthMessage"}
 
 
 class _Reader:
@@ -99,6 +101,10 @@ def decode_btm(body: bytes) -> dict:
                  algorithm=r.s())
     elif t == 17:
         d.update(cause=r.u8())
+    elif t == 0xEA:
+        d.update(app=r.s(), token_len=r.i32())
+    elif t == 0xFB:
+        d.update(app=r.s(), salt_len=len(r.take(r.i32())), ciphertext_len=len(r.take(r.i32())))
     return d
 
 
