@@ -128,6 +128,31 @@ def test_an_authenticated_app_cannot_reach_another_apps_blocks(java_driver, auth
     assert rec["ok"] or "not registered" in server_text(rec), rec
 
 
+def test_an_authenticated_app_cannot_register_another_apps_dirs(java_driver, auth_ess, test_dir):
+    """RegisterExecutor's local dirs are the client's choice. Spark's JVM service (4.3) checks only that they are
+    under its own local dirs, so an app with a valid secret registers the victim's dirs under its own id and
+    reads the victim's blocks; the agent refuses the registration (a dir belongs to the app that registered it
+    first). The JVM run shows the theft works, so the agent's refusal is what stops it."""
+    victim, thief = new_app(), new_app()
+    ex = make_executor_dirs(str(test_dir / "victim"), 1, 4)
+    mo = ex.write_map_output(0, 0, [4096])
+    conf = client_conf(auth_ess)
+    r = java_driver.run([register("0", ex)], port=auth_ess.port, app=victim, secret=SECRET, conf=conf)
+    assert r.one(0)["ok"], r.debug()
+    r = java_driver.run([register("7", ex), ["fetch", "--exec", "7", "--id", "shuffle_0_0_0"]],
+                        port=auth_ess.port, app=thief, secret=SECRET, conf=conf)
+    if auth_ess.kind == "jvm":
+        assert r.one(0)["ok"], r.debug()
+        assert r.blocks(1)["shuffle_0_0_0"]["crc32"] == crc32(mo.block(0)), "the JVM service serves the theft"
+        return
+    rec = r.one(0)
+    assert not rec["ok"], r.debug()
+    assert server_text(rec).startswith(
+        "java.lang.IllegalArgumentException: localDirs entry is not within application "
+        f"{thief}'s directory: {ex.local_dirs[0]}"), rec
+    assert not r.blocks(1)["shuffle_0_0_0"]["ok"], r.debug()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A real job: a local-cluster application with spark.authenticate=true (its executors get the secret from the
 # Worker, as on a standalone cluster), through the kill-and-replace-executors flow. It shares the session's
