@@ -104,7 +104,7 @@ pub enum ConfigError {
     #[error("invalid value {value:?} for {key}: {reason}")]
     BadValue { key: String, value: String, reason: String },
     /// The authentication settings cannot work (no secret, an unreadable secret file, a
-    /// cipher not supported). The value is not repeated: it may be a secret.
+    /// SASL auth-conf asked for). The value is not repeated: it may be a secret.
     #[error("{key}: {reason}")]
     Auth { key: String, reason: String },
 }

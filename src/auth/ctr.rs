@@ -16,6 +16,7 @@ type Ctr128Aes256 = ctr::Ctr128BE<Aes256>;
 
 /// A session key: 16 bytes (authEngineVersion 2) or 32 (version 1, the raw X25519 secret).
 /// The two sizes are two variants so no other length can reach the cipher. Zeroed on drop.
+#[derive(Clone)]
 pub enum SessionKey {
     Aes128(Zeroizing<[u8; 16]>),
     Aes256(Zeroizing<[u8; 32]>),

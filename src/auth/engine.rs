@@ -15,8 +15,10 @@ use zeroize::Zeroizing;
 
 use super::ctr::{CtrCipher, SessionCiphers, SessionKey};
 use super::error::AuthError;
+use super::gcm::{GcmCiphers, GcmDecryptor, GcmEncryptor};
 use super::message::AuthMessage;
 use super::secret::Secret;
+use super::settings::SessionCipher;
 
 /// `spark.network.crypto.authEngineVersion`. Not negotiated: server and clients must agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +76,15 @@ pub struct ServerResponse {
     pub keys: SessionKeys,
 }
 
+/// A connection's session cipher after an AuthEngine handshake, both directions.
+#[derive(Debug)]
+pub enum ConnectionCipher {
+    /// AES/CTR/NoPadding: one keystream per direction, applied in place.
+    Ctr(SessionCiphers),
+    /// AES/GCM/NoPadding: one Tink stream per message, with a length prefix and tags.
+    Gcm(Box<GcmCiphers>),
+}
+
 /// The session key and IVs (AuthEngine.generateTransportCipher). Debug shows only the key id.
 pub struct SessionKeys {
     key: SessionKey,
@@ -91,6 +102,21 @@ impl SessionKeys {
             inbound: CtrCipher::new(&self.key, &self.output_iv),
             outbound: CtrCipher::new(&self.key, &self.input_iv),
         }
+    }
+
+    /// The session cipher the server installs after its response: `cipher` is not negotiated,
+    /// it is the server's `spark.network.crypto.cipher` (clients must be configured alike).
+    pub fn server_session(&self, cipher: SessionCipher) -> ConnectionCipher {
+        match cipher {
+            SessionCipher::Ctr => ConnectionCipher::Ctr(self.server_ciphers()),
+            SessionCipher::Gcm => ConnectionCipher::Gcm(Box::new(self.server_gcm())),
+        }
+    }
+
+    /// The server's GCM ciphers (GcmTransportCipher): the session key itself in both
+    /// directions, no IVs (each message carries its own salt and nonce prefix).
+    pub fn server_gcm(&self) -> GcmCiphers {
+        GcmCiphers { inbound: GcmDecryptor::new(self.key.clone()), outbound: GcmEncryptor::new(self.key.clone()) }
     }
 
     /// Spark's `TransportCipher.getKeyId`: HKDF(key, no salt, "keyID", 32) as hex. One-way, so

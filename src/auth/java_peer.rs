@@ -1,5 +1,5 @@
 //! Tests against the real Spark client side: Spark's AuthEngine, CtrTransportCipher
-//! (commons-crypto) and SparkSaslClient (the JDK's DIGEST-MD5), from the pyspark jars, driven as
+//! (commons-crypto), GcmTransportCipher (Tink, in Spark's own Netty handlers) and SparkSaslClient (the JDK's DIGEST-MD5), from the pyspark jars, driven as
 //! a child `java` process (src/auth/java/SparkAuthPeer.java) over a hex line protocol.
 //!
 //! Where the jars come from: `$SPARK_JARS_DIR`, else `<repo>/.venv`'s pyspark, else the pyspark of
@@ -100,6 +100,13 @@ impl Peer {
         self.stdin.flush().unwrap();
     }
 
+    /// The next line as it came.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end_matches(['\r', '\n']).to_string()
+    }
+
     fn rest(mut self) -> String {
         let mut s = String::new();
         let _ = self.stdout.read_to_string(&mut s);
@@ -165,6 +172,139 @@ fn spark_s_auth_engine_v1_client_authenticates_and_both_ctr_streams_match() {
 #[test]
 fn spark_s_auth_engine_v2_client_authenticates_and_both_ctr_streams_match() {
     engine_round_trip(EngineVersion::V2, "2");
+}
+
+fn seeded(n: usize, seed: u8) -> Vec<u8> {
+    pattern(n).into_iter().map(|b| b ^ seed).collect()
+}
+
+/// Bodies of the client's RpcRequests: empty, one byte, around one segment (frame header
+/// included: 21 bytes), several segments.
+const UP_BODIES: [usize; 6] = [0, 1, 32_731, 32_752, 100_000, 5];
+
+/// The Spark client authenticates with AES/GCM/NoPadding; then Spark's own EncryptionHandler
+/// (behind MessageEncoder) sends several frames, and our decryptor and frame decoder must see
+/// exactly them; and frames we seal, grouped into GCM messages in several ways, must come out
+/// of Spark's DecryptionHandler, TransportFrameDecoder and MessageDecoder as the same messages.
+fn gcm_round_trip(version: EngineVersion, arg: &str) {
+    use crate::protocol::{FrameCodec, Inbound, Message, StreamChunkId};
+    use bytes::{Bytes, BytesMut};
+    use tokio_util::codec::Decoder;
+
+    let app = "app-20261203072100-0042";
+    let lens = UP_BODIES.map(|n| n.to_string()).join(",");
+    let Some(mut java) = Peer::start(&["gcm", arg, "s3cr3t", app, &lens]) else { return };
+    let c = java.recv("C").unwrap();
+    let Ok(Handshake::Auth(challenge)) = Handshake::decode(&mut &c[..]) else { panic!("not an AuthMessage") };
+    let out = respond(app, &Secret::new("s3cr3t"), &challenge, version, &mut OsRandom).unwrap();
+    java.send("S", &out.response.to_bytes());
+    assert_eq!(engine::hex(&java.recv("KEYID").unwrap()), out.keys.key_id(), "Spark derived another key");
+    let mut ciphers = out.keys.server_gcm();
+
+    // Client -> server. One GCM message per Netty write: walk the length prefixes.
+    let up = java.recv("CT").unwrap();
+    let (mut at, mut messages) = (0usize, 0);
+    while at < up.len() {
+        at += u64::from_be_bytes(up[at..at + 8].try_into().unwrap()) as usize;
+        messages += 1;
+    }
+    assert_eq!((at, messages), (up.len(), 2 * UP_BODIES.len()), "one message per frame, lengths that add up");
+    let mut plain = BytesMut::new();
+    let (mut rest, mut n) = (&up[..], 1usize);
+    while !rest.is_empty() {
+        let (piece, tail) = rest.split_at((n * n * n % 40_000 + 1).min(rest.len()));
+        ciphers.inbound.feed(piece, &mut plain).unwrap();
+        (rest, n) = (tail, n + 1);
+    }
+    assert!(ciphers.inbound.at_message_boundary());
+    let mut codec = FrameCodec::new(1 << 24);
+    for (i, len) in UP_BODIES.into_iter().enumerate() {
+        let id = i as i64;
+        let want = Message::RpcRequest { request_id: id, body: Bytes::from(seeded(len, i as u8)) };
+        assert_eq!(codec.decode(&mut plain).unwrap(), Some(Inbound::Message(want)), "RpcRequest {i}");
+        let want = Message::ChunkFetchRequest(StreamChunkId { stream_id: id, chunk_index: i as i32 });
+        assert_eq!(codec.decode(&mut plain).unwrap(), Some(Inbound::Message(want)), "ChunkFetchRequest {i}");
+    }
+    assert!(plain.is_empty(), "{} bytes left over", plain.len());
+
+    // Server -> client: frames of several sizes, in GCM messages cut anywhere (an empty one,
+    // several frames in one, one frame split over two).
+    let frames = [
+        Message::RpcResponse { request_id: 7, body: Bytes::from(seeded(10, 1)) },
+        Message::ChunkFetchSuccess {
+            chunk: StreamChunkId { stream_id: 3, chunk_index: 1 },
+            body: seeded(100_000, 2).into(),
+        },
+        Message::RpcResponse { request_id: 8, body: Bytes::new() },
+        Message::ChunkFetchSuccess {
+            chunk: StreamChunkId { stream_id: 4, chunk_index: 2 },
+            body: seeded(32_731, 3).into(),
+        },
+        Message::RpcResponse { request_id: 9, body: Bytes::from(seeded(70_000, 4)) },
+    ];
+    let wire: Vec<BytesMut> = frames
+        .iter()
+        .map(|m| {
+            let mut b = BytesMut::new();
+            m.encode(&mut b);
+            b
+        })
+        .collect();
+    let groups: [Vec<u8>; 6] = [
+        wire[0].to_vec(),
+        Vec::new(),
+        [&wire[1][..], &wire[2][..]].concat(),
+        wire[3][..10].to_vec(),
+        [&wire[3][10..], &wire[4][..]].concat(),
+        Vec::new(),
+    ];
+    let sealed: Vec<u8> = groups.iter().flat_map(|g| ciphers.outbound.seal(g).unwrap()).collect();
+    java.send("SCT", &sealed);
+    let expected: Vec<String> = frames
+        .iter()
+        .map(|m| match m {
+            Message::RpcResponse { request_id, body } => format!("MSG rpc:{request_id}:0 {}", engine::hex(body)),
+            Message::ChunkFetchSuccess { chunk, body } => {
+                format!("MSG chunk:{}:{} {}", chunk.stream_id, chunk.chunk_index, engine::hex(body))
+            }
+            _ => unreachable!("only those two are sent"),
+        })
+        .collect();
+    for (i, want) in expected.iter().enumerate() {
+        let got = java.line();
+        assert!(got == *want, "message {i} as Spark decoded it: {}", &got[..got.len().min(200)]);
+    }
+    assert_eq!(java.line(), "END");
+}
+
+#[test]
+fn spark_s_gcm_cipher_v1_and_ours_exchange_several_messages_both_ways() {
+    gcm_round_trip(EngineVersion::V1, "1");
+}
+
+#[test]
+fn spark_s_gcm_cipher_v2_and_ours_exchange_several_messages_both_ways() {
+    gcm_round_trip(EngineVersion::V2, "2");
+}
+
+#[test]
+fn spark_s_gcm_decryptor_refuses_a_message_we_tampered_with() {
+    let Some(mut java) = Peer::start(&["gcm", "1", "s", "app", "1"]) else { return };
+    let c = java.recv("C").unwrap();
+    let challenge = AuthMessage::decode(&mut &c[..]).unwrap();
+    let out = respond("app", &Secret::new("s"), &challenge, EngineVersion::V1, &mut OsRandom).unwrap();
+    java.send("S", &out.response.to_bytes());
+    java.recv("KEYID").unwrap();
+    java.recv("CT").unwrap();
+    let mut frame = bytes::BytesMut::new();
+    crate::protocol::Message::RpcResponse { request_id: 1, body: bytes::Bytes::from_static(b"hello") }
+        .encode(&mut frame);
+    let mut sealed = out.keys.server_gcm().outbound.seal(&frame).unwrap();
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0x80;
+    java.send("SCT", &sealed);
+    let line = java.line();
+    assert!(line.starts_with("ERR ") && line.contains("AEADBadTagException"), "{line}");
 }
 
 #[test]

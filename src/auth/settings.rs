@@ -109,12 +109,6 @@ impl AuthSettings {
         if !self.enabled {
             return Ok(None);
         }
-        if self.crypto_enabled && self.cipher == SessionCipher::Gcm {
-            return Err((
-                "spark.network.crypto.cipher",
-                "AES/GCM/NoPadding is not supported yet; use AES/CTR/NoPadding (Spark's default)".into(),
-            ));
-        }
         if self.sasl_always_encrypt {
             return Err((
                 "spark.network.sasl.serverAlwaysEncrypt",
@@ -140,6 +134,7 @@ impl AuthSettings {
             crypto_enabled: self.crypto_enabled,
             sasl_fallback: self.sasl_fallback,
             engine_version: self.engine_version,
+            cipher: self.cipher,
             secret,
         }
     }
@@ -156,9 +151,6 @@ impl AuthSettings {
                  reading Kubernetes Secrets is not supported"
                     .into(),
             );
-        }
-        if self.crypto_enabled && self.cipher == SessionCipher::Gcm {
-            return AppAccess::Unsupported("spark.network.crypto.cipher=AES/GCM/NoPadding is not supported yet".into());
         }
         match pod_secret.filter(|s| !s.is_empty()) {
             Some(secret) => AppAccess::Authenticated(Arc::new(self.policy_with(Secret::new(secret)))),
@@ -197,6 +189,8 @@ pub struct Policy {
     pub sasl_fallback: bool,
     /// The AuthEngine key derivation.
     pub engine_version: EngineVersion,
+    /// The session cipher after an AuthEngine handshake.
+    pub cipher: SessionCipher,
     /// The secret: the one of every app (Spark's standalone service ignores the app id), or
     /// one app's own (`agent.auth.secrets=pods`, one policy per app).
     secret: Secret,
@@ -210,7 +204,7 @@ impl Policy {
 
     /// A policy with one shared secret, for tests and benches.
     pub fn shared(secret: Secret, crypto_enabled: bool) -> Policy {
-        Policy { crypto_enabled, sasl_fallback: true, engine_version: EngineVersion::V1, secret }
+        Policy { crypto_enabled, sasl_fallback: true, engine_version: EngineVersion::V1, cipher: SessionCipher::Ctr, secret }
     }
 
     /// Whether two policies accept exactly the same handshakes (same secret and keys).
@@ -218,6 +212,7 @@ impl Policy {
         self.crypto_enabled == other.crypto_enabled
             && self.sasl_fallback == other.sasl_fallback
             && self.engine_version == other.engine_version
+            && self.cipher == other.cipher
             && self.secret.psk() == other.secret.psk()
     }
 }
@@ -277,6 +272,17 @@ mod tests {
         assert!(!s.sasl_fallback);
         assert!(s.set("spark.network.crypto.authEngineVersion", "3").is_err());
         assert!(!s.set("spark.shuffle.service.port", "1").unwrap());
+    }
+
+    #[test]
+    fn the_cipher_key_takes_both_of_spark_s_ciphers_and_the_policy_carries_it() {
+        let mut s = on();
+        s.set("spark.authenticate.secret", "x").unwrap();
+        s.set("spark.network.crypto.enabled", "true").unwrap();
+        assert_eq!(s.policy(None).unwrap().unwrap().cipher, SessionCipher::Ctr, "Spark's default");
+        assert!(s.set("spark.network.crypto.cipher", "AES/GCM/NoPadding").unwrap());
+        assert_eq!(s.policy(None).unwrap().unwrap().cipher, SessionCipher::Gcm);
+        assert!(s.set("spark.network.crypto.cipher", "AES/CBC/PKCS5Padding").is_err());
     }
 
     #[test]

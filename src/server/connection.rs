@@ -56,6 +56,9 @@ pub enum ConnectionEnd {
     /// (`agent.max.pending.frame.bytes`) within the idle timeout.
     #[error("no room for a {len}-byte request frame in agent.max.pending.frame.bytes after waiting {waited:?}")]
     FrameBudget { len: usize, waited: std::time::Duration },
+    /// On a GCM connection, bytes that are no message of the session (bad tag, bad length).
+    #[error("session cipher: {0}")]
+    Cipher(#[from] crate::auth::GcmError),
 }
 
 impl ConnectionEnd {
@@ -65,7 +68,7 @@ impl ConnectionEnd {
         Some(match self {
             ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => return None,
             ConnectionEnd::Idle(_) => ErrorKind::IdleTimeout,
-            ConnectionEnd::BadFrame(_) => ErrorKind::BadFrame,
+            ConnectionEnd::BadFrame(_) | ConnectionEnd::Cipher(_) => ErrorKind::BadFrame,
             ConnectionEnd::Io(_) => ErrorKind::Io,
             ConnectionEnd::Refused(_) | ConnectionEnd::AuthFailed(_) => ErrorKind::Refused,
             ConnectionEnd::ChunkLimit(_) => ErrorKind::ChunkLimit,
@@ -388,7 +391,7 @@ impl Connection {
                 self.outbox.message(&Message::RpcResponse { request_id, body: reply });
                 if let Some(ciphers) = ciphers {
                     self.flush(transport).await?;
-                    transport.install(ciphers);
+                    transport.install(ciphers)?;
                 }
             }
             Step::Fail { error, close, outcome } => {

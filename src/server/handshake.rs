@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::auth::{self, Access, AuthError, Handshake, Policy, Refusal, SaslServer, SaslStep, SessionCiphers};
+use crate::auth::{self, Access, AuthError, ConnectionCipher, Handshake, Policy, Refusal, SaslServer, SaslStep};
 use crate::protocol::{java_error, JavaError};
 
 /// Whom a connection acts for.
@@ -33,7 +33,7 @@ pub(super) enum Step {
     Reply(Bytes),
     /// Send this RpcResponse body, then (for the AuthEngine) switch to `ciphers`: the peer is
     /// authenticated for `app_id`.
-    Authenticated { reply: Bytes, app_id: String, ciphers: Option<SessionCiphers> },
+    Authenticated { reply: Bytes, app_id: String, ciphers: Option<ConnectionCipher> },
     /// Send this RpcFailure; with `close`, close the connection after it (as Spark does after
     /// a failed AuthEngine exchange).
     Fail { error: JavaError, close: bool, outcome: Outcome },
@@ -188,7 +188,7 @@ fn auth_engine(policy: &Policy, challenge: &auth::AuthMessage) -> Step {
         Ok(response) => Step::Authenticated {
             reply: Bytes::from(response.response.to_bytes()),
             app_id: challenge.app_id.clone(),
-            ciphers: Some(response.keys.server_ciphers()),
+            ciphers: Some(response.keys.server_session(policy.cipher)),
         },
         Err(AuthError::BadClientKey) => fail(Outcome::WrongSecret),
         Err(_) => fail(Outcome::Unauthenticated),

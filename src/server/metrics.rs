@@ -17,7 +17,8 @@ use crate::metrics::{gauge_value, histogram, sync, Series, Source};
 /// `spark_shuffle_agent_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// A frame that does not decode; the connection is closed without a reply.
+    /// A frame that does not decode (or, with the GCM cipher, bytes that fail authentication);
+    /// the connection is closed without a reply.
     BadFrame,
     /// A connection closed after `spark.shuffle.io.connectionTimeout` without traffic.
     IdleTimeout,

@@ -13,11 +13,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::auth::CtrCipher;
 use crate::protocol::Message;
 use crate::store::Segment;
 
 mod sealed;
+
+pub(super) use sealed::Sealing;
 
 /// Flush once this many bytes are buffered, so memory per connection stays bounded.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -185,14 +186,9 @@ impl Outbox {
     /// Writes everything queued. `idle` bounds each wait for the socket to become writable:
     /// a peer that stops reading for that long is dropped, like Java's idle handler does.
     /// With a session cipher, everything is encrypted on the way (file bodies included).
-    pub async fn flush(
-        &mut self,
-        stream: &TcpStream,
-        cipher: Option<&mut CtrCipher>,
-        idle: Duration,
-    ) -> io::Result<u64> {
+    pub async fn flush(&mut self, stream: &TcpStream, sealing: Option<Sealing<'_>>, idle: Duration) -> io::Result<u64> {
         self.push_tail();
-        let written = match cipher {
+        let written = match sealing {
             None => {
                 let mut written = 0u64;
                 for item in self.items.drain(..) {
@@ -203,9 +199,9 @@ impl Outbox {
                 }
                 written
             }
-            Some(cipher) => {
+            Some(sealing) => {
                 let items = std::mem::take(&mut self.items);
-                let written = sealed::write(stream, cipher, &items, idle).await;
+                let written = sealed::write(stream, sealing, &items, idle).await;
                 // Keep the vector's capacity for the next batch.
                 self.items = items;
                 self.items.clear();

@@ -14,7 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::ConnectionEnd;
 use super::input::Input;
-use crate::auth::{CtrCipher, SessionCiphers};
+use super::outbox::Sealing;
+use crate::auth::{ConnectionCipher, GcmError};
+
+/// The most ciphertext one read takes on a GCM connection: its plaintext, at most this plus
+/// one segment, joins the input buffer, so the buffer grows by a bounded step per read.
+const GCM_READ: usize = 32 << 10;
 
 /// A connection's socket and what has been read from it but not yet decoded.
 #[derive(Debug)]
@@ -23,7 +28,9 @@ pub(super) struct Transport {
     /// Plaintext: with a session cipher, bytes are decrypted as they are read.
     pub(super) input: Input,
     /// The AuthEngine session cipher, once the handshake installed it.
-    cipher: Option<SessionCiphers>,
+    cipher: Option<ConnectionCipher>,
+    /// GCM only: what one read takes off the socket before it is decrypted into `input`.
+    sealed_in: Vec<u8>,
 }
 
 /// A [`Transport`] between runtimes: the socket out of every reactor, the input and the
@@ -32,27 +39,40 @@ pub(super) struct Transport {
 pub(super) struct Detached {
     stream: std::net::TcpStream,
     input: Input,
-    cipher: Option<SessionCiphers>,
+    cipher: Option<ConnectionCipher>,
+    sealed_in: Vec<u8>,
 }
 
 impl Transport {
     pub(super) fn new(stream: TcpStream) -> Transport {
         // Small replies must leave at once; batching happens in the outbox, not in the kernel.
         let _ = stream.set_nodelay(true);
-        Transport { stream, input: Input::new(), cipher: None }
+        Transport { stream, input: Input::new(), cipher: None, sealed_in: Vec::new() }
     }
 
     /// Switches to the session cipher: every byte after the frame just handled is encrypted,
     /// both ways. What was read past that frame is ciphertext already: decrypted here.
-    pub(super) fn install(&mut self, mut ciphers: SessionCiphers) {
-        ciphers.inbound.apply(&mut self.input.buf[..]);
-        self.cipher = Some(ciphers);
+    pub(super) fn install(&mut self, mut cipher: ConnectionCipher) -> Result<(), GcmError> {
+        match &mut cipher {
+            ConnectionCipher::Ctr(ctr) => ctr.inbound.apply(&mut self.input.buf[..]),
+            ConnectionCipher::Gcm(gcm) => {
+                let sealed = self.input.buf.split();
+                gcm.inbound.feed(&sealed, &mut self.input.buf)?;
+                self.sealed_in = vec![0; GCM_READ];
+            }
+        }
+        self.cipher = Some(cipher);
+        Ok(())
     }
 
-    /// The socket to write to, and the outbound keystream when the connection is encrypted
-    /// (no sendfile then).
-    pub(super) fn writer(&mut self) -> (&TcpStream, Option<&mut CtrCipher>) {
-        (&self.stream, self.cipher.as_mut().map(|c| &mut c.outbound))
+    /// The socket to write to, and how to encrypt what goes out when the connection is
+    /// encrypted (no sendfile then).
+    pub(super) fn writer(&mut self) -> (&TcpStream, Option<Sealing<'_>>) {
+        let sealing = self.cipher.as_mut().map(|c| match c {
+            ConnectionCipher::Ctr(ctr) => Sealing::Ctr(&mut ctr.outbound),
+            ConnectionCipher::Gcm(gcm) => Sealing::Gcm(&mut gcm.outbound),
+        });
+        (&self.stream, sealing)
     }
 
     /// Reads what the socket has into the input buffer. Ends the connection on EOF, an error,
@@ -62,6 +82,19 @@ impl Transport {
         idle: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), ConnectionEnd> {
+        if let Some(ConnectionCipher::Gcm(gcm)) = &mut self.cipher {
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(ConnectionEnd::Shutdown),
+                read = tokio::time::timeout(idle, self.stream.read(&mut self.sealed_in)) => read,
+            };
+            return match read {
+                Err(_) => Err(ConnectionEnd::Idle(idle)),
+                Ok(Ok(0)) => Err(ConnectionEnd::PeerClosed),
+                Ok(Ok(n)) => Ok(gcm.inbound.feed(&self.sealed_in[..n], &mut self.input.buf)?),
+                Ok(Err(e)) => Err(ConnectionEnd::Io(e)),
+            };
+        }
         let before = self.input.buf.len();
         let read = tokio::select! {
             biased;
@@ -72,8 +105,8 @@ impl Transport {
             Err(_) => Err(ConnectionEnd::Idle(idle)),
             Ok(Ok(0)) => Err(ConnectionEnd::PeerClosed),
             Ok(Ok(_)) => {
-                if let Some(cipher) = &mut self.cipher {
-                    cipher.inbound.apply(&mut self.input.buf[before..]);
+                if let Some(ConnectionCipher::Ctr(ctr)) = &mut self.cipher {
+                    ctr.inbound.apply(&mut self.input.buf[before..]);
                 }
                 Ok(())
             }
@@ -84,13 +117,23 @@ impl Transport {
     /// Takes the socket out of this runtime's reactor. Nothing is buffered on the way out (the
     /// outbox was flushed); the input, and the frame budget it holds, travel along.
     pub(super) fn detach(self) -> io::Result<Detached> {
-        Ok(Detached { stream: self.stream.into_std()?, input: self.input, cipher: self.cipher })
+        Ok(Detached {
+            stream: self.stream.into_std()?,
+            input: self.input,
+            cipher: self.cipher,
+            sealed_in: self.sealed_in,
+        })
     }
 }
 
 impl Detached {
     /// Registers the socket with the reactor of the runtime this is called on.
     pub(super) fn attach(self) -> io::Result<Transport> {
-        Ok(Transport { stream: TcpStream::from_std(self.stream)?, input: self.input, cipher: self.cipher })
+        Ok(Transport {
+            stream: TcpStream::from_std(self.stream)?,
+            input: self.input,
+            cipher: self.cipher,
+            sealed_in: self.sealed_in,
+        })
     }
 }

@@ -10,21 +10,26 @@ from servers import ServerHandle, find_agent_bin, start_agent, start_jvm_ess
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "4f1c0a7d9e2b6c3a8d5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e"
-# spark.network.crypto.enabled per mode: SASL DIGEST-MD5 (Spark's default) or the AuthEngine with AES-CTR.
-MODES = {"sasl": "false", "crypto": "true"}
+# Per mode, the keys a server and its clients must agree on (none of them is negotiated): SASL DIGEST-MD5
+# (Spark's default), the AuthEngine with AES-CTR, and the AuthEngine with AES-GCM.
+MODES = {
+    "sasl": {"spark.network.crypto.enabled": "false"},
+    "crypto": {"spark.network.crypto.enabled": "true"},
+    "gcm": {"spark.network.crypto.enabled": "true", "spark.network.crypto.cipher": "AES/GCM/NoPadding"},
+}
 
 
 def auth_conf(mode: str) -> dict[str, str]:
     return {
         "spark.authenticate": "true",
         "spark.authenticate.secret": SECRET,
-        "spark.network.crypto.enabled": MODES[mode],
+        **MODES[mode],
     }
 
 
 def client_conf(server) -> dict[str, str]:
     """What an executor of the same app has: the server's crypto setting (it is not negotiated)."""
-    return {"spark.network.crypto.enabled": MODES[server.auth_mode]}
+    return dict(MODES[server.auth_mode])
 
 
 def start_auth_server(kind: str, mode: str, work: Path, root: str, pyspark: Path) -> ServerHandle:

@@ -1,6 +1,7 @@
 """spark.authenticate against the server, with Spark's own client (ExternalBlockStoreClient and its
 AuthClientBootstrap): SASL DIGEST-MD5 (spark.network.crypto.enabled=false, Spark's default) and the AuthEngine
-with its AES-CTR session cipher (crypto on). Each server under test is started with authentication on and one
+(crypto on) with each of its session ciphers, AES-CTR (the default) and AES-GCM
+(spark.network.crypto.cipher=AES/GCM/NoPadding). Each server under test is started with authentication on and one
 shared secret, the JVM service exactly as the agent; SHUFFLE_SERVER=jvm checks these tests themselves.
 
 What a client sees is compared with what Spark's JVM service answers (auth.md section 3): the right secret
@@ -28,8 +29,13 @@ _apps = itertools.count(1)
 
 @pytest.fixture(scope="module", params=sorted(MODES))
 def auth_server(request, server_kind, server_base, spark_paths, tmp_path_factory):
-    """A server of `server_kind` with authentication on, in SASL or AuthEngine mode."""
+    """A server of `server_kind` with authentication on: SASL, or AuthEngine with CTR or GCM."""
     mode = request.param
+    line = os.environ.get("SPARK_LINE", "4.3.0")
+    if mode == "gcm" and tuple(map(int, line.split("."))) < (4, 3):
+        # Seen here: the 3.5.8 client fails over GCM against 3.5.8's own JVM service too (its decryptor keeps only
+        # the first message of a connection; fixed by SPARK-56227, which 4.3.0 has).
+        pytest.skip(f"Spark {line}'s GCM receive side predates SPARK-56227")
     work = tmp_path_factory.mktemp(f"auth-{server_kind}-{mode}")
     h = start_auth_server(server_kind, mode, work, str(server_base / "root"), spark_paths.pyspark)
     yield h

@@ -1,6 +1,7 @@
 // The real Spark client side of src/auth/, for src/auth/java_peer.rs: Spark's own AuthEngine,
-// CtrTransportCipher (commons-crypto streams) and SparkSaslClient (the JDK's DIGEST-MD5), from
-// the pyspark jars. Run with `java -cp '<pyspark>/jars/*' SparkAuthPeer.java <mode> ...`.
+// CtrTransportCipher (commons-crypto streams), GcmTransportCipher (its Netty handlers, with
+// Spark's frame encoder and decoders around them) and SparkSaslClient (the JDK's DIGEST-MD5),
+// from the pyspark jars. Run with `java -cp '<pyspark>/jars/*' SparkAuthPeer.java <mode> ...`.
 //
 // It lives in Spark's package because AuthEngine and its cipher accessors are package-private.
 // Line protocol on stdin/stdout, one "<TAG> <hex>" per line; any failure prints "ERR <text>"
@@ -16,10 +17,21 @@ import java.util.Map;
 
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.Unpooled;
+import io.netty.channel.FileRegion;
+import io.netty.channel.embedded.EmbeddedChannel;
+import org.apache.spark.network.buffer.NioManagedBuffer;
+import org.apache.spark.network.protocol.ChunkFetchRequest;
+import org.apache.spark.network.protocol.ChunkFetchSuccess;
+import org.apache.spark.network.protocol.MessageDecoder;
+import org.apache.spark.network.protocol.MessageEncoder;
+import org.apache.spark.network.protocol.RpcRequest;
+import org.apache.spark.network.protocol.RpcResponse;
+import org.apache.spark.network.protocol.StreamChunkId;
 import org.apache.spark.network.sasl.SecretKeyHolder;
 import org.apache.spark.network.sasl.SparkSaslClient;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
+import org.apache.spark.network.util.TransportFrameDecoder;
 
 public class SparkAuthPeer {
   static final HexFormat HEX = HexFormat.of();
@@ -29,6 +41,7 @@ public class SparkAuthPeer {
     try {
       switch (args[0]) {
         case "engine" -> engine(args[1], args[2], args[3], Integer.parseInt(args[4]), Integer.parseInt(args[5]));
+        case "gcm" -> gcm(args[1], args[2], args[3], args[4]);
         case "ctr" -> ctr(HEX.parseHex(args[1]), HEX.parseHex(args[2]), Integer.parseInt(args[3]));
         case "sasl" -> sasl(args[1], args[2], Boolean.parseBoolean(args[3]));
         default -> throw new IllegalArgumentException("unknown mode " + args[0]);
@@ -92,6 +105,95 @@ public class SparkAuthPeer {
       }
       send("PT", plain.toByteArray());
     }
+  }
+
+  /** The pattern of the i-th message: the common pattern xor i. */
+  static byte[] pattern(int n, int seed) {
+    byte[] b = pattern(n);
+    for (int i = 0; i < n; i++) b[i] ^= (byte) seed;
+    return b;
+  }
+
+  /**
+   * AuthEngine with spark.network.crypto.cipher=AES/GCM/NoPadding, then its GcmTransportCipher
+   * both ways, in the client's own pipeline order (AuthEngine.sessionCipher().addToChannel puts
+   * the cipher first; TransportContext puts MessageEncoder, TransportFrameDecoder and
+   * MessageDecoder after it).
+   *
+   * Client -> server: one RpcRequest per length in upLens (body = pattern(len, i)), each
+   * followed by ChunkFetchRequest(i, i), through MessageEncoder and the EncryptionHandler: one
+   * GCM message per Netty write, the RpcRequest as a MessageWithHeader (FileRegion), the
+   * ChunkFetchRequest as a ByteBuf. The sealed regions are drained through a channel that takes
+   * at most a few hundred bytes per write, as a slow socket would. Sent as "CT".
+   *
+   * Server -> client: "SCT" is fed to the DecryptionHandler in pieces of 1, 2, 3, ... bytes; each
+   * message Spark decodes is printed as "MSG <kind>:<id>:<chunk> <body hex>", then "END".
+   */
+  static void gcm(String version, String secret, String appId, String upLens) throws Exception {
+    TransportConf conf = new TransportConf("shuffle", new MapConfigProvider(Map.of(
+        "spark.network.crypto.authEngineVersion", version,
+        "spark.network.crypto.cipher", "AES/GCM/NoPadding")));
+    try (AuthEngine client = new AuthEngine(appId, secret, conf)) {
+      AuthMessage challenge = client.challenge();
+      send("C", encode(challenge));
+      AuthMessage response = AuthMessage.decodeMessage(ByteBuffer.wrap(expect("S")));
+      client.deriveSessionCipher(challenge, response);
+      GcmTransportCipher cipher = (GcmTransportCipher) client.sessionCipher();
+      send("KEYID", HEX.parseHex(cipher.getKeyId()));
+
+      EmbeddedChannel out = new EmbeddedChannel(cipher.getEncryptionHandler(), MessageEncoder.INSTANCE);
+      ByteArrayOutputStream sink = new ByteArrayOutputStream();
+      String[] lens = upLens.split(",");
+      for (int i = 0; i < lens.length; i++) {
+        out.writeOutbound(new RpcRequest(i, new NioManagedBuffer(ByteBuffer.wrap(pattern(Integer.parseInt(lens[i]), i)))));
+        out.writeOutbound(new ChunkFetchRequest(new StreamChunkId(i, i)));
+      }
+      int step = 1;
+      for (Object sealed; (sealed = out.readOutbound()) != null; ) {
+        FileRegion region = (FileRegion) sealed;
+        int cap = 100 + 37 * step++;
+        var slow = new java.nio.channels.WritableByteChannel() {
+          public int write(ByteBuffer src) {
+            int n = Math.min(cap, src.remaining());
+            byte[] b = new byte[n];
+            src.get(b);
+            sink.write(b, 0, n);
+            return n;
+          }
+          public boolean isOpen() { return true; }
+          public void close() {}
+        };
+        while (region.transferred() < region.count()) region.transferTo(slow, region.transferred());
+        region.release();
+      }
+      send("CT", sink.toByteArray());
+
+      byte[] sealed = expect("SCT");
+      EmbeddedChannel in = new EmbeddedChannel(
+          cipher.getDecryptionHandler(), new TransportFrameDecoder(), MessageDecoder.INSTANCE);
+      for (int off = 0, n = 1; off < sealed.length; off += n, n++) {
+        in.writeInbound(Unpooled.wrappedBuffer(sealed, off, Math.min(n, sealed.length - off)));
+      }
+      for (Object m; (m = in.readInbound()) != null; ) {
+        if (m instanceof RpcResponse r) {
+          send("MSG rpc:" + r.requestId + ":0", bytes(r.body().nioByteBuffer()));
+        } else if (m instanceof ChunkFetchSuccess c) {
+          send("MSG chunk:" + c.streamChunkId.streamId() + ":" + c.streamChunkId.chunkIndex(),
+              bytes(c.body().nioByteBuffer()));
+        } else {
+          throw new IOException("unexpected message " + m);
+        }
+        ((org.apache.spark.network.protocol.Message) m).body().release();
+      }
+      System.out.println("END");
+      System.out.flush();
+    }
+  }
+
+  static byte[] bytes(ByteBuffer b) {
+    byte[] out = new byte[b.remaining()];
+    b.get(out);
+    return out;
   }
 
   /** Spark's CtrTransportCipher with a chosen key and IV: the keystream across a counter carry. */
