@@ -90,10 +90,14 @@ impl AuthSettings {
                 }
             }
             "spark.network.crypto.cipher" => {
-                self.cipher = match value.trim() {
-                    "AES/CTR/NoPadding" => SessionCipher::Ctr,
-                    "AES/GCM/NoPadding" => SessionCipher::Gcm,
-                    _ => return Err("must be AES/CTR/NoPadding or AES/GCM/NoPadding".into()),
+                // AuthEngine.sessionCipher compares with equalsIgnoreCase.
+                let v = value.trim();
+                self.cipher = if v.eq_ignore_ascii_case("AES/CTR/NoPadding") {
+                    SessionCipher::Ctr
+                } else if v.eq_ignore_ascii_case("AES/GCM/NoPadding") {
+                    SessionCipher::Gcm
+                } else {
+                    return Err("must be AES/CTR/NoPadding or AES/GCM/NoPadding (any case)".into());
                 }
             }
             "spark.network.sasl.serverAlwaysEncrypt" => self.sasl_always_encrypt = parse_bool(value)?,
@@ -204,7 +208,13 @@ impl Policy {
 
     /// A policy with one shared secret, for tests and benches.
     pub fn shared(secret: Secret, crypto_enabled: bool) -> Policy {
-        Policy { crypto_enabled, sasl_fallback: true, engine_version: EngineVersion::V1, cipher: SessionCipher::Ctr, secret }
+        Policy {
+            crypto_enabled,
+            sasl_fallback: true,
+            engine_version: EngineVersion::V1,
+            cipher: SessionCipher::Ctr,
+            secret,
+        }
     }
 
     /// Whether two policies accept exactly the same handshakes (same secret and keys).
@@ -282,6 +292,8 @@ mod tests {
         assert_eq!(s.policy(None).unwrap().unwrap().cipher, SessionCipher::Ctr, "Spark's default");
         assert!(s.set("spark.network.crypto.cipher", "AES/GCM/NoPadding").unwrap());
         assert_eq!(s.policy(None).unwrap().unwrap().cipher, SessionCipher::Gcm);
+        assert!(s.set("spark.network.crypto.cipher", "aes/ctr/nopadding").unwrap());
+        assert_eq!(s.policy(None).unwrap().unwrap().cipher, SessionCipher::Ctr, "Spark ignores the case");
         assert!(s.set("spark.network.crypto.cipher", "AES/CBC/PKCS5Padding").is_err());
     }
 
