@@ -42,6 +42,10 @@ pub enum AuthError {
     /// The SASL exchange failed; the text is the JDK's SaslException message.
     #[error("SASL: {0}")]
     Sasl(String),
+    /// A well-formed DIGEST-MD5 response whose digest is not the one the app's secret gives:
+    /// the one SASL failure that means a wrong secret (the others are malformed exchanges).
+    #[error("SASL: {0}")]
+    SaslWrongDigest(String),
 }
 
 impl AuthError {
@@ -52,7 +56,9 @@ impl AuthError {
     /// failures surface as the JDK's SaslException wrapped in a RuntimeException (auth.md §3).
     pub fn client_error(&self) -> JavaError {
         match self {
-            AuthError::Sasl(msg) => java_error::runtime(format_args!("javax.security.sasl.SaslException: {msg}")),
+            AuthError::Sasl(msg) | AuthError::SaslWrongDigest(msg) => {
+                java_error::runtime(format_args!("javax.security.sasl.SaslException: {msg}"))
+            }
             _ => java_error::illegal_argument("Authentication failed."),
         }
     }

@@ -149,7 +149,7 @@ impl SaslServer {
         let expected = kd(&ha1, &self.nonce, nc, cnonce, &format!("AUTHENTICATE:{uri}"));
         let got = d.require("response")?;
         if !constant_time_eq(expected.as_bytes(), got.as_bytes()) {
-            return Err(violation("Mismatched response."));
+            return Err(AuthError::SaslWrongDigest(format!("{VIOLATION} Mismatched response.")));
         }
         // SparkSaslServer authorises only authcid == authzid; we also pin the user (module doc).
         if username != SASL_USER || authzid.is_some_and(|z| z != username) {

@@ -62,6 +62,7 @@ fn a_wrong_password_fails_with_the_jdk_text() {
          DIGEST-MD5: digest response format violation. Mismatched response."
     );
     assert!(!err.client_error().to_string().contains("secret"));
+    assert!(matches!(err, AuthError::SaslWrongDigest(_)), "counted as wrong_secret: {err:?}");
     assert!(!s.is_complete());
     // The exchange is dead after a failure, even with the right response.
     let pw = Secret::new("secret").sasl_password();
@@ -74,6 +75,7 @@ fn a_replayed_response_for_another_nonce_fails() {
     let pw = Secret::new("secret").sasl_password();
     let err = s.step(client_response("other-nonce", &pw, "abc").as_bytes()).unwrap_err();
     assert!(err.to_string().contains("Mismatched nonce"), "{err}");
+    assert!(matches!(err, AuthError::Sasl(_)), "a malformed exchange, not a wrong secret: {err:?}");
 }
 
 #[test]

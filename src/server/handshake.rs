@@ -164,7 +164,8 @@ impl Peer {
                 let app_id = server.app_id().to_string();
                 Step::Authenticated { reply: Bytes::from(token), app_id, ciphers: None }
             }
-            Err(e) => sasl_failure(e, Outcome::WrongSecret),
+            Err(e @ AuthError::SaslWrongDigest(_)) => sasl_failure(e, Outcome::WrongSecret),
+            Err(e) => sasl_failure(e, Outcome::Unauthenticated),
         }
     }
 
