@@ -11,7 +11,14 @@ Profiles `4k`, `mixed` and `1m` name blocks of a few map outputs per call, reduc
 has the shape of Spark's usual reducer fetch: one reduce partition from each of 64 map outputs per call, so the
 server resolves a map output (index, path, open file) for every block.
 
+With `--auth crypto` (or `gcm`, `sasl`) both servers run with spark.authenticate=true and the client authenticates
+with the same secret and keys, so every block goes through the session cipher (`crypto`: AuthEngine + AES-CTR,
+Spark's default with spark.network.crypto.enabled=true; `gcm`: AES-GCM; `sasl`: DIGEST-MD5, no encryption).
+`--handshakes N` then also times N new connections per client kind (none, SASL, AuthEngine) against each server:
+client wall time per connection and server CPU per connection.
+
 Run:   .venv/bin/python benches/side_by_side.py [--seconds 10] [--profiles 4k,4k-reducer,mixed,1m] [--json out.json]
+                                            [--auth none|sasl|crypto|gcm] [--handshakes 2000]
 Needs: target/release/spark-shuffle-agent (cargo build --release), .venv with pyspark (tests/run-all.sh).
 Every load loop is bounded by a call count and by time; servers listen on 127.0.0.1 only.
 """
@@ -37,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests" / "spark"))
 from client_driver import JavaDriver, compile_driver  # noqa: E402
 from servers import find_agent_bin, start_agent, start_jvm_ess  # noqa: E402
 from shuffle_layout import make_executor_dirs  # noqa: E402
+from spark_auth import MODES, SECRET, start_auth_server  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 APP = "app-bench-0000"
@@ -118,8 +126,13 @@ class pinned:
         os.sched_setaffinity(0, self.saved)
 
 
+def client_auth(mode: str) -> dict:
+    """The driver's keyword arguments for a client of `mode` (none: no spark.authenticate)."""
+    return {} if mode == "none" else {"secret": SECRET, "conf": MODES[mode]}
+
+
 def run_load(driver: JavaDriver, port: int, ids: list[str], concurrency: int, count: int, seconds: float,
-             ids_per_call: int | None = None) -> dict:
+             ids_per_call: int | None = None, auth: str = "none") -> dict:
     """One load run; with `ids_per_call` the driver splits `ids` into calls of that many, round robin,
     otherwise every call names all of `ids`."""
     steps = [["load", "--exec", EXEC, "--ids", ",".join(ids), "--concurrency", concurrency, "--count", count,
@@ -127,8 +140,33 @@ def run_load(driver: JavaDriver, port: int, ids: list[str], concurrency: int, co
     if ids_per_call:
         steps[0] += ["--ids-per-call", ids_per_call]
     with pinned(1):
-        res = driver.run(steps, port=port, app=APP, timeout_s=seconds + 60, jvm_opts=("-XX:ActiveProcessorCount=1",))
+        res = driver.run(steps, port=port, app=APP, timeout_s=seconds + 60, jvm_opts=("-XX:ActiveProcessorCount=1",),
+                         **client_auth(auth))
     return [x for x in res.lines if x.get("op") == "load"][-1]
+
+
+# The client kinds of the handshake rows: a server with spark.network.crypto.enabled=true also takes SASL
+# clients (spark.network.crypto.saslFallback, on by default in both servers).
+HANDSHAKES = {"none": "TCP connect, no spark.authenticate", "sasl": "SASL DIGEST-MD5 handshake",
+              "crypto": "AuthEngine handshake (AES-CTR)"}
+
+
+def bench_handshakes(driver: JavaDriver, pid: int, port: int, count: int) -> dict:
+    """Per client kind: `count` new connections one after another, each handshaking and closed at once."""
+    out = {}
+    for kind in HANDSHAKES:
+        with pinned(1):
+            driver.run([["connect", "--count", min(200, count), "--seconds", 10]], port=port, app=APP,
+                       **client_auth(kind))  # warm-up (JIT)
+            cpu0 = cpu_seconds(pid)
+            res = driver.run([["connect", "--count", count, "--seconds", 60]], port=port, app=APP,
+                             timeout_s=120, **client_auth(kind))
+            cpu = cpu_seconds(pid) - cpu0
+        r = [x for x in res.lines if x.get("op") == "connect"][-1]
+        n = r["connections"]
+        out[kind] = {"connections": n, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                     "cpu_us_per_conn": cpu * 1e6 / n if n else None}
+    return out
 
 
 def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, args) -> dict:
@@ -136,7 +174,8 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
     out = {"idle_rss_mib": rss_kib(pid, "VmRSS") / 1024}
     with pinned(1):
         dir_args = [a for d in dirs.local_dirs for a in ("--dir", d)]
-        driver.run([["register", "--exec", EXEC, *dir_args, "--subdirs", dirs.subdirs]], port=handle.port, app=APP)
+        driver.run([["register", "--exec", EXEC, *dir_args, "--subdirs", dirs.subdirs]], port=handle.port, app=APP,
+                   **client_auth(args.auth))
     for key, (prof, calls) in workloads.items():
         # One call's ids per load run: the load driver repeats the same call; pick the calls round robin by
         # running one load per call group would multiply JVM starts, so use a representative call of each map.
@@ -146,9 +185,9 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
             # Each call is one reduce from every map; the driver cycles through 8 reduces' calls.
             ids = [i for c in calls[:8] for i in c]
             per_call = prof.ids_per_call
-        run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds), per_call)  # warm-up
+        run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds), per_call, args.auth)  # warm-up
         cpu0 = cpu_seconds(pid)
-        r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds, per_call)
+        r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds, per_call, args.auth)
         cpu = cpu_seconds(pid) - cpu0
         gb = r["bytes"] / 1e9
         out[key] = {
@@ -163,6 +202,8 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
             "failures": r["failures"],
             "first_error": r["first_error"],
         }
+    if args.handshakes:
+        out["handshakes"] = bench_handshakes(driver, pid, handle.port, args.handshakes)
     out["peak_rss_mib"] = rss_kib(pid, "VmHWM") / 1024
     return out
 
@@ -198,6 +239,11 @@ def print_table(results: dict, workloads: dict) -> None:
             print(f"| {prof.name} | {label} | {fmt(a[k], d)} | {fmt(j[k], d)} | {ratio(a[k], j[k])} |")
         if a["failures"] or j["failures"]:
             print(f"| {prof.name} | failures | {a['failures']} | {j['failures']} | |")
+    for kind, label in (HANDSHAKES.items() if "handshakes" in agent else ()):
+        a, j = agent["handshakes"][kind], jvm["handshakes"][kind]
+        for metric, k, d in (("client ms per connection, p50", "p50_ms", 2), ("client ms per connection, p99", "p99_ms", 2),
+                             ("server CPU µs per connection", "cpu_us_per_conn", 0)):
+            print(f"| {label} | {metric} | {fmt(a[k], d)} | {fmt(j[k], d)} | {ratio(a[k], j[k])} |")
     print(f"| all | start to listening (ms) | {fmt(agent['start_ms'], 0)} | {fmt(jvm['start_ms'], 0)} | "
           f"{ratio(agent['start_ms'], jvm['start_ms'])} |")
     print(f"| all | idle RSS (MiB) | {fmt(agent['idle_rss_mib'])} | {fmt(jvm['idle_rss_mib'])} | "
@@ -213,6 +259,9 @@ def main() -> int:
     ap.add_argument("--profiles", default="4k,4k-reducer,mixed,1m")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--auth", choices=["none", *MODES], default="none",
+                    help="spark.authenticate on both servers and the client, in this mode")
+    ap.add_argument("--handshakes", type=int, default=0, help="also time this many new connections per client kind")
     args = ap.parse_args()
 
     venv = Path(os.environ.get("SPARK_VENV", REPO / ".venv"))
@@ -238,7 +287,10 @@ def main() -> int:
         results = {}
         for kind in ("agent", "jvm"):
             with pinned(0):
-                if kind == "agent":
+                (work / kind).mkdir(parents=True, exist_ok=True)
+                if args.auth != "none":
+                    handle = start_auth_server(kind, args.auth, work / kind, str(root), spark_home)
+                elif kind == "agent":
                     handle = start_agent(agent_bin, work / kind, [str(root)])
                 else:
                     handle = start_jvm_ess(spark_home, work / kind, str(root))
@@ -248,7 +300,7 @@ def main() -> int:
                 handle.stop()
             with pinned(0):
                 results[kind]["start_ms"] = time_to_listen(kind, agent_bin, spark_home, work / f"{kind}-start", root)
-        print_machine()
+        print_machine(args.auth)
         print_table(results, workloads)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
@@ -294,11 +346,12 @@ def time_to_listen(kind: str, agent_bin: Path, spark_home: Path, work: Path, roo
         proc.wait(timeout=30)
 
 
-def print_machine() -> None:
+def print_machine(auth: str) -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     print(f"machine: {os.cpu_count()} cores ({cpu}), kernel {os.uname().release}; "
-          f"server pinned to core 0, client (Spark 4.3.0 ExternalBlockStoreClient, Java 17) to core 1")
+          f"server pinned to core 0, client (Spark 4.3.0 ExternalBlockStoreClient, Java 17) to core 1; "
+          f"spark.authenticate: {'off' if auth == 'none' else auth + ' ' + str(MODES[auth])}")
 
 
 if __name__ == "__main__":

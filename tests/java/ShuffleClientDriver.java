@@ -22,6 +22,8 @@
 //   load       --exec E --ids a,b,c --concurrency K [--count N] [--seconds T] [--download DIR] [--ids-per-call N]
 //              (--ids-per-call splits the ids into consecutive calls of N ids, taken round robin; default: all
 //              ids in every call)
+//   connect    --count N [--seconds T]   (N new connections one after another, each with the client's handshake,
+//              then closed: the cost of connecting, and of authenticating with --secret)
 // --raw sends the same BlockTransferMessage over the client's own pooled TransportClient with sendRpcSync, so
 // the server's RpcFailure text becomes visible (the high-level removeBlocks/diagnoseCorruption swallow it).
 //
@@ -93,6 +95,11 @@ public final class ShuffleClientDriver {
 
     TransportClient pooledClient(String host, int port) throws IOException, InterruptedException {
       return clientFactory.createClient(host, port);
+    }
+
+    /** A new connection that is not pooled; the factory runs the client's bootstraps (the auth handshake). */
+    TransportClient freshClient(String host, int port) throws IOException, InterruptedException {
+      return clientFactory.createUnmanagedClient(host, port);
     }
   }
 
@@ -253,6 +260,7 @@ public final class ShuffleClientDriver {
       case "open": open(ctx, o); break;
       case "filepath": filepath(ctx, o); break;
       case "load": load(ctx, o); break;
+      case "connect": connect(ctx, o); break;
       default: throw new UsageError("unknown step " + name);
     }
   }
@@ -474,6 +482,25 @@ public final class ShuffleClientDriver {
   }
 
   /** Repeated fetches of the same ids with K calls in flight; one JSON line of throughput and latency. */
+  static void connect(Ctx ctx, Map<String, List<String>> o) throws Exception {
+    requirePort(ctx);
+    long count = Long.parseLong(one(o, "--count", "100"));
+    double seconds = Double.parseDouble(one(o, "--seconds", "30"));
+    List<Double> lat = new ArrayList<>();
+    long start = System.nanoTime();
+    long deadline = start + (long) (seconds * 1e9);
+    while (lat.size() < count && System.nanoTime() < deadline) {
+      long t = System.nanoTime();
+      TransportClient c = ctx.client.freshClient(ctx.host, ctx.port);
+      lat.add((System.nanoTime() - t) / 1e6);
+      c.close();
+    }
+    double secs = (System.nanoTime() - start) / 1e9;
+    Collections.sort(lat);
+    emit(base(ctx, "connect").put("connections", lat.size()).put("seconds", secs)
+        .put("p50_ms", pct(lat, 0.50)).put("p99_ms", pct(lat, 0.99)));
+  }
+
   static void load(Ctx ctx, Map<String, List<String>> o) throws InterruptedException {
     requirePort(ctx);
     String exec = one(o, "--exec", null);
