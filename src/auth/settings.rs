@@ -204,7 +204,13 @@ impl Policy {
 
     /// A policy with one shared secret, for tests and benches.
     pub fn shared(secret: Secret, crypto_enabled: bool) -> Policy {
-        Policy { crypto_enabled, sasl_fallback: true, engine_version: EngineVersion::V1, cipher: SessionCipher::Ctr, secret }
+        Policy {
+            crypto_enabled,
+            sasl_fallback: true,
+            engine_version: EngineVersion::V1,
+            cipher: SessionCipher::Ctr,
+            secret,
+        }
     }
 
     /// Whether two policies accept exactly the same handshakes (same secret and keys).
