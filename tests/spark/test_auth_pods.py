@@ -178,24 +178,47 @@ def test_each_app_is_served_with_its_own_secret_and_crypto_setting(java_driver, 
     assert not r.one(0)["ok"], r.debug()
 
 
-def test_the_secret_spark_put_in_the_pod_it_built_authenticates_sparks_client(java_driver, cluster, test_dir,
-                                                                              spark_built_pod):
-    pod = json.loads(json.dumps(spark_built_pod))
+def place(cluster, spark_pod: dict, tag: str) -> tuple[str, str, dict]:
+    """Puts a pod Spark built on this node, as the cluster would; returns its app id, exec id and env."""
+    pod = json.loads(json.dumps(spark_pod))
     app = pod["metadata"]["labels"]["spark-app-selector"]
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["SPARK_APPLICATION_ID"] == app and "-Dspark.authenticate=true" in env.values(), env.keys()
     # What the cluster adds to Spark's pod: its namespace, node and uid, and the driver pod as its owner (Spark
     # sets it in cluster mode from spark.kubernetes.driver.pod.name; the probe runs the driver in client mode).
-    pod["metadata"].update(namespace=NS, uid="uid-real-exec")
-    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "drv",
-                                           "uid": "uid-real-driver", "controller": True}]
+    pod["metadata"].update(namespace=NS, uid=f"uid-real-exec-{tag}")
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": f"drv-{tag}",
+                                           "uid": f"uid-real-driver-{tag}", "controller": True}]
     pod["spec"]["nodeName"] = NODE
     pod["status"] = {"phase": "Running"}
-    cluster["sim"].apply(driver_pod(app, "uid-real-driver"))
+    cluster["sim"].apply(driver_pod(app, f"uid-real-driver-{tag}"))
     cluster["sim"].apply(pod)
-    exec_id = pod["metadata"]["labels"]["spark-exec-id"]
+    return app, pod["metadata"]["labels"]["spark-exec-id"], env
+
+
+def test_the_secret_spark_put_in_the_pod_it_built_authenticates_sparks_client(java_driver, cluster, test_dir,
+                                                                              spark_built_pod):
+    app, exec_id, env = place(cluster, spark_built_pod, "root")
     r = run_app(java_driver, cluster["agent"], app, test_dir, env["_SPARK_AUTH_SECRET"], crypto=True, exec_id=exec_id)
     assert served(r), f"{r.debug()}\n{cluster['agent'].log_tail()}"
+
+
+def test_a_host_path_spark_mounts_with_a_sub_path_serves_the_dirs_below_it(java_driver, cluster, test_dir,
+                                                                           tmp_path_factory):
+    """hostPath <root>, subPath <sub>, mount path <root>/<sub>: the executor's <root>/<sub> is the node's, as
+    Spark writes it from `spark.kubernetes.executor.volumes.hostPath.<name>.mount.subPath`."""
+    sub = test_dir.name
+    conf = host_path_conf("spark-local-dir-1", cluster["root"], mount=str(test_dir), sub_path=sub)
+    spark_pod = build_executor_pod(tmp_path_factory.mktemp("probe-sub"), conf)
+    mount, = [m for m in spark_pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "spark-local-dir-1"]
+    assert (mount["mountPath"], mount["subPath"]) == (str(test_dir), sub), mount
+    app, exec_id, env = place(cluster, spark_pod, "sub")
+    r = run_app(java_driver, cluster["agent"], app, test_dir, env["_SPARK_AUTH_SECRET"], crypto=True, exec_id=exec_id)
+    assert served(r), f"{r.debug()}\n{cluster['agent'].log_tail()}"
+    # The root itself is the node's, but not what this pod shows at that path.
+    r = run_app(java_driver, cluster["agent"], app, test_dir.parent, env["_SPARK_AUTH_SECRET"], crypto=True,
+                exec_id=exec_id, tag="root")
+    assert "the pod mounts no volume there" in server_text(r.one(0)), r.debug()
 
 
 def refused_text(app: str, exec_id: str, entry: str, reason: str) -> str:
