@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::disk_usage::{DiskSettings, DiskSource, DiskUsage, DiskWatcher};
 use crate::k8s::{self, K8sHealth, K8sSettings, K8sSource};
 use crate::lifecycle::{Lifecycle, LifecycleSource};
-use crate::registry::{self, Registry, RegistrySource, Roots};
+use crate::registry::{self, ExecutorMounts, Registry, RegistrySource, Roots};
 use crate::server::{self, ServerSource, Shared};
 use crate::store::{Store, StoreSource};
 
@@ -217,7 +217,9 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("starting the metrics server: {e}"))?;
     tokio::spawn(health.clone().run_heartbeat(shutdown.clone()));
     hold_recovery_for_tests().await;
-    let registry = recover(roots, &config)?;
+    // Per-app secrets also bind new registrations' dirs to their executor pods' hostPaths.
+    let executor_mounts = access.keyring().map(|_| Arc::new(ExecutorMounts::default()));
+    let registry = recover(roots, &config, executor_mounts.clone())?;
     health.set_recovered();
     let store = Arc::new(Store::new(config.index_cache_bytes));
     let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
@@ -241,6 +243,7 @@ async fn serve(
             lifecycle: lifecycle.clone(),
             health: Arc::clone(&k8s_health),
             keyring: access.keyring().cloned(),
+            executor_mounts,
         };
         let token = shutdown.clone();
         tokio::spawn(async move {
@@ -286,9 +289,13 @@ async fn serve(
 }
 
 /// Recovers registrations from the journal in the state dir, and pins the shuffle port to it.
-fn recover(roots: Roots, config: &Config) -> Result<Arc<Registry>, AppError> {
+fn recover(
+    roots: Roots,
+    config: &Config,
+    executor_mounts: Option<Arc<ExecutorMounts>>,
+) -> Result<Arc<Registry>, AppError> {
     let started = Instant::now();
-    let (registry, report) = Registry::open(roots, &config.state_dir)
+    let (mut registry, report) = Registry::open(roots, &config.state_dir)
         .map_err(|e| anyhow::anyhow!("recovering registrations from {}: {e}", config.state_dir.display()))?;
     info!(
         executors = report.executors,
@@ -304,6 +311,10 @@ fn recover(roots: Roots, config: &Config) -> Result<Arc<Registry>, AppError> {
     }
     // A port other than the one the journal's executors registered on is a configuration error.
     registry::pin_port(&config.state_dir, config.port, report.executors).map_err(AppError::Config)?;
+    // After the recovery: the registrations just restored are not checked against pods.
+    if let Some(pods) = executor_mounts {
+        registry.bind_to_pods(pods, config.auth_pods_wait);
+    }
     Ok(Arc::new(registry))
 }
 

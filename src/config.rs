@@ -84,7 +84,8 @@ pub struct Config {
     /// own, from its executor pods; `spark.authenticate` then means "refuse apps without").
     pub auth_per_app: bool,
     /// `agent.auth.pods.wait`: how long a handshake for an app no pod is known of waits for the
-    /// watch to deliver one.
+    /// watch to deliver one, and a registration for its executor's pod (whose mounts its dirs
+    /// are checked against).
     pub auth_pods_wait: Duration,
 }
 

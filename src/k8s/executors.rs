@@ -6,12 +6,15 @@
 //! The lifecycle engine then deletes that executor's unserved files (spill, broadcast, temp)
 //! and keeps its shuffle files, which other executors still fetch.
 //!
+//! With per-app secrets, the same events feed the app secrets ([`SecretSource`]) and the
+//! pods' mounts that new registrations are checked against ([`MountFeed`]).
+//!
 //! Deliberately not done: ending an executor that is registered here but whose pod this agent
 //! has never seen (e.g. deleted while the agent was down). Its pod might just not be listed yet,
 //! and deleting a live executor's spill files fails its tasks; those files go when the
 //! application ends instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use tracing::{debug, info};
 
 use super::app_secrets::SecretSource;
 use super::{next_event, pods, Targets};
+use crate::registry::ExecutorMounts;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ExecutorPod {
@@ -111,6 +115,41 @@ fn entry(pod: &Pod) -> Option<(String, ExecutorPod)> {
     Some((pods::key(pod), executor))
 }
 
+/// Feeds this node's executor pods' mounts to the registration check (`agent.auth.secrets=pods`):
+/// a live pod's mounts are kept, a deleted or finished pod's dropped, and a complete LIST
+/// drops the pods it no longer holds.
+#[derive(Debug, Default)]
+pub struct MountFeed {
+    relisting: Option<HashSet<String>>,
+}
+
+impl MountFeed {
+    pub fn apply(&mut self, event: &watcher::Event<Pod>, table: &ExecutorMounts) {
+        match event {
+            watcher::Event::Init => self.relisting = Some(HashSet::new()),
+            watcher::Event::InitApply(pod) => {
+                self.relisting.get_or_insert_with(HashSet::new).insert(pods::key(pod));
+                // Kept at once, not at InitDone: a registration may be waiting for this pod.
+                Self::pod(pod, table);
+            }
+            watcher::Event::Apply(pod) => Self::pod(pod, table),
+            watcher::Event::Delete(pod) => table.remove(&pods::key(pod)),
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.relisting.take() {
+                    table.retain(&listed);
+                }
+            }
+        }
+    }
+
+    fn pod(pod: &Pod, table: &ExecutorMounts) {
+        match pods::executor_mounts(pod) {
+            Some(mounts) if !pods::is_finished(pod) => table.upsert(mounts),
+            _ => table.remove(&pods::key(pod)),
+        }
+    }
+}
+
 /// Follows this node's executor pods until `shutdown`, handing each ended executor to the
 /// lifecycle engine.
 pub async fn watch(
@@ -123,10 +162,14 @@ pub async fn watch(
     let health = &targets.health.executors;
     let config = watcher::Config::default().labels(pods::EXECUTOR_SELECTOR).fields(&format!("spec.nodeName={node}"));
     let mut view = ExecutorView::default();
+    let mut mounts = MountFeed::default();
     loop {
         let mut stream = pin!(watcher(Api::<Pod>::all(client.clone()), config.clone()).default_backoff());
         while let Some(event) = next_event(&mut stream, health, "executor pods", &shutdown).await {
             targets.secrets(&secrets, |source, keyring| source.executor_event(&event, keyring));
+            if let Some(table) = &targets.executor_mounts {
+                mounts.apply(&event, table);
+            }
             for (app, exec) in view.apply(event) {
                 if targets.lifecycle.executor_removed(&app, &exec) {
                     targets.health.executors_removed.fetch_add(1, Ordering::Relaxed);
@@ -209,5 +252,29 @@ mod tests {
         pod.metadata.labels.as_mut().map(|l| l.remove(pods::EXEC_LABEL));
         assert!(listed(&mut view, vec![pod.clone()]).is_empty());
         assert!(view.apply(Event::Delete(pod)).is_empty());
+    }
+
+    #[test]
+    fn the_mount_feed_keeps_live_pods_and_drops_finished_deleted_and_unlisted_ones() {
+        let (table, mut feed) = (ExecutorMounts::default(), MountFeed::default());
+        feed.apply(&Event::Init, &table);
+        for pod in [executor("e1", "1", "Running"), executor("e2", "2", "Running"), executor("e3", "3", "Succeeded")] {
+            feed.apply(&Event::InitApply(pod), &table);
+        }
+        feed.apply(&Event::InitDone, &table);
+        assert_eq!(table.len(), 2, "a finished pod registers nothing");
+        assert_eq!(table.of("app-1", "1").len(), 1);
+        feed.apply(&Event::Apply(executor("e1", "1", "Failed")), &table);
+        assert!(table.of("app-1", "1").is_empty());
+        feed.apply(&Event::Apply(executor("e4", "4", "Pending")), &table);
+        feed.apply(&Event::Delete(executor("e4", "4", "Pending")), &table);
+        assert!(table.of("app-1", "4").is_empty());
+        // e2 was deleted while the watch was down.
+        feed.apply(&Event::Init, &table);
+        feed.apply(&Event::InitApply(executor("e5", "5", "Running")), &table);
+        assert_eq!(table.len(), 2, "kept until the list is complete");
+        feed.apply(&Event::InitDone, &table);
+        assert!(table.of("app-1", "2").is_empty());
+        assert_eq!(table.of("app-1", "5").len(), 1);
     }
 }

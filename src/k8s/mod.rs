@@ -6,6 +6,8 @@
 //!
 //! * [`executors`]: one watch on executor pods of this node (`spark-role=executor`,
 //!   `spec.nodeName=$NODE_NAME`). A pod deleted or finished → `Lifecycle::executor_removed`.
+//!   With per-app secrets, the same events feed the apps' secrets and the pods' mounts that
+//!   new registrations are checked against.
 //! * [`drivers`]: one watch on driver pods in all namespaces (`spark-role=driver`), kept as a
 //!   small view (pod → app id, finished or not). A driver pod of an app registered here that
 //!   finished or was deleted → `Lifecycle::application_removed`.
@@ -96,6 +98,9 @@ pub struct Targets {
     pub health: Arc<K8sHealth>,
     /// With `agent.auth.secrets=pods`: where the apps' secrets learned from pods go.
     pub keyring: Option<Arc<crate::auth::Keyring>>,
+    /// With `agent.auth.secrets=pods`: this node's executor pods' mounts, which new
+    /// registrations' dirs are checked against (src/registry/executor_mounts.rs).
+    pub executor_mounts: Option<Arc<crate::registry::ExecutorMounts>>,
 }
 
 impl Targets {

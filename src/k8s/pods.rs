@@ -4,7 +4,12 @@
 //! Label names are Spark's (`org.apache.spark.deploy.k8s.Constants`, spec/kubernetes.md §2);
 //! the 2.2 fork uses the same three.
 
-use k8s_openapi::api::core::v1::Pod;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Pod, Volume, VolumeMount};
+
+use crate::registry::executor_mounts::normalize;
+use crate::registry::{Mount, MountSource, PodMounts};
 
 /// `driver` or `executor`.
 pub const ROLE_LABEL: &str = "spark-role";
@@ -77,6 +82,66 @@ pub fn is_label_value(value: &str) -> bool {
         && bytes.first().is_some_and(alnum)
         && bytes.last().is_some_and(alnum)
         && bytes.iter().all(|b| alnum(b) || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// What an executor pod mounts, for binding its registrations' dirs to it; None for a pod
+/// without app or executor id. Every container's mounts count, not only the executor's: a pod
+/// of the app that mounts a hostPath in a sidecar can read it already, and the executor
+/// container's name is the pod template's choice.
+pub fn executor_mounts(pod: &Pod) -> Option<PodMounts> {
+    let (app_id, exec_id) = (app_id(pod)?, exec_id(pod)?);
+    let spec = pod.spec.as_ref();
+    let volumes = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
+    let mounts = spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter_map(|m| mount(m, volumes.iter().find(|v| v.name == m.name)?))
+        .collect();
+    Some(PodMounts { pod: key(pod), app_id: app_id.to_string(), exec_id: exec_id.to_string(), mounts })
+}
+
+/// One volume mount: a hostPath's node path (with its subPath), or what else it is. A mount
+/// of a volume the pod does not declare is not a mount (the API server refuses such pods).
+fn mount(m: &VolumeMount, volume: &Volume) -> Option<Mount> {
+    let mount_path = Path::new(&m.mount_path);
+    if !mount_path.is_absolute() {
+        return None;
+    }
+    let source = match (&volume.host_path, m.sub_path.as_deref().filter(|s| !s.is_empty())) {
+        (Some(_), _) if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) => {
+            // Expanded by the kubelet from the container's env; not guessed here.
+            MountSource::Other("a hostPath volume with subPathExpr")
+        }
+        (Some(host), None) => MountSource::HostPath(normalize(Path::new(&host.path))),
+        (Some(host), Some(sub)) => {
+            // The API server refuses an absolute subPath or one with `..`; one that got here
+            // anyway is not followed.
+            let sub = Path::new(sub);
+            if sub.is_absolute() || sub.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                MountSource::Other("a hostPath volume with an invalid subPath")
+            } else {
+                MountSource::HostPath(normalize(&Path::new(&host.path).join(sub)))
+            }
+        }
+        (None, _) => MountSource::Other(volume_kind(volume)),
+    };
+    Some(Mount { mount_path: normalize(mount_path), source })
+}
+
+/// What a volume that is not a hostPath is, for a refusal's text.
+fn volume_kind(volume: &Volume) -> &'static str {
+    if volume.empty_dir.is_some() {
+        "an emptyDir volume"
+    } else if volume.persistent_volume_claim.is_some() {
+        "a persistentVolumeClaim volume"
+    } else if volume.ephemeral.is_some() {
+        "an ephemeral volume"
+    } else if volume.config_map.is_some() || volume.secret.is_some() || volume.projected.is_some() {
+        "a configMap, secret or projected volume"
+    } else {
+        "a volume that is not a hostPath"
+    }
 }
 
 /// A pod in namespace `jobs` with these labels and phase, for the watchers' unit tests.
@@ -154,5 +219,75 @@ mod tests {
         for bad in ["", "a,spark-role!=driver", "a=b", "-a", "a-", "x y", &"a".repeat(64)] {
             assert!(!is_label_value(bad), "{bad:?}");
         }
+    }
+
+    /// An executor pod of app-1, exec 1, with these volumes and mounts (as JSON, as the API
+    /// server sends them).
+    fn with_volumes(volumes: serde_json::Value, containers: serde_json::Value) -> Pod {
+        let mut p = pod(Some("Running"), &[(APP_LABEL, "app-1"), (EXEC_LABEL, "1"), (ROLE_LABEL, "executor")]);
+        p.spec =
+            Some(serde_json::from_value(serde_json::json!({"volumes": volumes, "containers": containers})).unwrap());
+        p
+    }
+
+    fn host(mount: &str, node: &str) -> Mount {
+        Mount { mount_path: mount.into(), source: MountSource::HostPath(node.into()) }
+    }
+
+    #[test]
+    fn an_executor_pods_mounts_are_read_with_hostpaths_subpaths_and_other_volumes() {
+        let p = with_volumes(
+            serde_json::json!([
+                {"name": "spark-local-dir-1", "hostPath": {"path": "/data/spark/", "type": "DirectoryOrCreate"}},
+                {"name": "disks", "hostPath": {"path": "/mnt"}},
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "claim", "persistentVolumeClaim": {"claimName": "c"}},
+            ]),
+            serde_json::json!([
+                {"name": "spark-kubernetes-executor", "volumeMounts": [
+                    {"name": "spark-local-dir-1", "mountPath": "/data/spark"},
+                    {"name": "disks", "mountPath": "/mnt/disk2", "subPath": "disk2"},
+                    {"name": "disks", "mountPath": "/mnt/x", "subPathExpr": "$(POD_NAME)"},
+                    {"name": "scratch", "mountPath": "/var/data/spark-1"},
+                    {"name": "undeclared", "mountPath": "/nowhere"},
+                ]},
+                {"name": "sidecar", "volumeMounts": [{"name": "claim", "mountPath": "/pv/"}]},
+            ]),
+        );
+        let got = executor_mounts(&p).expect("an executor pod");
+        assert_eq!((got.pod.as_str(), got.app_id.as_str(), got.exec_id.as_str()), ("jobs/p", "app-1", "1"));
+        assert_eq!(
+            got.mounts,
+            [
+                host("/data/spark", "/data/spark"),
+                host("/mnt/disk2", "/mnt/disk2"),
+                Mount { mount_path: "/mnt/x".into(), source: MountSource::Other("a hostPath volume with subPathExpr") },
+                Mount { mount_path: "/var/data/spark-1".into(), source: MountSource::Other("an emptyDir volume") },
+                Mount { mount_path: "/pv".into(), source: MountSource::Other("a persistentVolumeClaim volume") },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_subpath_that_climbs_out_of_its_hostpath_is_not_followed() {
+        let p = with_volumes(
+            serde_json::json!([{"name": "v", "hostPath": {"path": "/data/a"}}]),
+            serde_json::json!([{"name": "c", "volumeMounts": [
+                {"name": "v", "mountPath": "/data/b", "subPath": "../b"},
+                {"name": "v", "mountPath": "/data/c", "subPath": "/data/c"},
+            ]}]),
+        );
+        let got = executor_mounts(&p).expect("an executor pod").mounts;
+        assert!(
+            got.iter().all(|m| m.source == MountSource::Other("a hostPath volume with an invalid subPath")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_pod_without_app_or_exec_id_gives_no_mounts() {
+        assert!(executor_mounts(&pod(Some("Running"), &[(APP_LABEL, "app-1")])).is_none());
+        let bare = executor_mounts(&pod(Some("Running"), &[(APP_LABEL, "app-1"), (EXEC_LABEL, "1")]));
+        assert_eq!(bare.map(|m| m.mounts), Some(vec![]), "no spec, no mounts");
     }
 }

@@ -4,10 +4,12 @@
 //! the lookups the data path makes. It does no socket I/O.
 
 mod dir_owners;
+pub mod executor_mounts;
 mod journal;
 pub mod metrics;
 mod roots;
 
+pub use executor_mounts::{ExecutorMounts, Mount, MountSource, PodMounts};
 pub use journal::{Journal, JournalError, JournalStats, Record, Recovered};
 pub use metrics::RegistrySource;
 pub use roots::{canonicalize_lenient, Roots};
@@ -16,6 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -69,6 +72,20 @@ pub enum RegistryError {
     /// not named to the client). Spark 4.3's LocalDirValidator text for app-scoped dirs.
     #[error("localDirs entry is not within application {app_id}'s directory: {entry}")]
     OtherAppsDir { app_id: String, entry: String },
+    /// `agent.auth.secrets=pods`: no executor pod of this app and executor id is known on this
+    /// node, even after the wait, so its dirs cannot be checked against the pod's volumes.
+    #[error(
+        "Executor {exec_id} of application {app_id} is refused: no executor pod of it (spark-app-selector={app_id}, \
+         spark-exec-id={exec_id}) is known on this node, so its localDirs cannot be checked against the pod's hostPath volumes"
+    )]
+    NoExecutorPod { app_id: String, exec_id: String },
+    /// `agent.auth.secrets=pods`: a local dir is not within a hostPath volume the executor's
+    /// pod mounts at the hostPath's own node path ([`executor_mounts`]).
+    #[error(
+        "localDirs entry {entry} of executor {exec_id} of application {app_id} is not within a hostPath volume \
+         that its pod {pod} mounts at the same path: {reason}"
+    )]
+    NotInPodHostPath { app_id: String, exec_id: String, entry: String, pod: String, reason: String },
     /// subDirsPerLocalDir was zero or negative.
     #[error("subDirsPerLocalDir must be positive, got {0}")]
     BadSubDirs(i32),
@@ -81,6 +98,7 @@ impl From<RegistryError> for JavaError {
     fn from(e: RegistryError) -> JavaError {
         let class = match e {
             RegistryError::NotPersisted(_) => JavaClass::Io,
+            RegistryError::NoExecutorPod { .. } => JavaClass::Security,
             _ => JavaClass::IllegalArgument,
         };
         JavaError::new(class, e)
@@ -116,6 +134,15 @@ pub struct Registry {
     dir_owners: Mutex<dir_owners::DirOwners>,
     /// None: registrations live in memory only (tests, and `--state-dir` unusable is refused).
     journal: Option<Journal>,
+    /// `agent.auth.secrets=pods`: new registrations' dirs must lie in their pod's hostPaths.
+    pod_binding: Option<PodBinding>,
+}
+
+/// Where a new registration's pod is looked up, and how long it is waited for.
+#[derive(Debug)]
+struct PodBinding {
+    pods: Arc<ExecutorMounts>,
+    wait: Duration,
 }
 
 impl Registry {
@@ -128,6 +155,7 @@ impl Registry {
             cleanups: Mutex::default(),
             dir_owners: Mutex::default(),
             journal: None,
+            pod_binding: None,
         }
     }
 
@@ -169,6 +197,19 @@ impl Registry {
         &self.roots
     }
 
+    /// From now on, a new registration is accepted only if its dirs lie within hostPath
+    /// volumes of its executor pod in `pods`, waited for up to `wait` ([`executor_mounts`]).
+    /// Registrations recovered already are not checked: their pods may be gone.
+    ///
+    /// Every registration is checked, whether its connection authenticated or acts for an
+    /// app whose pods say it does not use authentication (the mixed mode): an unauthenticated
+    /// connection may claim any such app's id, and without this it could register dirs of an
+    /// authenticated app that has not registered them yet (dir_owners guards only dirs already
+    /// registered). How a connection proved its app does not change which dirs its pod has.
+    pub fn bind_to_pods(&mut self, pods: Arc<ExecutorMounts>, wait: Duration) {
+        self.pod_binding = Some(PodBinding { pods, wait });
+    }
+
     /// Validates, persists, then stores a registration (replacing any earlier one for the same
     /// executor). Only after this returns Ok may the client be acknowledged.
     ///
@@ -182,6 +223,9 @@ impl Registry {
         info: ExecutorShuffleInfo,
     ) -> Result<Arc<Executor>, RegistryError> {
         let executor = self.validate(app_id, exec_id, info)?;
+        if let Some(binding) = &self.pod_binding {
+            binding.check(&executor).await?;
+        }
         let (executor, claimed) = self.claim_dirs(executor)?;
         let record =
             Record::Executor { app_id: app_id.to_string(), exec_id: exec_id.to_string(), info: executor.info.clone() };
@@ -352,6 +396,38 @@ impl Registry {
     }
 }
 
+impl PodBinding {
+    /// Accepts the executor if one of its pods (there is one, unless pods were made by hand)
+    /// mounts every one of its dirs as served; else the first pod's first refused dir.
+    async fn check(&self, executor: &Executor) -> Result<(), RegistryError> {
+        let (app_id, exec_id) = (&executor.app_id, &executor.exec_id);
+        let pods = self.pods.wait_for(app_id, exec_id, self.wait).await;
+        let dirs = || {
+            executor
+                .info
+                .local_dirs
+                .iter()
+                .map(String::as_str)
+                .zip(executor.dirs.canonical_dirs().iter().map(PathBuf::as_path))
+        };
+        let mut refusal = None;
+        for pod in &pods {
+            match executor_mounts::check_dirs(&pod.mounts, dirs()) {
+                Ok(()) => return Ok(()),
+                Err((entry, why)) => {
+                    refusal.get_or_insert_with(|| (pod.pod.clone(), entry.to_string(), why.to_string()));
+                }
+            }
+        }
+        let Some((pod, entry, reason)) = refusal else {
+            warn!(app = %app_id, exec = %exec_id, "registration refused: no executor pod of it is known on this node");
+            return Err(RegistryError::NoExecutorPod { app_id: app_id.clone(), exec_id: exec_id.clone() });
+        };
+        warn!(app = %app_id, exec = %exec_id, pod = %pod, dir = %entry, reason = %reason, "registration refused: its local dir is not in its pod's hostPath volumes");
+        Err(RegistryError::NotInPodHostPath { app_id: app_id.clone(), exec_id: exec_id.clone(), entry, pod, reason })
+    }
+}
+
 /// Refuses to start on another port than the one the persisted registrations were made on:
 /// executors only know that port, so serving elsewhere would strand them silently. The port is
 /// recorded in `<state_dir>/shuffle.port`; port 0 (ephemeral, tests) is neither checked nor
@@ -374,3 +450,7 @@ pub fn pin_port(state_dir: &Path, port: u16, registrations: usize) -> Result<(),
     }
     std::fs::write(&path, format!("{port}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+#[path = "pod_binding_tests.rs"]
+mod pod_binding_tests;

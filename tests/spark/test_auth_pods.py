@@ -6,6 +6,10 @@ carry `_SPARK_AUTH_SECRET` and `SPARK_JAVA_OPT_*` entries, and their controller 
 executor pod is the one real Spark 4.3 builds for spark.authenticate=true (tests/deploy/spark_pod_probe.py), so
 the env layout the agent reads is Spark's own, not ours. The JVM service has no per-app secrets (it knows one
 shared secret), so these tests run against the agent only.
+
+In this mode a registration's local dirs must also lie within a hostPath volume that the executor's own pod
+mounts at the same path, so every executor pod here mounts the agent's root as Spark builds such a volume
+(`spark.kubernetes.executor.volumes.hostPath.<name>.mount.path` / `.options.path`).
 """
 
 from __future__ import annotations
@@ -38,19 +42,33 @@ def agent_only(server_kind):
         pytest.skip("per-app secrets are the agent's; Spark's JVM service has one shared secret")
 
 
-@pytest.fixture(scope="module")
-def spark_built_pod(tmp_path_factory) -> dict:
-    """The executor pod real Spark 4.3 creates for an app with spark.authenticate and crypto on."""
-    work = tmp_path_factory.mktemp("probe")
+def host_path_conf(name: str, path: str, mount: str | None = None, sub_path: str | None = None) -> dict:
+    """Spark's settings for a hostPath volume of the executors."""
+    key = f"spark.kubernetes.executor.volumes.hostPath.{name}"
+    conf = {f"{key}.mount.path": mount or path, f"{key}.options.path": path}
+    if sub_path is not None:
+        conf[f"{key}.mount.subPath"] = sub_path
+    return conf
+
+
+def build_executor_pod(work: Path, extra: dict) -> dict:
+    """The first executor pod real Spark 4.3 creates for an app with spark.authenticate, crypto and `extra` on."""
     settings = {"spark.authenticate": "true", "spark.network.crypto.enabled": "true",
                 "spark.kubernetes.namespace": NS, "spark.executor.instances": "1",
-                "spark.kubernetes.container.image": "spark:4.3.0", "spark.shuffle.service.enabled": "true"}
+                "spark.kubernetes.container.image": "spark:4.3.0", "spark.shuffle.service.enabled": "true", **extra}
     (work / "in.json").write_text(json.dumps(settings))
     probe = REPO / "tests" / "deploy" / "spark_pod_probe.py"
     subprocess.run([sys.executable, str(probe), str(work / "in.json"), str(work / "out.json")], check=True,
                    timeout=300, capture_output=True)
     pod, = json.loads((work / "out.json").read_text())  # the first executor pod Spark created
     return pod
+
+
+@pytest.fixture(scope="module")
+def spark_built_pod(tmp_path_factory, server_base) -> dict:
+    """As Spark builds it with its local dir on a hostPath volume: the agent's root, at the same path."""
+    root = str(server_base / "root")
+    return build_executor_pod(tmp_path_factory.mktemp("probe"), host_path_conf("spark-local-dir-1", root))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +83,7 @@ def cluster(server_base, tmp_path_factory):
     agent = start_agent(find_agent_bin(REPO), work, [str(server_base / "root")], extra_args=args,
                         port=_free_port())
     wait_until(lambda: "pods listed" in agent.log_text(), 30, what="the agent's first pod list")
-    box = {"agent": agent, "sim": sim}
+    box = {"agent": agent, "sim": sim, "root": str(server_base / "root")}
     yield box
     box["agent"].stop()
     sim.close()
@@ -87,18 +105,27 @@ def driver_pod(app: str, uid: str, phase: str = "Running") -> dict:
             "status": {"phase": phase}}
 
 
-def executor_pod(app: str, name: str, owner_uid: str, secret: str | None, crypto: bool, node: str = NODE) -> dict:
+def executor_pod(app: str, name: str, owner_uid: str, secret: str | None, crypto: bool, node: str = NODE,
+                 exec_id: str = "0", host_paths: tuple[str, ...] = (), volumes: list | None = None,
+                 mounts: list | None = None) -> dict:
+    """An executor pod as Spark builds it; each of `host_paths` a hostPath volume mounted at its own path, as
+    Spark writes them (empty subPath and type), then any further `volumes` and their `mounts`."""
     env = [{"name": "SPARK_APPLICATION_ID", "value": app}]
     opts = ["-Dspark.driver.port=7078"]
     if secret is not None:
         env.append({"name": "_SPARK_AUTH_SECRET", "value": secret})
         opts += ["-Dspark.authenticate=true", f"-Dspark.network.crypto.enabled={str(crypto).lower()}"]
     env += [{"name": f"SPARK_JAVA_OPT_{i}", "value": o} for i, o in enumerate(opts)]
+    vols = [{"name": f"spark-local-dir-{i + 1}", "hostPath": {"path": p, "type": ""}} for i, p in enumerate(host_paths)]
+    vol_mounts = [{"name": f"spark-local-dir-{i + 1}", "mountPath": p, "readOnly": False, "subPath": ""}
+                  for i, p in enumerate(host_paths)]
     return {"metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
-                         "labels": {"spark-role": "executor", "spark-app-selector": app, "spark-exec-id": "1"},
+                         "labels": {"spark-role": "executor", "spark-app-selector": app, "spark-exec-id": exec_id},
                          "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": f"{app}-driver",
                                               "uid": owner_uid, "controller": True}]},
-            "spec": {"nodeName": node, "containers": [{"name": "spark-kubernetes-executor", "env": env}]},
+            "spec": {"nodeName": node, "volumes": vols + (volumes or []),
+                     "containers": [{"name": "spark-kubernetes-executor", "env": env,
+                                     "volumeMounts": vol_mounts + (mounts or [])}]},
             "status": {"phase": "Running"}}
 
 
@@ -106,12 +133,12 @@ def secret_for(app: str) -> str:
     return (app.encode().hex() * 4)[:64]
 
 
-def run_app(java_driver, agent, app, test_dir, secret, crypto, tag="e"):
-    """Registers an executor of `app` and fetches one block; returns the driver result."""
+def run_app(java_driver, agent, app, test_dir, secret, crypto, tag="e", exec_id="0"):
+    """Registers executor `exec_id` of `app` and fetches one block; returns the driver result."""
     ex = make_executor_dirs(str(test_dir / f"{app}-{tag}"), 1, 4)
     mo = ex.write_map_output(0, 0, [5000])
-    steps = [["register", "--exec", "0", "--dir", ex.local_dirs[0], "--subdirs", str(ex.subdirs)],
-             ["fetch", "--exec", "0", "--id", "shuffle_0_0_0"]]
+    steps = [["register", "--exec", exec_id, "--dir", ex.local_dirs[0], "--subdirs", str(ex.subdirs)],
+             ["fetch", "--exec", exec_id, "--id", "shuffle_0_0_0"]]
     conf = {"spark.network.crypto.enabled": str(crypto).lower()}
     r = java_driver.run(steps, port=agent.port, app=app, secret=secret, conf=conf)
     r.expected_crc = crc32(mo.block(0))
@@ -129,10 +156,12 @@ def outcome(agent, name: str) -> float:
     return scrape_metrics(agent_metrics_url(agent)).get(f'spark_shuffle_agent_handshakes_total{{outcome="{name}"}}', 0)
 
 
-def learn(cluster, app, secret, crypto, driver_uid=None):
+def learn(cluster, app, secret, crypto, driver_uid=None, **pod):
+    """The app's driver pod and its executor 0's pod, which mounts the agent's root unless told otherwise."""
     driver_uid = driver_uid or f"uid-{app}-driver"
+    pod.setdefault("host_paths", (cluster["root"],))
     cluster["sim"].apply(driver_pod(app, driver_uid))
-    cluster["sim"].apply(executor_pod(app, f"{app}-exec-1", driver_uid, secret, crypto))
+    cluster["sim"].apply(executor_pod(app, f"{app}-exec-1", driver_uid, secret, crypto, **pod))
     return driver_uid
 
 
@@ -149,23 +178,104 @@ def test_each_app_is_served_with_its_own_secret_and_crypto_setting(java_driver, 
     assert not r.one(0)["ok"], r.debug()
 
 
-def test_the_secret_spark_put_in_the_pod_it_built_authenticates_sparks_client(java_driver, cluster, test_dir,
-                                                                              spark_built_pod):
-    pod = json.loads(json.dumps(spark_built_pod))
+def place(cluster, spark_pod: dict, tag: str) -> tuple[str, str, dict]:
+    """Puts a pod Spark built on this node, as the cluster would; returns its app id, exec id and env."""
+    pod = json.loads(json.dumps(spark_pod))
     app = pod["metadata"]["labels"]["spark-app-selector"]
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["SPARK_APPLICATION_ID"] == app and "-Dspark.authenticate=true" in env.values(), env.keys()
     # What the cluster adds to Spark's pod: its namespace, node and uid, and the driver pod as its owner (Spark
     # sets it in cluster mode from spark.kubernetes.driver.pod.name; the probe runs the driver in client mode).
-    pod["metadata"].update(namespace=NS, uid="uid-real-exec")
-    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "drv",
-                                           "uid": "uid-real-driver", "controller": True}]
+    pod["metadata"].update(namespace=NS, uid=f"uid-real-exec-{tag}")
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": f"drv-{tag}",
+                                           "uid": f"uid-real-driver-{tag}", "controller": True}]
     pod["spec"]["nodeName"] = NODE
     pod["status"] = {"phase": "Running"}
-    cluster["sim"].apply(driver_pod(app, "uid-real-driver"))
+    cluster["sim"].apply(driver_pod(app, f"uid-real-driver-{tag}"))
     cluster["sim"].apply(pod)
-    r = run_app(java_driver, cluster["agent"], app, test_dir, env["_SPARK_AUTH_SECRET"], crypto=True)
+    return app, pod["metadata"]["labels"]["spark-exec-id"], env
+
+
+def test_the_secret_spark_put_in_the_pod_it_built_authenticates_sparks_client(java_driver, cluster, test_dir,
+                                                                              spark_built_pod):
+    app, exec_id, env = place(cluster, spark_built_pod, "root")
+    r = run_app(java_driver, cluster["agent"], app, test_dir, env["_SPARK_AUTH_SECRET"], crypto=True, exec_id=exec_id)
     assert served(r), f"{r.debug()}\n{cluster['agent'].log_tail()}"
+
+
+def test_a_host_path_spark_mounts_with_a_sub_path_serves_the_dirs_below_it(java_driver, cluster, test_dir,
+                                                                           tmp_path_factory):
+    """hostPath <root>, subPath <sub>, mount path <root>/<sub>: the executor's <root>/<sub> is the node's, as
+    Spark writes it from `spark.kubernetes.executor.volumes.hostPath.<name>.mount.subPath`."""
+    sub = test_dir.name
+    conf = host_path_conf("spark-local-dir-1", cluster["root"], mount=str(test_dir), sub_path=sub)
+    spark_pod = build_executor_pod(tmp_path_factory.mktemp("probe-sub"), conf)
+    mount, = [m for m in spark_pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "spark-local-dir-1"]
+    assert (mount["mountPath"], mount["subPath"]) == (str(test_dir), sub), mount
+    app, exec_id, env = place(cluster, spark_pod, "sub")
+    r = run_app(java_driver, cluster["agent"], app, test_dir, env["_SPARK_AUTH_SECRET"], crypto=True, exec_id=exec_id)
+    assert served(r), f"{r.debug()}\n{cluster['agent'].log_tail()}"
+    # The root itself is the node's, but not what this pod shows at that path.
+    r = run_app(java_driver, cluster["agent"], app, test_dir.parent, env["_SPARK_AUTH_SECRET"], crypto=True,
+                exec_id=exec_id, tag="root")
+    assert "the pod mounts no volume there" in server_text(r.one(0)), r.debug()
+
+
+def refused_text(app: str, exec_id: str, entry: str, reason: str) -> str:
+    return (f"java.lang.IllegalArgumentException: localDirs entry {entry} of executor {exec_id} of application "
+            f"{app} is not within a hostPath volume that its pod {NS}/{app}-exec-1 mounts at the same path: {reason}")
+
+
+def test_a_registration_is_served_only_within_a_host_path_its_executor_pod_mounts(java_driver, cluster, test_dir):
+    """RegisterExecutor's dirs are the client's choice: the agent serves them only inside a hostPath volume the
+    executor's own pod mounts at the same path. Under the agent's root but outside that hostPath (where another
+    app's dirs could be), or on the pod's emptyDir, Spark's client is refused with the reason."""
+    agent = cluster["agent"]
+    app = new_app()
+    host, scratch = test_dir / "host-path", test_dir / "scratch"
+    host.mkdir()
+    learn(cluster, app, secret_for(app), crypto=True, host_paths=(str(host),),
+          volumes=[{"name": "scratch", "emptyDir": {}}], mounts=[{"name": "scratch", "mountPath": str(scratch)}])
+    r = run_app(java_driver, agent, app, host, secret_for(app), crypto=True)
+    assert served(r), f"{r.debug()}\n{agent.log_tail()}"
+    for base, tag, reason in [
+        (test_dir, "out", "the pod mounts no volume there"),
+        (scratch, "tmp", f"the pod mounts an emptyDir volume at {scratch}, not a hostPath"),
+    ]:
+        r = run_app(java_driver, agent, app, base, secret_for(app), crypto=True, tag=tag)
+        assert not r.one(0)["ok"], r.debug()
+        assert server_text(r.one(0)) == refused_text(app, "0", str(base / f"{app}-{tag}" / "ld0"), reason), r.debug()
+
+
+def test_a_symlink_out_of_the_host_path_is_refused(java_driver, cluster, test_dir):
+    """The executor can write into its hostPath, so a symlink there must not lead the agent to other node dirs."""
+    agent = cluster["agent"]
+    app = new_app()
+    host, victim = test_dir / "host-path", test_dir / "victim"
+    host.mkdir()
+    run_dir = victim / f"{app}-e"
+    run_dir.mkdir(parents=True)
+    (host / "link").symlink_to(victim)
+    learn(cluster, app, secret_for(app), crypto=False, host_paths=(str(host),))
+    r = run_app(java_driver, agent, app, host / "link", secret_for(app), crypto=False)
+    assert not r.one(0)["ok"], r.debug()
+    entry = str(host / "link" / f"{app}-e" / "ld0")
+    reason = f"it resolves to {run_dir / 'ld0'}, outside the pod's hostPath volumes"
+    assert server_text(r.one(0)) == refused_text(app, "0", entry, reason), r.debug()
+
+
+def test_an_app_without_authentication_is_held_to_its_pods_host_paths_too(java_driver, cluster, test_dir):
+    """Mixed mode: any unauthenticated client may claim an open app's id, so its registrations are checked the
+    same way, or it could register dirs of an authenticated app that has not registered them yet."""
+    agent = cluster["agent"]
+    app = new_app()
+    host = test_dir / "host-path"
+    host.mkdir()
+    learn(cluster, app, None, crypto=False, host_paths=(str(host),))
+    assert served(run_app(java_driver, agent, app, host, None, crypto=False))
+    r = run_app(java_driver, agent, app, test_dir, None, crypto=False, tag="out")
+    assert server_text(r.one(0)) == refused_text(app, "0", str(test_dir / f"{app}-out" / "ld0"),
+                                                 "the pod mounts no volume there"), r.debug()
 
 
 def test_a_pod_whose_owner_is_not_its_apps_driver_gives_no_secret(java_driver, cluster, test_dir):
@@ -186,7 +296,7 @@ def test_conflicting_secrets_refuse_the_app_until_its_driver_ends(java_driver, c
     agent, sim = cluster["agent"], cluster["sim"]
     app = new_app()
     uid = learn(cluster, app, secret_for(app), crypto=False)
-    sim.apply(executor_pod(app, f"{app}-exec-2", uid, "a-different-secret", False))
+    sim.apply(executor_pod(app, f"{app}-exec-2", uid, "a-different-secret", False, exec_id="2"))
     wait_until(lambda: "pods disagree" in agent.log_text(), 30, what="the conflict WARN")
     before = outcome(agent, "conflicting_secret")
     for secret in (secret_for(app), "a-different-secret"):
@@ -250,7 +360,7 @@ def test_after_a_kill_9_an_app_with_no_executor_left_on_this_node_is_served(java
     r = run_app(java_driver, agent, app, test_dir, secret_for(app), crypto=True)
     assert served(r), r.debug()
     sim.delete(NS, f"{app}-exec-1")
-    sim.apply(executor_pod(app, f"{app}-exec-9", uid, secret_for(app), True, node="node-b"))
+    sim.apply(executor_pod(app, f"{app}-exec-9", uid, secret_for(app), True, node="node-b", exec_id="9"))
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(30)
     cluster["agent"] = agent = restart_agent(agent)

@@ -190,6 +190,7 @@ impl Node {
                 lifecycle: lifecycle.clone(),
                 health: Arc::clone(&health),
                 keyring: None,
+                executor_mounts: None,
             };
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
