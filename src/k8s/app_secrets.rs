@@ -2,6 +2,10 @@
 //! Kubernetes gives every app a fresh secret and hands it to executors as the literal env value
 //! `_SPARK_AUTH_SECRET` of their pods; the app's auth settings travel as `SPARK_JAVA_OPT_*`
 //! `-Dkey=value` entries. No `get secrets` is needed: the executor watch already reads pods.
+//! The exception is an app whose executors read the secret from a file: its pods carry none.
+//! Such an app is refused unless `agent.auth.pods.secretFiles read` lets [`secret_files`] GET
+//! the Kubernetes Secret mounted at that file (once per app, after the owner check below); the
+//! secret derived from it is then offered like an env secret.
 //!
 //! What is believed, and why (anyone who may create a pod can label it with any app id and set
 //! any env): an executor pod's claim counts only when its controller owner is a driver pod
