@@ -87,6 +87,9 @@ pub struct Config {
     /// watch to deliver one, and a registration for its executor's pod (whose mounts its dirs
     /// are checked against).
     pub auth_pods_wait: Duration,
+    /// `agent.auth.pods.secretFiles`: `refuse` (default) or `read`: for apps whose executors read
+    /// the secret from a file, GET the Kubernetes Secret mounted there (needs `get secrets`).
+    pub auth_pods_read_secret_files: bool,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -142,6 +145,7 @@ impl Default for Config {
             // Under the 5 s of spark.shuffle.registration.timeout, so an executor registering
             // before its pod event reaches us gets our answer rather than its own timeout.
             auth_pods_wait: Duration::from_secs(4),
+            auth_pods_read_secret_files: false,
         }
     }
 }
@@ -228,6 +232,13 @@ impl Config {
                 }
             }
             "agent.auth.pods.wait" => self.auth_pods_wait = parse_duration(value).map_err(bad)?,
+            "agent.auth.pods.secretFiles" => {
+                self.auth_pods_read_secret_files = match value.trim() {
+                    "refuse" => false,
+                    "read" => true,
+                    _ => return Err(bad("refuse or read".into())),
+                }
+            }
             other => {
                 if !self.auth.set(other, value).map_err(bad)? {
                     return Err(ConfigError::UnknownKey(other.to_string()));
@@ -280,6 +291,13 @@ impl Config {
         if self.max_connections == 0 {
             return bad("agent.max.connections", "0".into(), "must be positive");
         }
+        if self.auth_pods_read_secret_files && !self.auth_per_app {
+            return bad(
+                "agent.auth.pods.secretFiles",
+                "read".into(),
+                "only means something with agent.auth.secrets pods (apps' secrets from their pods)",
+            );
+        }
         Ok(())
     }
 
@@ -300,6 +318,7 @@ impl Config {
             node_name: self.node_name.clone().or_else(from_env),
             reconcile_interval: self.k8s_reconcile_interval,
             absent_recheck: self.k8s_absent_recheck,
+            read_secret_files: self.auth_per_app && self.auth_pods_read_secret_files,
         }
     }
 
@@ -520,6 +539,21 @@ mod tests {
         assert!(err.starts_with("spark.authenticate.secret: agent.auth.secrets=pods"), "{err}");
         assert!(!err.contains("hunter2"));
         assert!(Config::default().set("agent.auth.secrets", "vault").is_err());
+    }
+
+    #[test]
+    fn reading_apps_secret_files_is_off_by_default_and_only_with_per_app_secrets() {
+        let mut c = Config::default();
+        assert!(!c.auth_pods_read_secret_files && !c.k8s_settings().read_secret_files);
+        c.set("agent.auth.pods.secretFiles", "read").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("agent.auth.pods.secretFiles") && err.contains("agent.auth.secrets pods"), "{err}");
+        c.set("agent.auth.secrets", "pods").unwrap();
+        c.validate().unwrap();
+        assert!(c.k8s_settings().read_secret_files);
+        c.set("agent.auth.pods.secretFiles", "refuse").unwrap();
+        assert!(!c.k8s_settings().read_secret_files);
+        assert!(c.set("agent.auth.pods.secretFiles", "true").is_err(), "refuse or read, not a boolean");
     }
 
     #[test]

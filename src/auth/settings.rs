@@ -48,8 +48,8 @@ pub struct AuthSettings {
     pub cipher: SessionCipher,
     /// `spark.network.sasl.serverAlwaysEncrypt`: only SASL auth-conf clients.
     pub sasl_always_encrypt: bool,
-    /// `spark.authenticate.secret.executor.file` is set (an app's setting, read off its pods).
-    pub executor_secret_file: bool,
+    /// `spark.authenticate.secret.executor.file` (an app's setting, read off its pods).
+    pub executor_secret_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -101,7 +101,9 @@ impl AuthSettings {
                 }
             }
             "spark.network.sasl.serverAlwaysEncrypt" => self.sasl_always_encrypt = parse_bool(value)?,
-            "spark.authenticate.secret.executor.file" => self.executor_secret_file = !value.is_empty(),
+            "spark.authenticate.secret.executor.file" => {
+                self.executor_secret_file = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty())
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -149,10 +151,11 @@ impl AuthSettings {
         if !self.enabled {
             return AppAccess::Unauthenticated;
         }
-        if self.secret_file.is_some() || self.executor_secret_file {
+        if self.executor_file().is_some() {
             return AppAccess::Unsupported(
-                "its executors read the secret from a file (spark.authenticate.secret.file); \
-                 reading Kubernetes Secrets is not supported"
+                "its executors read the secret from a file (spark.authenticate.secret.executor.file or \
+                 spark.authenticate.secret.file); reading the Kubernetes Secret behind it is off \
+                 (agent.auth.pods.secretFiles refuse)"
                     .into(),
             );
         }
@@ -163,16 +166,36 @@ impl AuthSettings {
             }
         }
     }
+
+    /// The file an app's executors read their secret from: `spark.authenticate.secret.executor.file`,
+    /// which falls back to `spark.authenticate.secret.file` in Spark (a `fallbackConf`, auth.md
+    /// §1). None when neither is set.
+    pub fn executor_file(&self) -> Option<&Path> {
+        self.executor_secret_file.as_deref().or(self.secret_file.as_deref())
+    }
+
+    /// How an app whose executors read [`AuthSettings::executor_file`] authenticates, given that
+    /// file's bytes (read from the Kubernetes Secret it is mounted from): the secret is what
+    /// Spark's `secretKeyFromFile` makes of them. Empty bytes are refused, as Spark refuses them.
+    pub fn app_access_from_file(&self, bytes: &[u8]) -> AppAccess {
+        match secret_from_bytes(bytes) {
+            Some(secret) => AppAccess::Authenticated(Arc::new(self.policy_with(secret))),
+            None => AppAccess::Unsupported("its secret file is empty (Spark refuses an empty secret file)".into()),
+        }
+    }
 }
 
-/// `SecurityManager.secretKeyFromFile`: Base64 of the file's raw bytes.
+/// `SecurityManager.secretKeyFromFile`: Base64 (standard alphabet, padded:
+/// `java.util.Base64.getEncoder()`) of the file's raw bytes. None for no bytes.
+fn secret_from_bytes(bytes: &[u8]) -> Option<Secret> {
+    (!bytes.is_empty()).then(|| Secret::new(base64::engine::general_purpose::STANDARD.encode(bytes)))
+}
+
+/// [`secret_from_bytes`] of a file of the agent's own (`spark.authenticate.secret.file`).
 fn secret_from_file(path: &Path) -> Result<Secret, String> {
     let bytes =
         zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?);
-    if bytes.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(Secret::new(base64::engine::general_purpose::STANDARD.encode(&*bytes)))
+    secret_from_bytes(&bytes).ok_or_else(|| format!("{} is empty", path.display()))
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {

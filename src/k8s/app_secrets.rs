@@ -2,6 +2,10 @@
 //! Kubernetes gives every app a fresh secret and hands it to executors as the literal env value
 //! `_SPARK_AUTH_SECRET` of their pods; the app's auth settings travel as `SPARK_JAVA_OPT_*`
 //! `-Dkey=value` entries. No `get secrets` is needed: the executor watch already reads pods.
+//! The exception is an app whose executors read the secret from a file: its pods carry none.
+//! Such an app is refused unless `agent.auth.pods.secretFiles read` lets [`secret_files`] GET
+//! the Kubernetes Secret mounted at that file (once per app, after the owner check below); the
+//! secret derived from it is then offered like an env secret.
 //!
 //! What is believed, and why (anyone who may create a pod can label it with any app id and set
 //! any env): an executor pod's claim counts only when its controller owner is a driver pod
@@ -27,10 +31,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::Api;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
 use super::pods;
+use super::secret_files::{self, ReadError, SecretKeyRef, SecretRead};
 use crate::auth::{AppAccess, AuthSettings, Claim, Keyring, Offered, SECRET_ENV};
 use crate::registry::Registry;
 use crate::sync::lock;
@@ -47,7 +54,19 @@ pub struct PodClaim {
     pub namespace: String,
     /// Its controller owner's uid: the driver pod it must be.
     pub owner_uid: String,
+    /// What its pods say; for an app whose executors read a secret file, "unsupported" until the
+    /// Secret behind the file is read (only with `agent.auth.pods.secretFiles read`).
     pub access: AppAccess,
+    /// Set when its executors read the secret from a file.
+    pub secret_file: Option<FileSecret>,
+}
+
+/// Where the secret file of an app's executors comes from, and the settings its secret goes with.
+#[derive(Debug, Clone)]
+pub struct FileSecret {
+    /// The Secret key mounted at the file, or why that cannot be told.
+    pub source: Result<SecretKeyRef, String>,
+    pub settings: AuthSettings,
 }
 
 /// Reads an executor pod's claim, or says why it makes none.
@@ -71,6 +90,14 @@ pub fn executor_claim(pod: &Pod) -> Result<PodClaim, &'static str> {
         .flat_map(|c| c.env.iter().flatten())
         .map(|e| (e.name.as_str(), e.value.as_deref()))
         .collect();
+    // The executor's own container: the one Spark gives the app id (a pod template may add others).
+    let app_container = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .find(|c| c.env.iter().flatten().any(|e| e.name == APP_ID_ENV))
+        .map(|c| c.name.as_str())
+        .unwrap_or_default();
     if env.get(APP_ID_ENV).copied().flatten() != Some(app_id) {
         return Err("env SPARK_APPLICATION_ID differs from its spark-app-selector label");
     }
@@ -85,11 +112,16 @@ pub fn executor_claim(pod: &Pod) -> Result<PodClaim, &'static str> {
         }
     }
     let secret = env.get(SECRET_ENV).copied().flatten();
+    let secret_file = settings
+        .executor_file()
+        .filter(|_| settings.enabled)
+        .map(|path| FileSecret { source: secret_files::resolve(pod, path, app_container), settings: settings.clone() });
     Ok(PodClaim {
         app_id: app_id.to_string(),
         namespace,
         owner_uid: owner.uid.clone(),
         access: settings.app_access(secret),
+        secret_file,
     })
 }
 
@@ -108,9 +140,40 @@ pub struct SecretSource {
     drivers: HashMap<String, DriverRef>,
     /// Driver uids of a LIST in progress.
     relisting: Option<HashSet<String>>,
+    /// With `agent.auth.pods.secretFiles read`: where Secret reads are sent ([`secret_files::reads`]).
+    file_reads: Option<mpsc::Sender<SecretRead>>,
+    /// Each Secret read per app: made once; after a failure, again no sooner than [`READ_RETRY`].
+    reads: HashMap<ReadKey, ReadState>,
 }
 
+/// One app's (its driver pod's) read of one Secret key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    driver_uid: String,
+    app_id: String,
+    secret: SecretKeyRef,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReadState {
+    /// Sent to the reader; `retry` when an earlier read failed (its WARN was given).
+    Pending { retry: bool },
+    /// Read: its claim went to the keyring.
+    Done,
+    /// Failed at that time.
+    Failed(Instant),
+}
+
+/// How soon a failed Secret read may be made again (on a later event of the app's pods).
+const READ_RETRY: Duration = Duration::from_secs(30);
+
 impl SecretSource {
+    /// A source that reads the Secrets behind apps' secret files (`agent.auth.pods.secretFiles
+    /// read`) by sending them to `reads`.
+    pub fn reading_secret_files(reads: mpsc::Sender<SecretRead>) -> SecretSource {
+        SecretSource { file_reads: Some(reads), ..SecretSource::default() }
+    }
+
     /// One executor-watch event.
     pub fn executor_event(&mut self, event: &watcher::Event<Pod>, keyring: &Keyring) {
         match event {
@@ -191,6 +254,7 @@ impl SecretSource {
 
     fn driver_ended(&mut self, uid: &str, keyring: &Keyring) {
         self.waiting.retain(|_, c| c.owner_uid != uid);
+        self.reads.retain(|read, _| read.driver_uid != uid);
         if let Some(driver) = self.drivers.remove(uid) {
             if keyring.forget(&driver.app_id, uid) {
                 info!(app = %driver.app_id, "driver pod ended; the app's secret is dropped");
@@ -200,7 +264,7 @@ impl SecretSource {
 
     /// A claim whose owner is a known live driver pod: believed only if that driver is of the
     /// same app and namespace.
-    fn settle(&self, pod: &str, claim: PodClaim, keyring: &Keyring) {
+    fn settle(&mut self, pod: &str, mut claim: PodClaim, keyring: &Keyring) {
         let Some(driver) = self.drivers.get(&claim.owner_uid) else { return };
         if driver.app_id != claim.app_id || driver.namespace != claim.namespace {
             warn!(
@@ -210,6 +274,17 @@ impl SecretSource {
                 "executor pod's owner is a driver pod of another app or namespace; its secret is not used"
             );
             return;
+        }
+        if self.file_reads.is_some() {
+            match claim.secret_file.as_ref().map(|f| f.source.clone()) {
+                Some(Ok(secret)) => return self.request_read(pod, claim, secret),
+                Some(Err(why)) => {
+                    claim.access = AppAccess::Unsupported(format!(
+                        "its executors read the secret from a file that cannot be traced to a Kubernetes Secret: {why}"
+                    ))
+                }
+                None => {}
+            }
         }
         if let AppAccess::Unsupported(why) = &claim.access {
             warn!(pod, app = %claim.app_id, why = %why, "the app cannot be served");
@@ -225,6 +300,61 @@ impl SecretSource {
                 pod,
                 "pods disagree on the application's secret, namespace or driver; the app is refused until its first driver ends"
             ),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Asks for the Secret behind a claim's file, unless this app's read of it is made (or in
+    /// flight, or failed less than [`READ_RETRY`] ago).
+    fn request_read(&mut self, pod: &str, claim: PodClaim, secret: SecretKeyRef) {
+        let key = ReadKey { driver_uid: claim.owner_uid.clone(), app_id: claim.app_id.clone(), secret };
+        let retry = match self.reads.get(&key) {
+            None => false,
+            Some(ReadState::Failed(at)) if at.elapsed() >= READ_RETRY => true,
+            Some(_) => return,
+        };
+        let Some(reads) = &self.file_reads else { return };
+        let (app, secret) = (claim.app_id.clone(), key.secret.clone());
+        match reads.try_send(SecretRead { pod: pod.to_string(), claim, secret: secret.clone() }) {
+            Ok(()) => {
+                debug!(pod, app = %app, secret = %secret, "reading the Kubernetes Secret behind the app's secret file");
+                self.reads.insert(key, ReadState::Pending { retry });
+            }
+            // Nothing recorded: a later event of the app's pods asks again.
+            Err(_) => debug!(pod, app = %app, "secret reads queue full; the read is asked again on a later pod event"),
+        }
+    }
+
+    /// The outcome of a [`SecretRead`]. A read whose app's driver ended meanwhile is dropped.
+    pub fn secret_read(&mut self, read: SecretRead, outcome: Result<Zeroizing<Vec<u8>>, ReadError>, keyring: &Keyring) {
+        let SecretRead { pod, mut claim, secret } = read;
+        let key = ReadKey { driver_uid: claim.owner_uid.clone(), app_id: claim.app_id.clone(), secret };
+        let Some(ReadState::Pending { retry }) = self.reads.get(&key).copied() else { return };
+        let (app, namespace, secret) = (claim.app_id.clone(), claim.namespace.clone(), &key.secret);
+        match (outcome, claim.secret_file.take()) {
+            (Ok(bytes), Some(file)) => {
+                info!(pod, app = %app, namespace = %namespace, secret = %secret, "read the app's secret file from its Kubernetes Secret");
+                claim.access = file.settings.app_access_from_file(&bytes);
+                self.reads.insert(key, ReadState::Done);
+                self.settle(&pod, claim, keyring);
+            }
+            (Ok(_), None) => {}
+            (Err(error), _) => {
+                if retry {
+                    debug!(pod, app = %app, secret = %secret, error = %error, "reading the app's Kubernetes Secret failed again");
+                } else {
+                    warn!(
+                        pod,
+                        app = %app,
+                        namespace = %namespace,
+                        secret = %secret,
+                        error = %error,
+                        "reading the Kubernetes Secret behind the app's secret file failed; the app is refused until a read succeeds (retried on later events of its pods, at most every 30 s)"
+                    );
+                }
+                self.reads.insert(key, ReadState::Failed(Instant::now()));
+            }
         }
     }
 }

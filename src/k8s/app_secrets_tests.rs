@@ -2,6 +2,7 @@ use super::*;
 use crate::auth::Lookup;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use secret_files::ReadError;
 use watcher::Event;
 
 fn driver(name: &str, uid: &str, app: &str, phase: &str) -> Pod {
@@ -152,4 +153,112 @@ fn a_driver_missing_from_a_relist_ends_its_apps_secret() {
     source.driver_event(&Event::InitApply(driver("drv2", "d2-uid", "spark-2", "Running")), &keyring);
     source.driver_event(&Event::InitDone, &keyring);
     assert!(secret_of(&keyring, "spark-1").is_none());
+}
+
+/// An executor pod whose app reads the secret from `/mnt/secret/key`, mounted from Secret
+/// `spark-auth` as `spark.kubernetes.executor.secrets.spark-auth=/mnt/secret` makes it.
+fn file_executor(name: &str, app: &str, owner: &str) -> Pod {
+    use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume, VolumeMount};
+    let opts = ["-Dspark.authenticate=true", "-Dspark.authenticate.secret.executor.file=/mnt/secret/key"];
+    let mut pod = executor(name, app, owner, None, &opts);
+    let spec = pod.spec.as_mut().unwrap();
+    spec.containers[0].volume_mounts = Some(vec![VolumeMount {
+        name: "spark-auth-volume".into(),
+        mount_path: "/mnt/secret".into(),
+        ..Default::default()
+    }]);
+    spec.volumes = Some(vec![Volume {
+        name: "spark-auth-volume".into(),
+        secret: Some(SecretVolumeSource { secret_name: Some("spark-auth".into()), ..Default::default() }),
+        ..Default::default()
+    }]);
+    pod
+}
+
+#[test]
+fn the_executor_file_falls_back_to_the_secret_file_and_names_its_mount() {
+    let claim = executor_claim(&file_executor("e1", "spark-1", "d")).unwrap();
+    let file = claim.secret_file.expect("a file claim");
+    assert_eq!(file.source, Ok(SecretKeyRef { name: "spark-auth".into(), key: "key".into() }));
+    let mut pod = file_executor("e1", "spark-1", "d");
+    let env = pod.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap();
+    env.last_mut().unwrap().value = Some("-Dspark.authenticate.secret.file=/mnt/secret/other".into());
+    let file = executor_claim(&pod).unwrap().secret_file.expect("the fallback key");
+    assert_eq!(file.source, Ok(SecretKeyRef { name: "spark-auth".into(), key: "other".into() }));
+}
+
+#[test]
+fn with_secret_files_refused_the_app_is_unsupported_and_nothing_is_read() {
+    let keyring = Keyring::new();
+    let mut source = SecretSource::default();
+    source.driver_event(&Event::Apply(driver("drv", "d-uid", "spark-1", "Running")), &keyring);
+    source.executor_event(&Event::Apply(file_executor("e1", "spark-1", "d-uid")), &keyring);
+    let Lookup::Known(AppAccess::Unsupported(why)) = keyring.lookup("spark-1") else { panic!("unsupported") };
+    assert!(why.contains("agent.auth.pods.secretFiles refuse"), "{why}");
+}
+
+#[test]
+fn with_secret_files_read_the_secret_is_read_once_per_app_and_offered_as_spark_derives_it() {
+    let keyring = Keyring::new();
+    let (tx, mut rx) = secret_files::channel();
+    let mut source = SecretSource::reading_secret_files(tx);
+    source.executor_event(&Event::Apply(file_executor("e1", "spark-1", "d-uid")), &keyring);
+    assert!(rx.try_recv().is_err(), "nothing is read before the owner check");
+    source.driver_event(&Event::Apply(driver("drv", "d-uid", "spark-1", "Running")), &keyring);
+    let read = rx.try_recv().expect("a read");
+    assert_eq!((read.secret.name.as_str(), read.claim.namespace.as_str()), ("spark-auth", "jobs"));
+    source.executor_event(&Event::Apply(file_executor("e2", "spark-1", "d-uid")), &keyring);
+    assert!(rx.try_recv().is_err(), "one read per app and Secret, even in flight");
+    assert!(matches!(keyring.lookup("spark-1"), Lookup::Unknown));
+    source.secret_read(read, Ok(Zeroizing::new(vec![0xff, 0x00, b'a'])), &keyring);
+    assert_eq!(secret_of(&keyring, "spark-1").as_deref(), Some(&b"/wBh"[..]), "Base64 of the file's bytes");
+    source.executor_event(&Event::Apply(file_executor("e3", "spark-1", "d-uid")), &keyring);
+    assert!(rx.try_recv().is_err(), "read once");
+}
+
+#[test]
+fn a_failed_read_leaves_the_app_unknown_and_is_retried_only_later() {
+    let keyring = Keyring::new();
+    let (tx, mut rx) = secret_files::channel();
+    let mut source = SecretSource::reading_secret_files(tx);
+    source.driver_event(&Event::Apply(driver("drv", "d-uid", "spark-1", "Running")), &keyring);
+    source.executor_event(&Event::Apply(file_executor("e1", "spark-1", "d-uid")), &keyring);
+    let read = rx.try_recv().expect("a read");
+    let missing = ReadError::Api { code: 404, reason: "NotFound".into() };
+    source.secret_read(read, Err(missing), &keyring);
+    assert!(matches!(keyring.lookup("spark-1"), Lookup::Unknown));
+    source.executor_event(&Event::Apply(file_executor("e1", "spark-1", "d-uid")), &keyring);
+    assert!(rx.try_recv().is_err(), "not again at once");
+    // The driver ends: its reads are forgotten; a new driver of the same id reads afresh.
+    source.driver_event(&Event::Apply(driver("drv", "d-uid", "spark-1", "Succeeded")), &keyring);
+    source.driver_event(&Event::Apply(driver("drv2", "d2-uid", "spark-1", "Running")), &keyring);
+    source.executor_event(&Event::Apply(file_executor("e9", "spark-1", "d2-uid")), &keyring);
+    assert!(rx.try_recv().is_ok());
+}
+
+#[test]
+fn a_read_that_lands_after_its_driver_ended_is_dropped() {
+    let keyring = Keyring::new();
+    let (tx, mut rx) = secret_files::channel();
+    let mut source = SecretSource::reading_secret_files(tx);
+    source.driver_event(&Event::Apply(driver("drv", "d-uid", "spark-1", "Running")), &keyring);
+    source.executor_event(&Event::Apply(file_executor("e1", "spark-1", "d-uid")), &keyring);
+    let read = rx.try_recv().expect("a read");
+    source.driver_event(&Event::Delete(driver("drv", "d-uid", "spark-1", "Running")), &keyring);
+    source.secret_read(read, Ok(Zeroizing::new(b"s".to_vec())), &keyring);
+    assert!(matches!(keyring.lookup("spark-1"), Lookup::Unknown));
+}
+
+#[test]
+fn a_file_not_traceable_to_a_secret_refuses_the_app_with_the_reason() {
+    let keyring = Keyring::new();
+    let (tx, mut rx) = secret_files::channel();
+    let mut source = SecretSource::reading_secret_files(tx);
+    let mut pod = file_executor("e1", "spark-1", "d-uid");
+    pod.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0].secret = None;
+    source.driver_event(&Event::Apply(driver("drv", "d-uid", "spark-1", "Running")), &keyring);
+    source.executor_event(&Event::Apply(pod), &keyring);
+    assert!(rx.try_recv().is_err());
+    let Lookup::Known(AppAccess::Unsupported(why)) = keyring.lookup("spark-1") else { panic!("unsupported") };
+    assert!(why.contains("not a secret volume"), "{why}");
 }

@@ -11,6 +11,8 @@
 //! * [`drivers`]: one watch on driver pods in all namespaces (`spark-role=driver`), kept as a
 //!   small view (pod → app id, finished or not). A driver pod of an app registered here that
 //!   finished or was deleted → `Lifecycle::application_removed`.
+//! * [`secret_files`] (with `agent.auth.pods.secretFiles read`): a GET of the Kubernetes Secret
+//!   behind an app's secret file, once per app, when its executor pod names one.
 //! * [`reconcile`]: every `reconcile_interval`, and after every complete list of driver pods,
 //!   each app registered here is judged against that view; an app with no driver pod in it is
 //!   checked with two direct LISTs before anything is deleted (restarts, missed events).
@@ -36,6 +38,7 @@ pub mod executors;
 pub mod metrics;
 pub mod pods;
 pub mod reconcile;
+pub mod secret_files;
 
 pub use api_health::{K8sHealth, K8sSnapshot, WatchHealth, WatchSnapshot};
 pub use metrics::K8sSource;
@@ -88,6 +91,9 @@ pub struct K8sSettings {
     /// still has running executors (a client-mode app, whose driver is not a labelled pod;
     /// `agent.k8s.absent.recheck`).
     pub absent_recheck: Duration,
+    /// Read the Kubernetes Secret behind an app's secret file (`agent.auth.pods.secretFiles
+    /// read`; needs `get secrets`). Only with per-app secrets.
+    pub read_secret_files: bool,
 }
 
 /// The parts of the agent the watchers act on.
@@ -192,8 +198,20 @@ pub async fn run(
 
     let view = Arc::new(Mutex::new(drivers::DriverView::default()));
     let synced = Arc::new(Notify::new());
-    let secrets = Arc::new(Mutex::new(app_secrets::SecretSource::default()));
+    let mut source = app_secrets::SecretSource::default();
+    let mut secret_reads = None;
+    if settings.read_secret_files && targets.keyring.is_some() {
+        let (tx, rx) = secret_files::channel();
+        source = app_secrets::SecretSource::reading_secret_files(tx);
+        secret_reads = Some(rx);
+    }
+    let secrets = Arc::new(Mutex::new(source));
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(keyring), Some(rx)) = (&targets.keyring, secret_reads) {
+        let client = observed_client(&config, &health, None)?;
+        info!("apps' secret files are read from their Kubernetes Secrets (agent.auth.pods.secretFiles read)");
+        tasks.spawn(secret_files::reads(client, Arc::clone(keyring), Arc::clone(&secrets), rx, shutdown.clone()));
+    }
     if let Some(keyring) = &targets.keyring {
         let client = observed_client(&config, &health, None)?;
         let (keyring, registry) = (Arc::clone(keyring), Arc::clone(&targets.registry));

@@ -291,6 +291,31 @@ def test_podmonitor_component_scrapes_the_named_metrics_port(rendered):
     assert ds["spec"]["template"]["spec"]["priorityClassName"] == "system-node-critical"
 
 
+def test_secret_files_component_grants_only_get_on_secrets_to_the_agents_service_account(rendered):
+    # agent.auth.pods.secretFiles read: one GET of a Secret by name (src/k8s/secret_files.rs), never list/watch.
+    for overlay in OVERLAYS:
+        objects = rendered[f"{overlay}+components"]
+        roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRole"}
+        assert roles["spark-shuffle-agent-secret-files"]["rules"] == [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+        ]
+        assert roles["spark-shuffle-agent"]["rules"] == [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+        ], "the base role is unchanged"
+        binding = next(o for o in objects if o["kind"] == "ClusterRoleBinding"
+                       and o["roleRef"]["name"] == "spark-shuffle-agent-secret-files")
+        sa = one(objects, "ServiceAccount")
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+        ]
+
+
+def test_no_overlay_can_read_secrets_without_the_component(rendered):
+    for overlay in OVERLAYS:
+        rules = [r for o in rendered[overlay] if o["kind"] in ("ClusterRole", "Role") for r in o["rules"]]
+        assert not [r for r in rules if "secrets" in r["resources"]], overlay
+
+
 def test_overlays_without_components_have_no_podmonitor_and_no_priority_class(rendered):
     for overlay in OVERLAYS:
         assert not [o for o in rendered[overlay] if o["kind"] == "PodMonitor"]

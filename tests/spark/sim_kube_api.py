@@ -4,13 +4,17 @@ No real kube-apiserver can run on these machines (spec/kubernetes.md §4). This 
 kube-rs's watcher and the agent's lookups call: `GET /api/v1/pods` (also per namespace) as a
 PodList filtered by `labelSelector` (`k=v`, `k`, comma-separated) and `fieldSelector`
 (`spec.nodeName=`, `metadata.namespace=`), and the same with `watch=true&resourceVersion=N`: the
-events after N as JSON lines, then live ones, until `timeoutSeconds`. The Rust integration tests
+events after N as JSON lines, then live ones, until `timeoutSeconds`. It also serves
+`GET /api/v1/namespaces/{ns}/secrets/{name}` (what the agent reads with
+`agent.auth.pods.secretFiles read`): the Secret with its `data` values Base64-encoded as the real
+API server sends them, or a 404 Status for an unknown one. The Rust integration tests
 have a fuller one (tests/integration/k8s_support/sim_api.rs: cut watches, 410s, failures); this
 one is for the Python tests that drive the agent binary with the real Spark client.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import threading
@@ -43,6 +47,7 @@ class SimApi:
         self.pods: dict[tuple[str, str], dict] = {}
         self.history: list[tuple[int, str, dict]] = []
         self.requests: list[str] = []
+        self.secrets: dict[tuple[str, str], dict[str, bytes]] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -87,6 +92,28 @@ class SimApi:
         if pod is not None:
             self._record("DELETED", pod)
 
+    def put_secret(self, namespace: str, name: str, data: dict[str, bytes]) -> None:
+        """A Secret of `data` (raw bytes per key), as `kubectl create secret generic` makes it."""
+        with self.cond:
+            self.secrets[(namespace, name)] = dict(data)
+
+    def secret_gets(self, namespace: str, name: str) -> int:
+        """How many times that Secret was asked for."""
+        return self.requests.count(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+    def _secret(self, parts: list[str]) -> tuple[int, dict]:
+        # /api/v1/namespaces/{ns}/secrets/{name}
+        namespace, name = parts[3], parts[5]
+        with self.cond:
+            data = self.secrets.get((namespace, name))
+        if data is None:
+            return 404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                         "message": f'secrets "{name}" not found', "reason": "NotFound",
+                         "details": {"name": name, "kind": "secrets"}, "code": 404}
+        return 200, {"kind": "Secret", "apiVersion": "v1", "type": "Opaque",
+                     "metadata": {"name": name, "namespace": namespace, "uid": f"uid-secret-{name}"},
+                     "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
     def _matches(self, pod: dict, path: str, labels, fields) -> bool:
         parts = path.strip("/").split("/")
         if len(parts) >= 4 and parts[2] == "namespaces" and pod["metadata"]["namespace"] != parts[3]:
@@ -108,6 +135,9 @@ class SimApi:
                 url = urlsplit(self.path)
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
                 sim.requests.append(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
+                    return self._reply(*sim._secret(parts))
                 if not url.path.endswith("/pods"):
                     return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                              "reason": "NotFound", "code": 404})

@@ -14,6 +14,7 @@ mounts at the same path, so every executor pod here mounts the agent's root as S
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -381,4 +382,177 @@ def test_no_secret_is_in_the_agents_log_metrics_or_status(cluster):
     secrets = [secret_for(f"spark-{os.getpid():x}{i:04d}") for i in range(1, next(_apps))]
     for where, text in [("log", agent.log_text()), *pages.items()]:
         for s in secrets:
+            assert s not in text and s[:16] not in text, f"a secret appears in the agent's {where}"
+
+
+# --- Apps whose executors read the secret from a file (agent.auth.pods.secretFiles) ----------------------------
+#
+# Spark puts no _SPARK_AUTH_SECRET in such pods; the executor reads spark.authenticate.secret.executor.file, which
+# the user mounts from a Kubernetes Secret (spark.kubernetes.executor.secrets.<secret>=<dir>), and its secret is
+# Base64 of the file's bytes (SecurityManager.secretKeyFromFile). The Secret is served by the SIMULATED API server.
+
+SECRET_DIR = "/mnt/spark-auth"
+SECRET_FILE = f"{SECRET_DIR}/secret"
+
+
+@pytest.fixture(scope="module")
+def reading_cluster(server_base, tmp_path_factory):
+    """A second simulated API server and an agent for node-a with agent.auth.pods.secretFiles read."""
+    sim = SimApi()
+    work = tmp_path_factory.mktemp("auth-pods-files")
+    conf = work / "agent.conf"
+    conf.write_text("agent.auth.secrets pods\nagent.auth.pods.wait 3s\nagent.auth.pods.secretFiles read\n")
+    args = ["--config", str(conf), "--kubeconfig", sim.kubeconfig(work / "kubeconfig"), "--node-name", NODE]
+    agent = start_agent(find_agent_bin(REPO), work, [str(server_base / "root")], extra_args=args,
+                        port=_free_port())
+    wait_until(lambda: "pods listed" in agent.log_text(), 30, what="the agent's first pod list")
+    box = {"agent": agent, "sim": sim, "secrets": []}
+    yield box
+    box["agent"].stop()
+    sim.close()
+
+
+@pytest.fixture(scope="module")
+def spark_built_file_pod(tmp_path_factory) -> dict:
+    """The executor pod real Spark 4.3 creates for an app whose executors read the secret from a mounted Secret."""
+    work = tmp_path_factory.mktemp("probe-file")
+    driver_file = work / "driver-secret"
+    driver_file.write_bytes(b"the driver's copy; the probe's driver needs one to start")
+    settings = {"spark.authenticate": "true", "spark.network.crypto.enabled": "true",
+                "spark.authenticate.secret.driver.file": str(driver_file),
+                "spark.authenticate.secret.executor.file": SECRET_FILE,
+                "spark.kubernetes.executor.secrets.spark-auth": SECRET_DIR,
+                "spark.kubernetes.namespace": NS, "spark.executor.instances": "1",
+                "spark.kubernetes.container.image": "spark:4.3.0", "spark.shuffle.service.enabled": "true"}
+    (work / "in.json").write_text(json.dumps(settings))
+    probe = REPO / "tests" / "deploy" / "spark_pod_probe.py"
+    subprocess.run([sys.executable, str(probe), str(work / "in.json"), str(work / "out.json")], check=True,
+                   timeout=300, capture_output=True)
+    pod, = json.loads((work / "out.json").read_text())
+    return pod
+
+
+def file_executor_pod(app: str, name: str, owner_uid: str, secret_name: str, crypto: bool) -> dict:
+    """An executor pod as Spark builds it for spark.kubernetes.executor.secrets.<secret_name>=SECRET_DIR."""
+    pod = executor_pod(app, name, owner_uid, None, crypto)
+    container = pod["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if not e["name"].startswith("SPARK_JAVA_OPT_")]
+    opts = ["-Dspark.authenticate=true", f"-Dspark.network.crypto.enabled={str(crypto).lower()}",
+            f"-Dspark.authenticate.secret.executor.file={SECRET_FILE}"]
+    container["env"] += [{"name": f"SPARK_JAVA_OPT_{i}", "value": o} for i, o in enumerate(opts)]
+    container["volumeMounts"] = [{"name": f"{secret_name}-volume", "mountPath": SECRET_DIR}]
+    pod["spec"]["volumes"] = [{"name": f"{secret_name}-volume", "secret": {"secretName": secret_name}}]
+    return pod
+
+
+def file_secret(box, name: str) -> tuple[bytes, str]:
+    """Puts a Secret of random bytes under key `secret`; returns (the bytes, the app secret Spark derives)."""
+    raw = os.urandom(32) + b"\n\x00"
+    box["sim"].put_secret(NS, name, {"secret": raw, "unrelated": b"not the app's"})
+    derived = base64.b64encode(raw).decode()
+    box["secrets"] += [raw.hex(), derived]
+    return raw, derived
+
+
+def test_with_secret_files_refused_an_app_whose_executors_read_a_file_is_refused_with_a_warn(java_driver, cluster,
+                                                                                               test_dir):
+    agent, sim = cluster["agent"], cluster["sim"]
+    app = new_app()
+    raw = os.urandom(32)
+    sim.put_secret(NS, f"{app}-auth", {"secret": raw})
+    sim.apply(driver_pod(app, f"uid-{app}-driver"))
+    sim.apply(file_executor_pod(app, f"{app}-exec-1", f"uid-{app}-driver", f"{app}-auth", crypto=False))
+    wait_until(lambda: "agent.auth.pods.secretFiles refuse" in agent.log_text(), 30, what="the WARN")
+    line = next(ln for ln in agent.log_text().splitlines() if "agent.auth.pods.secretFiles refuse" in ln)
+    assert "WARN" in line and app in line, line
+    before = outcome(agent, "unknown_app")  # an unsupported app is counted as unknown
+    r = run_app(java_driver, agent, app, test_dir, base64.b64encode(raw).decode(), crypto=False)
+    assert not r.one(0)["ok"], r.debug()
+    assert outcome(agent, "unknown_app") > before
+    assert sim.secret_gets(NS, f"{app}-auth") == 0, "the key is off: no Secret is read"
+
+
+def test_with_secret_files_read_sparks_own_pod_is_served_with_base64_of_the_file_and_a_wrong_secret_is_refused(
+        java_driver, reading_cluster, test_dir, spark_built_file_pod):
+    agent, sim = reading_cluster["agent"], reading_cluster["sim"]
+    pod = json.loads(json.dumps(spark_built_file_pod))
+    app = pod["metadata"]["labels"]["spark-app-selector"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # Spark's own layout: no secret in env, the file option, the Secret mounted where it says.
+    assert "_SPARK_AUTH_SECRET" not in env and f"-Dspark.authenticate.secret.executor.file={SECRET_FILE}" in \
+        env.values(), env
+    secret_volumes = [v for v in pod["spec"]["volumes"] if "secret" in v]
+    assert [v["secret"]["secretName"] for v in secret_volumes] == ["spark-auth"], pod["spec"]["volumes"]
+    raw, derived = file_secret(reading_cluster, "spark-auth")
+    pod["metadata"].update(namespace=NS, uid="uid-real-file-exec")
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "drv",
+                                           "uid": "uid-real-file-driver", "controller": True}]
+    pod["spec"]["nodeName"] = NODE
+    pod["status"] = {"phase": "Running"}
+    sim.apply(driver_pod(app, "uid-real-file-driver"))
+    sim.apply(pod)
+    wait_until(lambda: "read the app's secret file" in agent.log_text(), 30, what="the Secret read")
+    r = run_app(java_driver, agent, app, test_dir, derived, crypto=True)
+    assert served(r), f"{r.debug()}\n{agent.log_tail()}"
+    for wrong in (raw.hex(), base64.b64encode(raw + b"x").decode()):
+        r = run_app(java_driver, agent, app, test_dir, wrong, crypto=True, tag=wrong[:4])
+        assert not r.one(0)["ok"], r.debug()
+    # A second executor pod of the app: the Secret is not read again.
+    second = json.loads(json.dumps(pod))
+    second["metadata"].update(name=pod["metadata"]["name"] + "-2", uid="uid-real-file-exec-2")
+    sim.apply(second)
+    r = run_app(java_driver, agent, app, test_dir, derived, crypto=True, tag="2")
+    assert served(r), r.debug()
+    assert sim.secret_gets(NS, "spark-auth") == 1
+
+
+def test_with_secret_files_read_the_same_app_with_sasl_is_served_and_its_secret_goes_with_its_driver(
+        java_driver, reading_cluster, test_dir):
+    agent, sim = reading_cluster["agent"], reading_cluster["sim"]
+    app = new_app()
+    _, derived = file_secret(reading_cluster, f"{app}-auth")
+    uid = f"uid-{app}-driver"
+    sim.apply(driver_pod(app, uid))
+    sim.apply(file_executor_pod(app, f"{app}-exec-1", uid, f"{app}-auth", crypto=False))
+    assert served(run_app(java_driver, agent, app, test_dir, derived, crypto=False))
+    dropped = agent.log_text().count("secret is dropped")
+    sim.delete(NS, f"{app}-driver")
+    wait_until(lambda: agent.log_text().count("secret is dropped") > dropped, 30, what="the secret dropped")
+    r = run_app(java_driver, agent, app, test_dir, derived, crypto=False, tag="after")
+    assert not r.one(0)["ok"], r.debug()
+
+
+def test_with_secret_files_read_a_missing_secret_refuses_the_app_with_a_warn_and_others_are_served(
+        java_driver, reading_cluster, test_dir):
+    agent, sim = reading_cluster["agent"], reading_cluster["sim"]
+    app, other = new_app(), new_app()
+    sim.apply(driver_pod(app, f"uid-{app}-driver"))
+    sim.apply(file_executor_pod(app, f"{app}-exec-1", f"uid-{app}-driver", f"{app}-nowhere", crypto=True))
+    wait_until(lambda: sim.secret_gets(NS, f"{app}-nowhere") >= 1 and "404 NotFound" in agent.log_text(), 30,
+               what="the failed read's WARN")
+    line = next(ln for ln in agent.log_text().splitlines() if "404 NotFound" in ln and app in ln)
+    assert "WARN" in line and f"{app}-nowhere" in line, line
+    r = run_app(java_driver, agent, app, test_dir, base64.b64encode(b"a guess").decode(), crypto=True)
+    assert not r.one(0)["ok"], r.debug()
+    # The agent carries on: an app with an env secret, and one with a Secret that exists, are served.
+    learn(reading_cluster, other, secret_for(other), crypto=True)
+    assert served(run_app(java_driver, agent, other, test_dir, secret_for(other), crypto=True)), agent.log_tail()
+    third = new_app()
+    _, derived = file_secret(reading_cluster, f"{third}-auth")
+    sim.apply(driver_pod(third, f"uid-{third}-driver"))
+    sim.apply(file_executor_pod(third, f"{third}-exec-1", f"uid-{third}-driver", f"{third}-auth", crypto=True))
+    assert served(run_app(java_driver, agent, third, test_dir, derived, crypto=True)), agent.log_tail()
+    assert agent.proc.poll() is None
+
+
+def test_with_secret_files_read_no_file_secret_is_in_the_agents_log_metrics_or_status(reading_cluster):
+    import urllib.request
+
+    agent = reading_cluster["agent"]
+    url = agent_metrics_url(agent)
+    pages = {p: urllib.request.urlopen(url + p, timeout=10).read().decode() for p in ("/metrics", "/status")}
+    assert reading_cluster["secrets"], "run after the tests above"
+    for where, text in [("log", agent.log_text()), *pages.items()]:
+        for s in reading_cluster["secrets"]:
             assert s not in text and s[:16] not in text, f"a secret appears in the agent's {where}"

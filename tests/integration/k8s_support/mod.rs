@@ -152,6 +152,7 @@ pub fn settings() -> K8sSettings {
         node_name: Some(NODE.to_string()),
         reconcile_interval: Duration::from_millis(200),
         absent_recheck: Duration::from_secs(3600),
+        read_secret_files: false,
     }
 }
 
