@@ -406,15 +406,16 @@ def reading_cluster(server_base, tmp_path_factory):
     agent = start_agent(find_agent_bin(REPO), work, [str(server_base / "root")], extra_args=args,
                         port=_free_port())
     wait_until(lambda: "pods listed" in agent.log_text(), 30, what="the agent's first pod list")
-    box = {"agent": agent, "sim": sim, "secrets": []}
+    box = {"agent": agent, "sim": sim, "root": str(server_base / "root"), "secrets": []}
     yield box
     box["agent"].stop()
     sim.close()
 
 
 @pytest.fixture(scope="module")
-def spark_built_file_pod(tmp_path_factory) -> dict:
-    """The executor pod real Spark 4.3 creates for an app whose executors read the secret from a mounted Secret."""
+def spark_built_file_pod(tmp_path_factory, server_base) -> dict:
+    """The executor pod real Spark 4.3 creates for an app whose executors read the secret from a mounted Secret
+    (and whose local dir is the agent's root on a hostPath volume, as for every executor here)."""
     work = tmp_path_factory.mktemp("probe-file")
     driver_file = work / "driver-secret"
     driver_file.write_bytes(b"the driver's copy; the probe's driver needs one to start")
@@ -423,7 +424,8 @@ def spark_built_file_pod(tmp_path_factory) -> dict:
                 "spark.authenticate.secret.executor.file": SECRET_FILE,
                 "spark.kubernetes.executor.secrets.spark-auth": SECRET_DIR,
                 "spark.kubernetes.namespace": NS, "spark.executor.instances": "1",
-                "spark.kubernetes.container.image": "spark:4.3.0", "spark.shuffle.service.enabled": "true"}
+                "spark.kubernetes.container.image": "spark:4.3.0", "spark.shuffle.service.enabled": "true",
+                **host_path_conf("spark-local-dir-1", str(server_base / "root"))}
     (work / "in.json").write_text(json.dumps(settings))
     probe = REPO / "tests" / "deploy" / "spark_pod_probe.py"
     subprocess.run([sys.executable, str(probe), str(work / "in.json"), str(work / "out.json")], check=True,
@@ -432,16 +434,17 @@ def spark_built_file_pod(tmp_path_factory) -> dict:
     return pod
 
 
-def file_executor_pod(app: str, name: str, owner_uid: str, secret_name: str, crypto: bool) -> dict:
-    """An executor pod as Spark builds it for spark.kubernetes.executor.secrets.<secret_name>=SECRET_DIR."""
-    pod = executor_pod(app, name, owner_uid, None, crypto)
+def file_executor_pod(app: str, name: str, owner_uid: str, secret_name: str, crypto: bool, root: str) -> dict:
+    """An executor pod as Spark builds it for spark.kubernetes.executor.secrets.<secret_name>=SECRET_DIR, its
+    local dir on the hostPath `root`."""
+    pod = executor_pod(app, name, owner_uid, None, crypto, host_paths=(root,))
     container = pod["spec"]["containers"][0]
     container["env"] = [e for e in container["env"] if not e["name"].startswith("SPARK_JAVA_OPT_")]
     opts = ["-Dspark.authenticate=true", f"-Dspark.network.crypto.enabled={str(crypto).lower()}",
             f"-Dspark.authenticate.secret.executor.file={SECRET_FILE}"]
     container["env"] += [{"name": f"SPARK_JAVA_OPT_{i}", "value": o} for i, o in enumerate(opts)]
-    container["volumeMounts"] = [{"name": f"{secret_name}-volume", "mountPath": SECRET_DIR}]
-    pod["spec"]["volumes"] = [{"name": f"{secret_name}-volume", "secret": {"secretName": secret_name}}]
+    container["volumeMounts"].append({"name": f"{secret_name}-volume", "mountPath": SECRET_DIR})
+    pod["spec"]["volumes"].append({"name": f"{secret_name}-volume", "secret": {"secretName": secret_name}})
     return pod
 
 
@@ -461,7 +464,8 @@ def test_with_secret_files_refused_an_app_whose_executors_read_a_file_is_refused
     raw = os.urandom(32)
     sim.put_secret(NS, f"{app}-auth", {"secret": raw})
     sim.apply(driver_pod(app, f"uid-{app}-driver"))
-    sim.apply(file_executor_pod(app, f"{app}-exec-1", f"uid-{app}-driver", f"{app}-auth", crypto=False))
+    sim.apply(file_executor_pod(app, f"{app}-exec-1", f"uid-{app}-driver", f"{app}-auth", crypto=False,
+                                root=cluster["root"]))
     wait_until(lambda: "agent.auth.pods.secretFiles refuse" in agent.log_text(), 30, what="the WARN")
     line = next(ln for ln in agent.log_text().splitlines() if "agent.auth.pods.secretFiles refuse" in ln)
     assert "WARN" in line and app in line, line
@@ -493,16 +497,17 @@ def test_with_secret_files_read_sparks_own_pod_is_served_with_base64_of_the_file
     sim.apply(driver_pod(app, "uid-real-file-driver"))
     sim.apply(pod)
     wait_until(lambda: "read the app's secret file" in agent.log_text(), 30, what="the Secret read")
-    r = run_app(java_driver, agent, app, test_dir, derived, crypto=True)
+    exec_id = pod["metadata"]["labels"]["spark-exec-id"]
+    r = run_app(java_driver, agent, app, test_dir, derived, crypto=True, exec_id=exec_id)
     assert served(r), f"{r.debug()}\n{agent.log_tail()}"
     for wrong in (raw.hex(), base64.b64encode(raw + b"x").decode()):
-        r = run_app(java_driver, agent, app, test_dir, wrong, crypto=True, tag=wrong[:4])
+        r = run_app(java_driver, agent, app, test_dir, wrong, crypto=True, tag=wrong[:4], exec_id=exec_id)
         assert not r.one(0)["ok"], r.debug()
     # A second executor pod of the app: the Secret is not read again.
     second = json.loads(json.dumps(pod))
     second["metadata"].update(name=pod["metadata"]["name"] + "-2", uid="uid-real-file-exec-2")
     sim.apply(second)
-    r = run_app(java_driver, agent, app, test_dir, derived, crypto=True, tag="2")
+    r = run_app(java_driver, agent, app, test_dir, derived, crypto=True, tag="2", exec_id=exec_id)
     assert served(r), r.debug()
     assert sim.secret_gets(NS, "spark-auth") == 1
 
@@ -514,7 +519,7 @@ def test_with_secret_files_read_the_same_app_with_sasl_is_served_and_its_secret_
     _, derived = file_secret(reading_cluster, f"{app}-auth")
     uid = f"uid-{app}-driver"
     sim.apply(driver_pod(app, uid))
-    sim.apply(file_executor_pod(app, f"{app}-exec-1", uid, f"{app}-auth", crypto=False))
+    sim.apply(file_executor_pod(app, f"{app}-exec-1", uid, f"{app}-auth", crypto=False, root=reading_cluster["root"]))
     assert served(run_app(java_driver, agent, app, test_dir, derived, crypto=False))
     dropped = agent.log_text().count("secret is dropped")
     sim.delete(NS, f"{app}-driver")
@@ -528,7 +533,8 @@ def test_with_secret_files_read_a_missing_secret_refuses_the_app_with_a_warn_and
     agent, sim = reading_cluster["agent"], reading_cluster["sim"]
     app, other = new_app(), new_app()
     sim.apply(driver_pod(app, f"uid-{app}-driver"))
-    sim.apply(file_executor_pod(app, f"{app}-exec-1", f"uid-{app}-driver", f"{app}-nowhere", crypto=True))
+    sim.apply(file_executor_pod(app, f"{app}-exec-1", f"uid-{app}-driver", f"{app}-nowhere", crypto=True,
+                                root=reading_cluster["root"]))
     wait_until(lambda: sim.secret_gets(NS, f"{app}-nowhere") >= 1 and "404 NotFound" in agent.log_text(), 30,
                what="the failed read's WARN")
     line = next(ln for ln in agent.log_text().splitlines() if "404 NotFound" in ln and app in ln)
@@ -541,7 +547,8 @@ def test_with_secret_files_read_a_missing_secret_refuses_the_app_with_a_warn_and
     third = new_app()
     _, derived = file_secret(reading_cluster, f"{third}-auth")
     sim.apply(driver_pod(third, f"uid-{third}-driver"))
-    sim.apply(file_executor_pod(third, f"{third}-exec-1", f"uid-{third}-driver", f"{third}-auth", crypto=True))
+    sim.apply(file_executor_pod(third, f"{third}-exec-1", f"uid-{third}-driver", f"{third}-auth", crypto=True,
+                                root=reading_cluster["root"]))
     assert served(run_app(java_driver, agent, third, test_dir, derived, crypto=True)), agent.log_tail()
     assert agent.proc.poll() is None
 
