@@ -72,22 +72,31 @@ def spark_built_pod(tmp_path_factory, server_base) -> dict:
     return build_executor_pod(tmp_path_factory.mktemp("probe"), host_path_conf("spark-local-dir-1", root))
 
 
-@pytest.fixture(scope="module")
-def cluster(server_base, tmp_path_factory):
-    """The simulated API server and an agent watching it for node-a, in per-app mode."""
+def pods_cluster(server_base, work: Path, conf_text: str) -> dict:
+    """A simulated API server and an agent watching it for node-a with `conf_text`; stop with close_cluster."""
     sim = SimApi()
-    work = tmp_path_factory.mktemp("auth-pods")
     conf = work / "agent.conf"
-    # A generous wait: the test that delivers the pod after the first handshake must not race it.
-    conf.write_text("agent.auth.secrets pods\nagent.auth.pods.wait 20s\n")
+    conf.write_text(conf_text)
     args = ["--config", str(conf), "--kubeconfig", sim.kubeconfig(work / "kubeconfig"), "--node-name", NODE]
     agent = start_agent(find_agent_bin(REPO), work, [str(server_base / "root")], extra_args=args,
                         port=_free_port())
     wait_until(lambda: "pods listed" in agent.log_text(), 30, what="the agent's first pod list")
-    box = {"agent": agent, "sim": sim, "root": str(server_base / "root")}
-    yield box
+    return {"agent": agent, "sim": sim, "root": str(server_base / "root")}
+
+
+def close_cluster(box: dict) -> None:
     box["agent"].stop()
-    sim.close()
+    box["sim"].close()
+
+
+@pytest.fixture(scope="module")
+def cluster(server_base, tmp_path_factory):
+    """The simulated API server and an agent watching it for node-a, in per-app mode."""
+    # A generous wait: the test that delivers the pod after the first handshake must not race it.
+    box = pods_cluster(server_base, tmp_path_factory.mktemp("auth-pods"),
+                       "agent.auth.secrets pods\nagent.auth.pods.wait 20s\n")
+    yield box
+    close_cluster(box)
 
 
 def _free_port() -> int:
@@ -398,18 +407,11 @@ SECRET_FILE = f"{SECRET_DIR}/secret"
 @pytest.fixture(scope="module")
 def reading_cluster(server_base, tmp_path_factory):
     """A second simulated API server and an agent for node-a with agent.auth.pods.secretFiles read."""
-    sim = SimApi()
-    work = tmp_path_factory.mktemp("auth-pods-files")
-    conf = work / "agent.conf"
-    conf.write_text("agent.auth.secrets pods\nagent.auth.pods.wait 3s\nagent.auth.pods.secretFiles read\n")
-    args = ["--config", str(conf), "--kubeconfig", sim.kubeconfig(work / "kubeconfig"), "--node-name", NODE]
-    agent = start_agent(find_agent_bin(REPO), work, [str(server_base / "root")], extra_args=args,
-                        port=_free_port())
-    wait_until(lambda: "pods listed" in agent.log_text(), 30, what="the agent's first pod list")
-    box = {"agent": agent, "sim": sim, "root": str(server_base / "root"), "secrets": []}
+    box = pods_cluster(server_base, tmp_path_factory.mktemp("auth-pods-files"),
+                       "agent.auth.secrets pods\nagent.auth.pods.wait 3s\nagent.auth.pods.secretFiles read\n")
+    box["secrets"] = []
     yield box
-    box["agent"].stop()
-    sim.close()
+    close_cluster(box)
 
 
 @pytest.fixture(scope="module")
