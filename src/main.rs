@@ -47,6 +47,19 @@ enum Command {
     Check(spark_shuffle_agent::preflight::CheckArgs),
     /// Create the roots and the state dir and hand them to the executors' uid:gid (the init container).
     PrepareDirs(spark_shuffle_agent::prepare_dirs::PrepareArgs),
+    /// Wait until 127.0.0.1:--port accepts (pod network mode: the executor pod's init container,
+    /// so the executor starts only once the agent listens inside its pod). Exit 1 at the timeout.
+    WaitForListener(WaitArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct WaitArgs {
+    /// The shuffle port (spark.shuffle.service.port).
+    #[arg(long, default_value_t = 7337)]
+    port: u16,
+    /// How long to wait, e.g. 60s or 2min.
+    #[arg(long, default_value = "60s", value_parser = spark_shuffle_agent::config::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -144,6 +157,21 @@ fn main() -> ExitCode {
         Some(Command::Discover(args)) => discover_command(args),
         Some(Command::Check(args)) => ExitCode::from(spark_shuffle_agent::preflight::command(&args)),
         Some(Command::PrepareDirs(args)) => ExitCode::from(spark_shuffle_agent::prepare_dirs::command(&args)),
+        Some(Command::WaitForListener(args)) => wait_for_listener(&args),
+    }
+}
+
+fn wait_for_listener(args: &WaitArgs) -> ExitCode {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+    match spark_shuffle_agent::podnet::gate::wait_until_accepting(addr, args.timeout) {
+        Ok(waited) => {
+            println!("the agent listens on {addr} (waited {} ms)", waited.as_millis());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}; is the agent running in pod network mode on this node?");
+            ExitCode::FAILURE
+        }
     }
 }
 
