@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::disk_usage::{DiskSettings, DiskSource, DiskUsage, DiskWatcher};
 use crate::k8s::{self, K8sHealth, K8sSettings, K8sSource};
 use crate::lifecycle::{Lifecycle, LifecycleSource};
+use crate::podnet::{self, PodnetSource, PodnetStats};
 use crate::registry::{self, ExecutorMounts, Registry, RegistrySource, Roots};
 use crate::server::{self, ServerSource, Shared};
 use crate::store::{Store, StoreSource};
@@ -209,6 +210,16 @@ async fn serve(
             "agent.auth.secrets=pods needs the Kubernetes API (in a pod, or agent.k8s.kubeconfig) and this node's name (agent.k8s.node.name or $NODE_NAME)".into(),
         ));
     }
+    if config.network_mode.uses_pod_network() {
+        if kube.as_ref().is_none_or(|(_, k8s)| k8s.node_name.is_none()) {
+            return Err(AppError::Config(format!(
+                "agent.network.mode={} needs the Kubernetes API (in a pod, or agent.k8s.kubeconfig) and this node's name (agent.k8s.node.name or $NODE_NAME)",
+                config.network_mode
+            )));
+        }
+        podnet::privilege::check(&config.network_proc_root, &config.network_nft)
+            .map_err(|e| AppError::Config(e.to_string()))?;
+    }
     let health = Health::new();
     let admin = Arc::new(Admin::new(health.clone()));
     let admin_listener = std::net::TcpListener::bind((config.bind, config.metrics_port))
@@ -228,6 +239,13 @@ async fn serve(
     );
     let k8s_health = Arc::new(K8sHealth::default());
     let disk = Arc::new(DiskUsage::new());
+    let control = Control::start(Arc::clone(&shared), config.drain_grace, shutdown.clone())
+        .map_err(|e| anyhow::anyhow!("starting the control thread: {e}"))?;
+    let podnet_stats = config.network_mode.uses_pod_network().then(|| Arc::new(PodnetStats::default()));
+    let pod_network = match &podnet_stats {
+        Some(stats) => Some(pod_network(&config, &control, Arc::clone(stats), &shutdown)?),
+        None => None,
+    };
     let exporter = &admin.exporter;
     exporter.add(ServerSource::new(Arc::clone(&shared)));
     exporter.add(RegistrySource::new(Arc::clone(&registry)));
@@ -235,6 +253,9 @@ async fn serve(
     exporter.add(LifecycleSource::new(lifecycle.clone(), Arc::clone(&registry)));
     exporter.add(K8sSource::new(Arc::clone(&k8s_health)));
     exporter.add(DiskSource::new(Arc::clone(&disk)));
+    if let Some(stats) = &podnet_stats {
+        exporter.add(PodnetSource::new(Arc::clone(stats)));
+    }
     if let Some((kube_config, k8s_settings)) = kube {
         // Beside the server, never in its way: the API server being down must not stop
         // shuffle data from being served.
@@ -244,6 +265,7 @@ async fn serve(
             health: Arc::clone(&k8s_health),
             keyring: access.keyring().cloned(),
             executor_mounts,
+            pod_network,
         };
         let token = shutdown.clone();
         tokio::spawn(async move {
@@ -258,12 +280,14 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("binding {}:{}: {e}", config.bind, config.port))?;
     let shuffle_addr = listener.local_addr().map_err(anyhow::Error::new)?;
+    let listener = listener.into_std().map_err(anyhow::Error::new)?;
     admin.node_is_up(Node {
         shared: Arc::clone(&shared),
         lifecycle,
         k8s: k8s_health,
         disk: Arc::clone(&disk),
         shuffle_addr,
+        podnet: podnet_stats,
     });
     health.set_listening();
     info!(addr = %shuffle_addr, roots = ?config.roots, "listening");
@@ -279,7 +303,8 @@ async fn serve(
         data: tokio::runtime::Handle::current(),
     }));
     let cleaner = tokio::spawn(worker.run(shutdown.clone()));
-    serve_with_control_thread(listener, shared, shutdown, config.drain_grace).await?;
+    let node_listener = control.serve(listener, shutdown.clone());
+    node_listener.await.map_err(|e| anyhow::anyhow!("the node's accept loop failed: {e}"))?;
     let _ = cleaner.await;
     // The disk thread may be mid-walk; it stops at its next wait, the process does not wait.
     drop(disk_watcher);
@@ -318,33 +343,78 @@ fn recover(
     Ok(Arc::new(registry))
 }
 
-/// Runs the accept loop on a control runtime in a thread of its own, with this (data) runtime
-/// for connections that fetch. Registrations and other small RPCs are then answered by a thread
-/// the kernel schedules on its own, however busy the data path is (SPARK-20640, SPARK-24355:
-/// registrations timing out on a busy service).
-async fn serve_with_control_thread(
-    listener: tokio::net::TcpListener,
+/// The control runtime, on a thread of its own: every accept loop (the node's listener, and in
+/// pod network mode each pod's) runs there, with the data runtime for connections that fetch.
+/// Registrations and other small RPCs are then answered by a thread the kernel schedules on its
+/// own, however busy the data path is (SPARK-20640, SPARK-24355: registrations timing out on a
+/// busy service).
+#[derive(Clone)]
+struct Control {
+    handle: tokio::runtime::Handle,
+    tasks: tokio_util::task::TaskTracker,
+    data: tokio::runtime::Handle,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
     grace: Duration,
-) -> anyhow::Result<()> {
-    let data = tokio::runtime::Handle::current();
-    let listener = listener.into_std()?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        let result =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::new).and_then(
-                |rt| {
+}
+
+impl Control {
+    /// Starts the thread; it runs until `shutdown`, then until every accept loop has drained.
+    fn start(shared: Arc<Shared>, grace: Duration, shutdown: CancellationToken) -> anyhow::Result<Control> {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        let tracker = tasks.clone();
+        std::thread::Builder::new().name("control".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => {
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
                     rt.block_on(async move {
-                        let listener = tokio::net::TcpListener::from_std(listener)?;
-                        server::run(listener, shared, shutdown, grace, Some(data)).await;
-                        Ok(())
-                    })
-                },
-            );
-        let _ = done_tx.send(result);
-    })?;
-    done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the control thread died")))
+                        shutdown.cancelled().await;
+                        tracker.close();
+                        tracker.wait().await;
+                    });
+                }
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                }
+            }
+        })?;
+        let handle = handle_rx.recv().map_err(|_| anyhow::anyhow!("the control thread died"))??;
+        Ok(Control { handle, tasks, data: tokio::runtime::Handle::current(), shared, grace })
+    }
+
+    /// Serves `listener` until `token` is cancelled (then drains its connections for the grace).
+    fn serve(&self, listener: std::net::TcpListener, token: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (shared, grace, data) = (Arc::clone(&self.shared), self.grace, self.data.clone());
+        self.tasks.spawn_on(
+            async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => server::run(listener, shared, token, grace, Some(data)).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve a listener"),
+                }
+            },
+            &self.handle,
+        )
+    }
+}
+
+/// Pod network mode: checks its privileges (before any port is bound), then starts the
+/// controller and returns where the executor-pod watch sends its changes.
+fn pod_network(
+    config: &Config,
+    control: &Control,
+    stats: Arc<PodnetStats>,
+    shutdown: &CancellationToken,
+) -> Result<std::sync::mpsc::Sender<podnet::PodChange>, AppError> {
+    let settings = config.podnet_settings();
+    let control = control.clone();
+    let serve: podnet::controller::Serve = Box::new(move |listener, token| {
+        control.serve(listener, token);
+    });
+    let controller = podnet::Controller::new(settings, serve, stats, shutdown.clone())
+        .map_err(|e| anyhow::anyhow!("starting pod network mode: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    controller.spawn(rx).map_err(|e| anyhow::anyhow!("starting the pod network thread: {e}"))?;
+    Ok(tx)
 }
 
 /// Test hook: with this variable set to a path, recovery waits until that path exists, so a test

@@ -90,6 +90,16 @@ pub struct Config {
     /// `agent.auth.pods.secretFiles`: `refuse` (default) or `read`: for apps whose executors read
     /// the secret from a file, GET the Kubernetes Secret mounted there (needs `get secrets`).
     pub auth_pods_read_secret_files: bool,
+    /// `agent.network.mode`: `host` (executors on hostNetwork, the default), `pod` or `both`
+    /// (also listen inside each executor pod's network namespace, redirect dead ones' IPs).
+    pub network_mode: crate::podnet::NetworkMode,
+    /// `agent.network.procRoot`: the host's `/proc` as the agent sees it (pod mode).
+    pub network_proc_root: PathBuf,
+    /// `agent.network.nft`: the nftables program (pod mode).
+    pub network_nft: PathBuf,
+    /// `agent.network.node.ip`: this node's IP, the target of its dead executors' redirects;
+    /// None = `$NODE_IP`, else learned from this node's executor pods' `status.hostIP`.
+    pub network_node_ip: Option<IpAddr>,
 }
 
 /// A configuration the agent refuses to start with. One line, for stderr.
@@ -146,6 +156,10 @@ impl Default for Config {
             // before its pod event reaches us gets our answer rather than its own timeout.
             auth_pods_wait: Duration::from_secs(4),
             auth_pods_read_secret_files: false,
+            network_mode: crate::podnet::NetworkMode::Host,
+            network_proc_root: PathBuf::from("/proc"),
+            network_nft: PathBuf::from("nft"),
+            network_node_ip: None,
         }
     }
 }
@@ -239,6 +253,12 @@ impl Config {
                     _ => return Err(bad("refuse or read".into())),
                 }
             }
+            "agent.network.mode" => self.network_mode = value.parse().map_err(bad)?,
+            "agent.network.procRoot" => self.network_proc_root = PathBuf::from(value),
+            "agent.network.nft" => self.network_nft = PathBuf::from(value),
+            "agent.network.node.ip" => {
+                self.network_node_ip = Some(value.trim().parse().map_err(|e| bad(format!("{e}")))?)
+            }
             other => {
                 if !self.auth.set(other, value).map_err(bad)? {
                     return Err(ConfigError::UnknownKey(other.to_string()));
@@ -319,6 +339,20 @@ impl Config {
             reconcile_interval: self.k8s_reconcile_interval,
             absent_recheck: self.k8s_absent_recheck,
             read_secret_files: self.auth_per_app && self.auth_pods_read_secret_files,
+        }
+    }
+
+    /// How the pod network controller runs (`agent.network.*`; the node IP falls back to
+    /// `$NODE_IP` from the downward API, then to what this node's executor pods say).
+    pub fn podnet_settings(&self) -> crate::podnet::controller::Settings {
+        let from_env = || std::env::var("NODE_IP").ok().and_then(|ip| ip.trim().parse().ok());
+        crate::podnet::controller::Settings {
+            port: self.port,
+            proc_root: self.network_proc_root.clone(),
+            state_dir: self.state_dir.clone(),
+            nft: self.network_nft.clone(),
+            node_ip: self.network_node_ip.or_else(from_env),
+            adopt_warn_after: Duration::from_secs(10),
         }
     }
 

@@ -15,6 +15,7 @@ use super::readiness::{Health, Phase};
 use crate::disk_usage::{AppDisk, DiskUsage, RootSpace};
 use crate::k8s::{K8sHealth, WatchSnapshot};
 use crate::lifecycle::Lifecycle;
+use crate::podnet::{PodListener, PodnetStats};
 use crate::server::{ErrorKind, Shared};
 
 /// What `/status` serves.
@@ -42,6 +43,22 @@ pub struct StatusReport {
     pub journal: Option<JournalStatus>,
     /// None when the agent does not watch Kubernetes.
     pub kubernetes: Option<KubernetesStatus>,
+    /// None unless `agent.network.mode` is pod or both.
+    #[serde(default)]
+    pub pod_network: Option<PodNetworkStatus>,
+}
+
+/// Pod network mode: each adopted executor pod's listener, and the redirects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetworkStatus {
+    /// Executor pods of this node served by a listener inside their network namespace.
+    pub pods: Vec<PodListener>,
+    /// Local pods with an IP whose namespace is still being looked for.
+    pub pods_pending: u64,
+    /// Dead executor IPs redirected (cluster-wide map).
+    pub redirects: u64,
+    pub adoption_failures: u64,
+    pub nft_failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +160,8 @@ pub struct Node {
     pub k8s: Arc<K8sHealth>,
     pub disk: Arc<DiskUsage>,
     pub shuffle_addr: SocketAddr,
+    /// In pod network mode: what its controller publishes.
+    pub podnet: Option<Arc<PodnetStats>>,
 }
 
 /// Builds the report. Before the node is up (`None`: registrations being recovered), only the
@@ -164,6 +183,7 @@ pub fn collect(health: &Health, started: Instant, node: Option<&Node>) -> Status
         cleanups: Cleanups::default(),
         journal: None,
         kubernetes: None,
+        pod_network: None,
     };
     if let Some(node) = node {
         fill(&mut report, node);
@@ -226,6 +246,13 @@ fn fill(report: &mut StatusReport, node: &Node) {
         executors_removed: k.executors_removed,
         removals_deferred: k.removals_deferred,
         last_reconcile_unix: k.last_reconcile_unix_secs,
+    });
+    report.pod_network = node.podnet.as_ref().map(|p| PodNetworkStatus {
+        pods: crate::sync::lock(&p.pods).clone(),
+        pods_pending: get(&p.pods_pending),
+        redirects: get(&p.redirects),
+        adoption_failures: get(&p.adoption_failures),
+        nft_failures: get(&p.nft_failures),
     });
 }
 

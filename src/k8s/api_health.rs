@@ -67,6 +67,10 @@ pub struct K8sHealth {
     pub executors: WatchHealth,
     /// Driver pods in all namespaces.
     pub drivers: WatchHealth,
+    /// Executor pods in all namespaces, for their IPs (pod network mode only).
+    pub executor_ips: WatchHealth,
+    /// Pod network mode is on: the `executor_ips` watch runs.
+    pub pod_network: AtomicBool,
     /// API requests that failed, from any caller: no connection, a timeout, or a non-2xx answer.
     pub api_errors: AtomicU64,
     /// Applications removed because their driver pod finished or is gone.
@@ -98,6 +102,8 @@ pub struct K8sSnapshot {
     pub enabled: bool,
     pub executors: WatchSnapshot,
     pub drivers: WatchSnapshot,
+    /// None unless pod network mode is on.
+    pub executor_ips: Option<WatchSnapshot>,
     pub api_errors: u64,
     pub apps_removed: u64,
     pub executors_removed: u64,
@@ -113,6 +119,7 @@ impl K8sHealth {
             enabled: self.enabled.load(Ordering::Relaxed),
             executors: self.executors.snapshot(),
             drivers: self.drivers.snapshot(),
+            executor_ips: self.pod_network.load(Ordering::Relaxed).then(|| self.executor_ips.snapshot()),
             api_errors: get(&self.api_errors),
             apps_removed: get(&self.apps_removed),
             executors_removed: get(&self.executors_removed),
@@ -126,6 +133,7 @@ impl K8sHealth {
         match which {
             Watch::Executors => &self.executors,
             Watch::Drivers => &self.drivers,
+            Watch::ExecutorIps => &self.executor_ips,
         }
     }
 }
@@ -135,6 +143,7 @@ impl K8sHealth {
 pub(crate) enum Watch {
     Executors,
     Drivers,
+    ExecutorIps,
 }
 
 /// A tower layer on a kube client: counts failed requests, and marks the watch up when the

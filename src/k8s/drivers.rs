@@ -172,6 +172,8 @@ pub async fn watch(
             targets.secrets(&secrets, |source, keyring| source.driver_event(&event, keyring));
             let ended = lock(&view).apply(event);
             for app in ended {
+                // Every ended app, registered here or not: this node may redirect its dead IPs.
+                targets.pod_network_app_ended(&app);
                 if targets.knows(&app) {
                     targets.remove_app(&app, "its driver pod finished or was deleted").await;
                 } else {

@@ -105,7 +105,9 @@ impl Source for K8sSource {
         if !snapshot.enabled {
             return;
         }
-        for (name, w) in [("executors", &snapshot.executors), ("drivers", &snapshot.drivers)] {
+        let watches = [("executors", Some(&snapshot.executors)), ("drivers", Some(&snapshot.drivers))];
+        let pod_network = [("executor_ips", snapshot.executor_ips.as_ref())];
+        for (name, w) in watches.into_iter().chain(pod_network).filter_map(|(n, w)| Some((n, w?))) {
             let label = [name];
             self.watch_up.with_label_values(&label).set(i64::from(w.up));
             sync(&self.watch_restarts.with_label_values(&label), w.watch_starts.saturating_sub(1));

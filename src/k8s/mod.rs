@@ -8,6 +8,9 @@
 //!   `spec.nodeName=$NODE_NAME`). A pod deleted or finished → `Lifecycle::executor_removed`.
 //!   With per-app secrets, the same events feed the apps' secrets and the pods' mounts that
 //!   new registrations are checked against.
+//! * [`executor_ips`] (pod network mode only): one watch on executor pods in all namespaces,
+//!   for their pod and node IPs: this node's are adopted (listeners inside the pod), every
+//!   ended one becomes a dead-IP redirect (src/podnet/controller.rs).
 //! * [`drivers`]: one watch on driver pods in all namespaces (`spark-role=driver`), kept as a
 //!   small view (pod → app id, finished or not). A driver pod of an app registered here that
 //!   finished or was deleted → `Lifecycle::application_removed`.
@@ -34,6 +37,7 @@ mod api_health;
 pub mod app_secrets;
 pub mod discovery;
 pub mod drivers;
+pub mod executor_ips;
 pub mod executors;
 pub mod metrics;
 pub mod pods;
@@ -107,6 +111,8 @@ pub struct Targets {
     /// With `agent.auth.secrets=pods`: this node's executor pods' mounts, which new
     /// registrations' dirs are checked against (src/registry/executor_mounts.rs).
     pub executor_mounts: Option<Arc<crate::registry::ExecutorMounts>>,
+    /// In pod network mode: the controller that adopts executor pods and redirects dead IPs.
+    pub pod_network: Option<std::sync::mpsc::Sender<crate::podnet::PodChange>>,
 }
 
 impl Targets {
@@ -126,9 +132,17 @@ impl Targets {
         self.registry.driver(app_id).is_some() || !self.registry.executors_of(app_id).is_empty()
     }
 
+    /// Tells the pod network controller, if any, that an app ended (its dead IPs go).
+    fn pod_network_app_ended(&self, app_id: &str) {
+        if let Some(changes) = &self.pod_network {
+            let _ = changes.send(crate::podnet::PodChange::AppEnded { app_id: app_id.to_string() });
+        }
+    }
+
     /// Hands a finished application to the lifecycle engine, which drops its registrations
     /// (persisted first) and deletes its dirs in the background.
     async fn remove_app(&self, app_id: &str, reason: &str) {
+        self.pod_network_app_ended(app_id);
         if self.lifecycle.application_removed(app_id).await {
             self.health.apps_removed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(app = %app_id, reason, "application ended; deleting its files");
@@ -189,6 +203,10 @@ pub async fn run(
     let health = Arc::clone(&targets.health);
     let driver_client = observed_client(&config, &health, Some(Watch::Drivers))?;
     let reconcile_client = observed_client(&config, &health, None)?;
+    let executor_ips_client = match (&settings.node_name, &targets.pod_network) {
+        (Some(_), Some(_)) => Some(observed_client(&config, &health, Some(Watch::ExecutorIps))?),
+        _ => None,
+    };
     let executor_client = match &settings.node_name {
         Some(_) => Some(observed_client(&config, &health, Some(Watch::Executors))?),
         None => None,
@@ -226,6 +244,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(reconcile::run(reconcile_client, targets.clone(), view, synced, settings.clone(), shutdown.clone()));
+    if let (Some(client), Some(node), Some(changes)) =
+        (executor_ips_client, settings.node_name.clone(), targets.pod_network.clone())
+    {
+        health.pod_network.store(true, std::sync::atomic::Ordering::Relaxed);
+        tasks.spawn(executor_ips::watch(client, node, Arc::clone(&health), changes, shutdown.clone()));
+    }
     match (executor_client, settings.node_name) {
         (Some(client), Some(node)) => {
             tasks.spawn(executors::watch(client, node, targets, secrets, shutdown.clone()));

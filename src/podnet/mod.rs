@@ -11,6 +11,8 @@
 //! * [`gate`] is the executor pod's init-container wait: until the in-pod port accepts.
 //! * [`privilege`] checks at start that pod mode can work, naming the first thing missing.
 //!
+//! [`controller`] is the one caller of all this in the agent: it follows the order below.
+//!
 //! This module does not watch Kubernetes and owns no tokio task: the executor watcher decides
 //! *when* (pod got an IP, pod ended, app ended) and calls in here, from `spawn_blocking`, since
 //! every call here is synchronous (setns threads, `nft` processes).
@@ -32,10 +34,12 @@
 //! 5. An application ends: [`DeadIps::app_ended`], save, reconcile as in 4.
 
 pub mod addrs;
+pub mod controller;
 pub mod dead_ips;
 pub mod discover;
 pub mod gate;
 pub mod listen;
+pub mod metrics;
 pub mod netns;
 pub mod nft;
 pub mod privilege;
@@ -44,9 +48,11 @@ pub mod redirect;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+pub use controller::{Controller, PodChange, PodListener, PodnetStats};
 pub use dead_ips::{DeadIp, DeadIps};
 pub use discover::{find_pod_netns, find_pods_netns};
 pub use listen::{bind_in_netns, InPodListeners};
+pub use metrics::PodnetSource;
 pub use netns::{Netns, NetnsId};
 pub use nft::{Applied, Nft};
 pub use redirect::{Layer, RedirectTable};

@@ -192,6 +192,7 @@ impl Node {
                 health: Arc::clone(&health),
                 keyring: None,
                 executor_mounts: None,
+                pod_network: None,
             };
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
