@@ -16,6 +16,7 @@ mod large_stream;
 mod lifecycle;
 mod metrics_dashboard;
 mod metrics_endpoints;
+mod podnet_agent;
 mod podnet_dead;
 mod podnet_live;
 mod podnet_restart;

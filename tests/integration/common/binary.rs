@@ -60,7 +60,13 @@ impl Logs {
 
     /// Waits for a log line containing `needle`; returns it.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+        self.wait_for_all(&[needle])
+    }
+
+    /// Waits for a log line containing every one of `needles` (seen before, or new); returns it.
+    pub fn wait_for_all(&mut self, needles: &[&str]) -> String {
+        let matches = |line: &str| needles.iter().all(|n| line.contains(n));
+        if let Some(line) = self.seen.iter().find(|l| matches(l)) {
             return line.clone();
         }
         let deadline = Instant::now() + WAIT;
@@ -69,11 +75,11 @@ impl Logs {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(needle) {
+                    if matches(&line) {
                         return line;
                     }
                 }
-                Err(_) => panic!("no log line with {needle:?} in {WAIT:?}; saw:\n{}", self.seen.join("\n")),
+                Err(_) => panic!("no log line with {needles:?} in {WAIT:?}; saw:\n{}", self.seen.join("\n")),
             }
         }
     }

@@ -91,6 +91,16 @@ impl SimApi {
     /// Starts on 127.0.0.1, on a free port.
     pub async fn start() -> SimApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the simulated API server");
+        SimApi::serve(listener)
+    }
+
+    /// Serves on a listener bound elsewhere (e.g. inside a test's network namespace).
+    pub async fn start_on(listener: std::net::TcpListener) -> SimApi {
+        listener.set_nonblocking(true).expect("non-blocking");
+        SimApi::serve(TcpListener::from_std(listener).expect("register the listener"))
+    }
+
+    fn serve(listener: TcpListener) -> SimApi {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State { rv: 100, ..State::default() }));
         let (signals, _) = broadcast::channel(4096);
