@@ -11,107 +11,23 @@ No cluster is involved: nothing here is applied to a Kubernetes API server.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
-CONF = REPO / "conf" / "spark-shuffle-agent.conf"
-
-AGENT_NAMESPACE = "spark-shuffle-agent"
-SHUFFLE_PORT = 7337
-METRICS_PORT = 7338
-# The local dir each overlay uses; the examples must use the same one.
-LOCAL_DIR = {"hostnetwork": "/var/lib/spark/local", "fork-labels": "/tmp/spark-local"}
-STATE_DIR = "/var/lib/spark-shuffle-agent"
-OVERLAYS = sorted(LOCAL_DIR)
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, list[dict]]:
-    """Runs deploy/validate.sh and returns the objects it rendered, by target name."""
-    out = tmp_path_factory.mktemp("rendered")
-    env = dict(os.environ, RENDER_DIR=str(out))
-    run = subprocess.run(
-        ["bash", str(DEPLOY / "validate.sh")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    print(run.stdout)
-    print(run.stderr)
-    assert run.returncode == 0, f"deploy/validate.sh failed:\n{run.stdout}\n{run.stderr}"
-    targets = {}
-    for f in sorted(out.glob("*.yaml")):
-        targets[f.stem] = [d for d in yaml.safe_load_all(f.read_text()) if d]
-    assert set(OVERLAYS) <= set(targets), f"missing renders: {sorted(targets)}"
-    return targets
-
-
-def one(objects: list[dict], kind: str) -> dict:
-    found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
-def pod_spec(objects: list[dict]) -> dict:
-    return one(objects, "DaemonSet")["spec"]["template"]["spec"]
-
-
-def container(spec: dict, name: str, init: bool = False) -> dict:
-    key = "initContainers" if init else "containers"
-    return next(c for c in spec[key] if c["name"] == name)
-
-
-def flag_values(args: list[str], flag: str) -> list[str]:
-    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
-
-
-def seconds(text: str) -> float:
-    m = re.fullmatch(r"(\d+)(ms|s|min|h)?", text.strip())
-    assert m, f"unparsable duration {text!r}"
-    scale = {"ms": 0.001, "s": 1, "min": 60, "h": 3600, None: 1}[m.group(2)]
-    return int(m.group(1)) * scale
-
-
-def conf_value(key: str) -> str | None:
-    """The value of an uncommented key in conf/spark-shuffle-agent.conf, if present."""
-    if not CONF.exists():
-        return None
-    for line in CONF.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        k, _, v = line.replace("=", " ", 1).partition(" ")
-        if k == key:
-            return v.strip()
-    return None
-
-
-def submit_confs(script: Path) -> dict[str, str]:
-    """The --conf key=value pairs of an example spark-submit script, shell variables expanded."""
-    text = script.read_text().replace("\\\n", " ")
-    variables = dict(re.findall(r"^([A-Z_]+)=([^\s$]+)$", text, re.M))
-    variables["HERE"] = str(script.parent)
-    variables.update({k: v for k, v in re.findall(r"^([A-Z_]+)=\$\{\1:-([^}]+)\}$", text, re.M)})
-    words = shlex.split(text, comments=True)
-    confs = {}
-    for i, w in enumerate(words[:-1]):
-        if w == "--conf":
-            k, _, v = words[i + 1].partition("=")
-            confs[k] = re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), m.group(0)), v)
-    return confs
+from deploy_manifests import (
+    AGENT_NAMESPACE, CONF, DEPLOY, LOCAL_DIR, METRICS_PORT, OVERLAYS, REPO, SHUFFLE_PORT,
+    STATE_DIR, agent_binary, assert_strictly_valid_pod, conf_value, container, flag_values,
+    local_command_line, one, pod_spec, probe_python, seconds, spark_executor_pod, submit_confs,
+)
 
 
 def test_validate_script_renders_and_validates_every_overlay_and_component(rendered):
@@ -364,16 +280,6 @@ def test_fork_example_selects_the_fork_overlays_pods(rendered):
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
 
 
-def probe_python() -> str | None:
-    """A Python that can import pyspark (the project venv first), or None."""
-    for candidate in [REPO / ".venv" / "bin" / "python", Path(sys.executable)]:
-        if candidate.exists() and subprocess.run(
-            [str(candidate), "-c", "import pyspark"], capture_output=True
-        ).returncode == 0:
-            return str(candidate)
-    return None
-
-
 def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_example_against_a_simulated_api_server(
     rendered, tmp_path
 ):
@@ -385,19 +291,7 @@ def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_e
     python = probe_python()
     if python is None or shutil.which("java") is None:
         pytest.skip("needs pyspark and java")
-    settings = submit_confs(DEPLOY / "examples" / "submit-hostnetwork.sh")
-    # Ask for one executor at start-up instead of waiting for pending tasks.
-    settings["spark.dynamicAllocation.initialExecutors"] = "1"
-    (tmp_path / "settings.json").write_text(json.dumps(settings))
-    run = subprocess.run(
-        [python, str(Path(__file__).with_name("spark_pod_probe.py")),
-         str(tmp_path / "settings.json"), str(tmp_path / "pods.json")],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    pods = json.loads((tmp_path / "pods.json").read_text())
-    assert pods, "Spark created no executor pod"
-    pod = pods[0]
+    pod = spark_executor_pod(python, DEPLOY / "examples" / "submit-hostnetwork.sh", tmp_path)
     spec = pod["spec"]
     local = LOCAL_DIR["hostnetwork"]
 
@@ -421,20 +315,7 @@ def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_e
     assert flag_values(agent["args"], "--root") == [local]
 
     # And the pod Spark sends is valid Kubernetes, by the same strict schemas.
-    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
-    kv = REPO / ".venv" / "bin" / "kubernetes-validate"
-    check = subprocess.run([str(kv), "--strict", "--quiet", "-k", "1.30", "-k", "1.37",
-                            str(tmp_path / "pod.yaml")], capture_output=True, text=True)
-    assert check.returncode == 0 and "ERROR" not in check.stdout, check.stdout
-
-
-def agent_binary() -> Path | None:
-    """$AGENT_BIN (set by tests/run-all.sh), else the newest cargo build, else None."""
-    if os.environ.get("AGENT_BIN"):
-        return Path(os.environ["AGENT_BIN"])
-    built = [p for p in (REPO / "target" / "release" / "spark-shuffle-agent",
-                         REPO / "target" / "debug" / "spark-shuffle-agent") if p.is_file()]
-    return max(built, key=lambda p: p.stat().st_mtime) if built else None
+    assert_strictly_valid_pod(pod, tmp_path)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -445,26 +326,7 @@ def test_the_daemonsets_command_line_starts_the_agent_and_its_probes_answer(rend
         pytest.skip("agent binary not built (set AGENT_BIN or cargo build)")
     objects = rendered[overlay]
     spec = pod_spec(objects)
-    agent = container(spec, "agent")
-    mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
-    moved = {}
-    for path, name in mounts.items():
-        moved[path] = tmp_path / name
-        moved[path].mkdir()
-    conf_mount = next(p for p, n in mounts.items() if n == "config")
-    (moved[conf_mount] / "spark-shuffle-agent.conf").write_text(
-        one(objects, "ConfigMap")["data"]["spark-shuffle-agent.conf"])
-    args = []
-    for a in agent["args"]:
-        if a in (str(SHUFFLE_PORT), str(METRICS_PORT)):
-            a = "0"
-        for path in sorted(moved, key=len, reverse=True):  # one substitution, longest mount first
-            if a == path or a.startswith(path + "/"):
-                a = str(moved[path]) + a[len(path):]
-                break
-        args.append(a)
-    env = dict(os.environ, NODE_NAME="test-node", POD_NAME="agent-test", POD_NAMESPACE=AGENT_NAMESPACE)
-    env.pop("KUBECONFIG", None)
+    args, env = local_command_line(objects, tmp_path)
     log = tmp_path / "agent.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(binary), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
