@@ -26,9 +26,21 @@ AGENT_NAMESPACE = "spark-shuffle-agent"
 SHUFFLE_PORT = 7337
 METRICS_PORT = 7338
 # The local dir each overlay uses; the examples must use the same one.
-LOCAL_DIR = {"hostnetwork": "/var/lib/spark/local", "fork-labels": "/tmp/spark-local"}
+LOCAL_DIR = {
+    "hostnetwork": "/var/lib/spark/local",
+    "podnetwork": "/var/lib/spark/local",
+    "fork-labels": "/tmp/spark-local",
+}
 STATE_DIR = "/var/lib/spark-shuffle-agent"
 OVERLAYS = sorted(LOCAL_DIR)
+# The file each overlay's ConfigMap is generated from (conf/ once it exists, which
+# deploy/base/agent.conf must equal).
+DEFAULT_CONF = CONF if CONF.exists() else DEPLOY / "base" / "agent.conf"
+CONF_SOURCE = {
+    "hostnetwork": DEFAULT_CONF,
+    "fork-labels": DEFAULT_CONF,
+    "podnetwork": DEPLOY / "overlays" / "podnetwork" / "agent.conf",
+}
 def one(objects: list[dict], kind: str) -> dict:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"

@@ -24,14 +24,20 @@ import pytest
 import yaml
 
 from deploy_manifests import (
-    AGENT_NAMESPACE, CONF, DEPLOY, LOCAL_DIR, METRICS_PORT, OVERLAYS, REPO, SHUFFLE_PORT,
+    AGENT_NAMESPACE, CONF, CONF_SOURCE, DEPLOY, LOCAL_DIR, METRICS_PORT, OVERLAYS, REPO, SHUFFLE_PORT,
     STATE_DIR, agent_binary, assert_strictly_valid_pod, conf_value, container, flag_values,
     local_command_line, one, pod_spec, probe_python, seconds, spark_executor_pod, submit_confs,
 )
 
+# The overlays whose agent container has every capability dropped and adds none. The
+# podnetwork overlay's agent needs three (test_podnetwork.py checks them, and what its
+# binary says without them).
+WITHOUT_CAPABILITIES = [o for o in OVERLAYS if o != "podnetwork"]
+
 
 def test_validate_script_renders_and_validates_every_overlay_and_component(rendered):
-    assert {"hostnetwork", "fork-labels", "hostnetwork+components", "fork-labels+components"} <= set(rendered)
+    assert {"hostnetwork", "podnetwork", "fork-labels"} == set(OVERLAYS)
+    assert {f"{o}{suffix}" for o in OVERLAYS for suffix in ("", "+components")} <= set(rendered)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -115,7 +121,7 @@ def test_termination_grace_outlasts_the_agents_drain(rendered, overlay):
     assert grace > 30
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", WITHOUT_CAPABILITIES)
 def test_agent_container_is_unprivileged_with_a_read_only_root(rendered, overlay):
     spec = pod_spec(rendered[overlay])
     sc = container(spec, "agent")["securityContext"]
@@ -176,7 +182,7 @@ def test_cluster_role_binding_names_the_daemonsets_service_account(rendered, ove
 def test_config_map_carries_the_default_conf_file_and_is_mounted_where_config_points(rendered, overlay):
     objects = rendered[overlay]
     cm = one(objects, "ConfigMap")
-    source = CONF if CONF.exists() else DEPLOY / "base" / "agent.conf"
+    source = CONF_SOURCE[overlay]
     assert cm["data"]["spark-shuffle-agent.conf"] == source.read_text()
     spec = pod_spec(objects)
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
@@ -318,7 +324,7 @@ def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_e
     assert_strictly_valid_pod(pod, tmp_path)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", WITHOUT_CAPABILITIES)
 def test_the_daemonsets_command_line_starts_the_agent_and_its_probes_answer(rendered, overlay, tmp_path):
     """The container args, with ports set to 0 and host paths moved under tmp_path, run the real binary."""
     binary = agent_binary()
