@@ -128,6 +128,21 @@ def spark_executor_pod(python: str, script: Path, tmp_path: Path) -> dict:
     return pods[0]
 
 
+def assert_spark_executor_on_local_dir(pod: dict, local: str) -> None:
+    """The executor pod Spark made is one the agent watches, with `local` as its hostPath local dir."""
+    spec = pod["spec"]
+    assert pod["metadata"]["labels"]["spark-role"] == "executor"  # what the agent watches
+    assert pod["metadata"]["labels"]["spark-app-selector"]
+    assert spec["securityContext"]["runAsUser"] == 185
+    local_volumes = [v for v in spec["volumes"] if v["name"].startswith("spark-local-dir-")]
+    assert local_volumes == [{"name": "spark-local-dir-1", "hostPath": {"path": local, "type": ""}}]
+    executor = spec["containers"][0]
+    mounts = [m["mountPath"] for m in executor["volumeMounts"] if m["name"] == "spark-local-dir-1"]
+    assert mounts == [local]
+    env = {e["name"]: e.get("value") for e in executor["env"]}
+    assert env["SPARK_LOCAL_DIRS"] == local
+
+
 def assert_strictly_valid_pod(pod: dict, tmp_path: Path) -> None:
     """The pod is valid Kubernetes by the strict schemas deploy/validate.sh uses."""
     (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))

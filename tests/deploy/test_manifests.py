@@ -25,8 +25,9 @@ import yaml
 
 from deploy_manifests import (
     AGENT_NAMESPACE, CONF, CONF_SOURCE, DEPLOY, LOCAL_DIR, METRICS_PORT, OVERLAYS, REPO, SHUFFLE_PORT,
-    STATE_DIR, agent_binary, assert_strictly_valid_pod, conf_value, container, flag_values,
-    local_command_line, one, pod_spec, probe_python, seconds, spark_executor_pod, submit_confs,
+    STATE_DIR, agent_binary, assert_spark_executor_on_local_dir, assert_strictly_valid_pod, conf_value,
+    container, flag_values, local_command_line, one, pod_spec, probe_python, seconds, spark_executor_pod,
+    submit_confs,
 )
 
 # The overlays whose agent container has every capability dropped and adds none. The
@@ -300,20 +301,10 @@ def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_e
     pod = spark_executor_pod(python, DEPLOY / "examples" / "submit-hostnetwork.sh", tmp_path)
     spec = pod["spec"]
     local = LOCAL_DIR["hostnetwork"]
-
-    assert pod["metadata"]["labels"]["spark-role"] == "executor"  # what the agent watches
-    assert pod["metadata"]["labels"]["spark-app-selector"]
+    assert_spark_executor_on_local_dir(pod, local)
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert spec["securityContext"]["runAsUser"] == 185
-
-    local_volumes = [v for v in spec["volumes"] if v["name"].startswith("spark-local-dir-")]
-    assert local_volumes == [{"name": "spark-local-dir-1", "hostPath": {"path": local, "type": ""}}]
     executor = spec["containers"][0]
-    mounts = [m["mountPath"] for m in executor["volumeMounts"] if m["name"] == "spark-local-dir-1"]
-    assert mounts == [local]
-    env = {e["name"]: e.get("value") for e in executor["env"]}
-    assert env["SPARK_LOCAL_DIRS"] == local
     # spark.blockManager.port=0: no fixed port that hostNetwork would turn into a host port.
     assert not [p for p in executor.get("ports", []) if p.get("containerPort") == 7079]
 

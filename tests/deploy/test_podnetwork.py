@@ -1,9 +1,12 @@
-"""deploy/overlays/podnetwork grants the agent what pod network mode checks for and nothing more.
+"""deploy/overlays/podnetwork grants the agent what pod network mode checks for and nothing more,
+and its examples run executors as plain pods.
 
 The generic checks (ports, paths, probes, RBAC, ConfigMap) run on this overlay too, from
 test_manifests.py. These are the ones only pod mode has: capabilities, the host's /proc, the
-network keys, and what the agent binary says when it starts with the overlay's command line
-but without what the overlay gives it.
+network keys, what the agent binary says when it starts with the overlay's command line but
+without what the overlay gives it; and the executor pod template (no hostNetwork, the init
+container that waits for the in-pod listener), the submit example, and the executor pod real
+Spark builds from them.
 
 No cluster is involved. Whether the capabilities are enough on a real node (seccomp, AppArmor,
 SELinux, the runtime) is not checked here.
@@ -22,8 +25,9 @@ import pytest
 import yaml
 
 from deploy_manifests import (
-    CONF_SOURCE, DEPLOY, REPO, SHUFFLE_PORT, agent_binary, conf_entries, container, local_command_line, one,
-    pod_spec,
+    CONF_SOURCE, DEPLOY, REPO, SHUFFLE_PORT, agent_binary, assert_spark_executor_on_local_dir,
+    assert_strictly_valid_pod, conf_entries, container, flag_values, local_command_line, one, pod_spec,
+    probe_python, spark_executor_pod, submit_confs,
 )
 
 OVERLAY_CONF = CONF_SOURCE["podnetwork"]
@@ -170,3 +174,74 @@ def test_the_podnetwork_command_line_stops_the_agent_with_one_line_naming_what_i
     # bounding set only, as Kubernetes leaves them for a non-root container.
     lines = start_refused(binary, rendered, added, user=EXECUTOR_UID_GID[0])
     assert len(lines) == 1 and lines[0].startswith("error: pod network mode needs CAP_SYS_ADMIN ("), lines
+
+
+EXAMPLES = DEPLOY / "examples"
+POD_TEMPLATE = EXAMPLES / "executor-pod-template-podnetwork.yaml"
+SUBMIT = EXAMPLES / "submit-podnetwork.sh"
+GATE = "wait-for-shuffle-listener"
+
+
+def agent_root(rendered: dict) -> str:
+    """The podnetwork agent's one --root: the executors' local dir."""
+    [root] = flag_values(container(pod_spec(rendered["podnetwork"]), "agent")["args"], "--root")
+    return root
+
+
+def test_the_podnetwork_example_runs_executors_as_plain_pods_gated_on_the_in_pod_listener(rendered):
+    template = yaml.safe_load(POD_TEMPLATE.read_text())["spec"]
+    assert not template.get("hostNetwork", False)
+    assert "dnsPolicy" not in template
+    assert "hostPort" not in POD_TEMPLATE.read_text()
+    sc = template["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"]) == EXECUTOR_UID_GID
+    agent_spec = pod_spec(rendered["podnetwork"])
+    assert sc["runAsGroup"] == container(agent_spec, "agent")["securityContext"]["runAsGroup"]
+    # As in executor-pod-template.yaml: the volume comes from the volumes.hostPath settings.
+    assert not [v for v in template.get("volumes", []) if v["name"] == "spark-local-dir-1"]
+
+    gate = container(template, GATE, init=True)
+    assert gate["args"][0] == "wait-for-listener" and "command" not in gate, "the image's entrypoint is the agent"
+    assert gate["args"][gate["args"].index("--port") + 1] == str(SHUFFLE_PORT)
+    assert gate["args"][gate["args"].index("--timeout") + 1] == "60s"
+    assert gate["image"] in {c["image"] for c in agent_spec["containers"]}, "the DaemonSet's one image"
+    assert gate["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert gate["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_podnetwork_submit_example_points_executors_at_the_agent_without_host_networking(rendered):
+    confs = submit_confs(SUBMIT)
+    assert confs["spark.shuffle.service.enabled"] == "true"
+    assert confs["spark.shuffle.service.port"] == str(SHUFFLE_PORT)
+    assert confs["spark.dynamicAllocation.enabled"] == "true"
+    assert confs["spark.dynamicAllocation.shuffleTracking.enabled"] == "false"
+    assert confs["spark.shuffle.service.removeShuffle"] == "true"
+    assert int(confs["spark.shuffle.registration.maxAttempts"]) > 3, "Spark's default is 3"
+    assert "spark.blockManager.port" not in confs, "no host ports to clash on the pod network"
+    assert Path(confs["spark.kubernetes.executor.podTemplateFile"]) == POD_TEMPLATE
+    local = agent_root(rendered)
+    prefix = "spark.kubernetes.executor.volumes.hostPath.spark-local-dir-1"
+    assert confs[f"{prefix}.mount.path"] == confs[f"{prefix}.options.path"] == confs["spark.local.dir"] == local
+
+
+def test_spark_builds_a_pod_network_executor_with_the_gate_on_the_agents_local_dir_against_a_simulated_api_server(
+    rendered, tmp_path
+):
+    """Real Spark (the pyspark wheel's jars) turns the podnetwork example into an executor pod.
+
+    The API server is simulated (tests/deploy/spark_pod_probe.py): it records the pod Spark
+    asks for. No executor runs and no agent adopts anything; this checks the pod Spark would
+    create: its own network, the template's init container kept, the agent's local dir.
+    """
+    python = probe_python()
+    if python is None or shutil.which("java") is None:
+        pytest.skip("needs pyspark and java")
+    pod = spark_executor_pod(python, SUBMIT, tmp_path)
+    spec = pod["spec"]
+    assert_spark_executor_on_local_dir(pod, agent_root(rendered))
+    assert not spec.get("hostNetwork", False)
+    assert spec.get("dnsPolicy") != "ClusterFirstWithHostNet"
+    template_gate = container(yaml.safe_load(POD_TEMPLATE.read_text())["spec"], GATE, init=True)
+    assert [c["name"] for c in spec.get("initContainers", [])] == [GATE]
+    assert container(spec, GATE, init=True)["args"] == template_gate["args"]
+    assert_strictly_valid_pod(pod, tmp_path)
