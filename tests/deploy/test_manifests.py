@@ -61,12 +61,19 @@ def test_hostnetwork_overlay_does_not_carry_the_fork_labels(rendered):
     assert "app" not in labels and "spark-version" not in labels
 
 
-def test_hostnetwork_overlay_listens_on_the_node_network_and_fork_overlay_on_the_pod_network(rendered):
-    host = pod_spec(rendered["hostnetwork"])
+@pytest.mark.parametrize("overlay, network", [("hostnetwork", "host"), ("podnetwork", "pod")])
+def test_the_agent_listens_on_the_node_network_in_the_hostnetwork_and_podnetwork_overlays(rendered, overlay, network):
+    # podnetwork: the node listener is where connections to dead executors' IPs are sent.
+    host = pod_spec(rendered[overlay])
     assert host["hostNetwork"] is True
     assert host["dnsPolicy"] == "ClusterFirstWithHostNet"
     ports = {p["name"]: p for p in container(host, "agent")["ports"]}
     assert ports["shuffle"]["hostPort"] == ports["shuffle"]["containerPort"] == SHUFFLE_PORT
+    labels = one(rendered[overlay], "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert labels["spark-shuffle-agent/network"] == network
+
+
+def test_fork_overlay_listens_on_the_pod_network(rendered):
     fork = pod_spec(rendered["fork-labels"])
     assert not fork.get("hostNetwork", False)
     assert all("hostPort" not in p for p in container(fork, "agent")["ports"])

@@ -26,7 +26,7 @@ import yaml
 
 from deploy_manifests import (
     CONF_SOURCE, DEPLOY, REPO, SHUFFLE_PORT, agent_binary, assert_spark_executor_on_local_dir,
-    assert_strictly_valid_pod, conf_entries, container, flag_values, local_command_line, one, pod_spec,
+    assert_strictly_valid_pod, conf_entries, container, flag_values, local_command_line, pod_spec,
     probe_python, spark_executor_pod, submit_confs,
 )
 
@@ -66,8 +66,8 @@ def test_the_podnetwork_agent_is_not_privileged_drops_all_and_adds_exactly_what_
 
 
 def test_the_podnetwork_agent_runs_as_uid_0_in_the_executors_group_and_owns_the_prepared_dirs(rendered):
-    # uid 0: added capabilities never reach a non-root container's effective set (the test at
-    # the end of this file shows it). The executors' group gives it their files, as in base.
+    # uid 0: added capabilities never reach a non-root container's effective set (the start-up
+    # test below shows it). The executors' group gives it their files, as in base.
     spec = pod_spec(rendered["podnetwork"])
     sc = container(spec, "agent")["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (0, EXECUTOR_UID_GID[1], False)
@@ -96,16 +96,6 @@ def test_the_podnetwork_conf_turns_on_pod_mode_and_sets_only_the_network_keys():
     assert set(entries) == {"agent.network.mode", "agent.network.procRoot", "agent.network.nft"}
     assert entries["agent.network.mode"] == "pod"
     assert entries["agent.network.nft"].startswith("/"), "the image sets no PATH"
-
-
-def test_the_podnetwork_agent_still_listens_on_the_node_network_where_dead_executor_ips_are_sent(rendered):
-    spec = pod_spec(rendered["podnetwork"])
-    assert spec["hostNetwork"] is True
-    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
-    ports = {p["name"]: p for p in container(spec, "agent")["ports"]}
-    assert ports["shuffle"]["hostPort"] == ports["shuffle"]["containerPort"] == SHUFFLE_PORT
-    labels = one(rendered["podnetwork"], "DaemonSet")["spec"]["template"]["metadata"]["labels"]
-    assert labels["spark-shuffle-agent/network"] == "pod"
 
 
 def need(ok: bool, why: str):
