@@ -11,111 +11,34 @@ No cluster is involved: nothing here is applied to a Kubernetes API server.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
-CONF = REPO / "conf" / "spark-shuffle-agent.conf"
+from deploy_manifests import (
+    AGENT_NAMESPACE, CONF, CONF_SOURCE, DEPLOY, LOCAL_DIR, METRICS_PORT, OVERLAYS, REPO, SHUFFLE_PORT,
+    STATE_DIR, agent_binary, assert_spark_executor_on_local_dir, assert_strictly_valid_pod, conf_value,
+    container, flag_values, local_command_line, one, pod_spec, probe_python, seconds, spark_executor_pod,
+    submit_confs,
+)
 
-AGENT_NAMESPACE = "spark-shuffle-agent"
-SHUFFLE_PORT = 7337
-METRICS_PORT = 7338
-# The local dir each overlay uses; the examples must use the same one.
-LOCAL_DIR = {"hostnetwork": "/var/lib/spark/local", "fork-labels": "/tmp/spark-local"}
-STATE_DIR = "/var/lib/spark-shuffle-agent"
-OVERLAYS = sorted(LOCAL_DIR)
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, list[dict]]:
-    """Runs deploy/validate.sh and returns the objects it rendered, by target name."""
-    out = tmp_path_factory.mktemp("rendered")
-    env = dict(os.environ, RENDER_DIR=str(out))
-    run = subprocess.run(
-        ["bash", str(DEPLOY / "validate.sh")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    print(run.stdout)
-    print(run.stderr)
-    assert run.returncode == 0, f"deploy/validate.sh failed:\n{run.stdout}\n{run.stderr}"
-    targets = {}
-    for f in sorted(out.glob("*.yaml")):
-        targets[f.stem] = [d for d in yaml.safe_load_all(f.read_text()) if d]
-    assert set(OVERLAYS) <= set(targets), f"missing renders: {sorted(targets)}"
-    return targets
-
-
-def one(objects: list[dict], kind: str) -> dict:
-    found = [o for o in objects if o["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
-def pod_spec(objects: list[dict]) -> dict:
-    return one(objects, "DaemonSet")["spec"]["template"]["spec"]
-
-
-def container(spec: dict, name: str, init: bool = False) -> dict:
-    key = "initContainers" if init else "containers"
-    return next(c for c in spec[key] if c["name"] == name)
-
-
-def flag_values(args: list[str], flag: str) -> list[str]:
-    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
-
-
-def seconds(text: str) -> float:
-    m = re.fullmatch(r"(\d+)(ms|s|min|h)?", text.strip())
-    assert m, f"unparsable duration {text!r}"
-    scale = {"ms": 0.001, "s": 1, "min": 60, "h": 3600, None: 1}[m.group(2)]
-    return int(m.group(1)) * scale
-
-
-def conf_value(key: str) -> str | None:
-    """The value of an uncommented key in conf/spark-shuffle-agent.conf, if present."""
-    if not CONF.exists():
-        return None
-    for line in CONF.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        k, _, v = line.replace("=", " ", 1).partition(" ")
-        if k == key:
-            return v.strip()
-    return None
-
-
-def submit_confs(script: Path) -> dict[str, str]:
-    """The --conf key=value pairs of an example spark-submit script, shell variables expanded."""
-    text = script.read_text().replace("\\\n", " ")
-    variables = dict(re.findall(r"^([A-Z_]+)=([^\s$]+)$", text, re.M))
-    variables["HERE"] = str(script.parent)
-    variables.update({k: v for k, v in re.findall(r"^([A-Z_]+)=\$\{\1:-([^}]+)\}$", text, re.M)})
-    words = shlex.split(text, comments=True)
-    confs = {}
-    for i, w in enumerate(words[:-1]):
-        if w == "--conf":
-            k, _, v = words[i + 1].partition("=")
-            confs[k] = re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), m.group(0)), v)
-    return confs
+# The overlays whose agent container has every capability dropped and adds none. The
+# podnetwork overlay's agent needs three (test_podnetwork.py checks them, and what its
+# binary says without them).
+WITHOUT_CAPABILITIES = [o for o in OVERLAYS if o != "podnetwork"]
 
 
 def test_validate_script_renders_and_validates_every_overlay_and_component(rendered):
-    assert {"hostnetwork", "fork-labels", "hostnetwork+components", "fork-labels+components"} <= set(rendered)
+    assert {"hostnetwork", "podnetwork", "fork-labels"} == set(OVERLAYS)
+    assert {f"{o}{suffix}" for o in OVERLAYS for suffix in ("", "+components")} <= set(rendered)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -138,12 +61,19 @@ def test_hostnetwork_overlay_does_not_carry_the_fork_labels(rendered):
     assert "app" not in labels and "spark-version" not in labels
 
 
-def test_hostnetwork_overlay_listens_on_the_node_network_and_fork_overlay_on_the_pod_network(rendered):
-    host = pod_spec(rendered["hostnetwork"])
+@pytest.mark.parametrize("overlay, network", [("hostnetwork", "host"), ("podnetwork", "pod")])
+def test_the_agent_listens_on_the_node_network_in_the_hostnetwork_and_podnetwork_overlays(rendered, overlay, network):
+    # podnetwork: the node listener is where connections to dead executors' IPs are sent.
+    host = pod_spec(rendered[overlay])
     assert host["hostNetwork"] is True
     assert host["dnsPolicy"] == "ClusterFirstWithHostNet"
     ports = {p["name"]: p for p in container(host, "agent")["ports"]}
     assert ports["shuffle"]["hostPort"] == ports["shuffle"]["containerPort"] == SHUFFLE_PORT
+    labels = one(rendered[overlay], "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert labels["spark-shuffle-agent/network"] == network
+
+
+def test_fork_overlay_listens_on_the_pod_network(rendered):
     fork = pod_spec(rendered["fork-labels"])
     assert not fork.get("hostNetwork", False)
     assert all("hostPort" not in p for p in container(fork, "agent")["ports"])
@@ -199,7 +129,7 @@ def test_termination_grace_outlasts_the_agents_drain(rendered, overlay):
     assert grace > 30
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", WITHOUT_CAPABILITIES)
 def test_agent_container_is_unprivileged_with_a_read_only_root(rendered, overlay):
     spec = pod_spec(rendered[overlay])
     sc = container(spec, "agent")["securityContext"]
@@ -260,7 +190,7 @@ def test_cluster_role_binding_names_the_daemonsets_service_account(rendered, ove
 def test_config_map_carries_the_default_conf_file_and_is_mounted_where_config_points(rendered, overlay):
     objects = rendered[overlay]
     cm = one(objects, "ConfigMap")
-    source = CONF if CONF.exists() else DEPLOY / "base" / "agent.conf"
+    source = CONF_SOURCE[overlay]
     assert cm["data"]["spark-shuffle-agent.conf"] == source.read_text()
     spec = pod_spec(objects)
     volume = next(v for v in spec["volumes"] if v["name"] == "config")
@@ -364,16 +294,6 @@ def test_fork_example_selects_the_fork_overlays_pods(rendered):
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
 
 
-def probe_python() -> str | None:
-    """A Python that can import pyspark (the project venv first), or None."""
-    for candidate in [REPO / ".venv" / "bin" / "python", Path(sys.executable)]:
-        if candidate.exists() and subprocess.run(
-            [str(candidate), "-c", "import pyspark"], capture_output=True
-        ).returncode == 0:
-            return str(candidate)
-    return None
-
-
 def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_example_against_a_simulated_api_server(
     rendered, tmp_path
 ):
@@ -385,35 +305,13 @@ def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_e
     python = probe_python()
     if python is None or shutil.which("java") is None:
         pytest.skip("needs pyspark and java")
-    settings = submit_confs(DEPLOY / "examples" / "submit-hostnetwork.sh")
-    # Ask for one executor at start-up instead of waiting for pending tasks.
-    settings["spark.dynamicAllocation.initialExecutors"] = "1"
-    (tmp_path / "settings.json").write_text(json.dumps(settings))
-    run = subprocess.run(
-        [python, str(Path(__file__).with_name("spark_pod_probe.py")),
-         str(tmp_path / "settings.json"), str(tmp_path / "pods.json")],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    pods = json.loads((tmp_path / "pods.json").read_text())
-    assert pods, "Spark created no executor pod"
-    pod = pods[0]
+    pod = spark_executor_pod(python, DEPLOY / "examples" / "submit-hostnetwork.sh", tmp_path)
     spec = pod["spec"]
     local = LOCAL_DIR["hostnetwork"]
-
-    assert pod["metadata"]["labels"]["spark-role"] == "executor"  # what the agent watches
-    assert pod["metadata"]["labels"]["spark-app-selector"]
+    assert_spark_executor_on_local_dir(pod, local)
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert spec["securityContext"]["runAsUser"] == 185
-
-    local_volumes = [v for v in spec["volumes"] if v["name"].startswith("spark-local-dir-")]
-    assert local_volumes == [{"name": "spark-local-dir-1", "hostPath": {"path": local, "type": ""}}]
     executor = spec["containers"][0]
-    mounts = [m["mountPath"] for m in executor["volumeMounts"] if m["name"] == "spark-local-dir-1"]
-    assert mounts == [local]
-    env = {e["name"]: e.get("value") for e in executor["env"]}
-    assert env["SPARK_LOCAL_DIRS"] == local
     # spark.blockManager.port=0: no fixed port that hostNetwork would turn into a host port.
     assert not [p for p in executor.get("ports", []) if p.get("containerPort") == 7079]
 
@@ -421,23 +319,10 @@ def test_spark_builds_a_host_network_executor_on_the_agents_local_dir_from_the_e
     assert flag_values(agent["args"], "--root") == [local]
 
     # And the pod Spark sends is valid Kubernetes, by the same strict schemas.
-    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
-    kv = REPO / ".venv" / "bin" / "kubernetes-validate"
-    check = subprocess.run([str(kv), "--strict", "--quiet", "-k", "1.30", "-k", "1.37",
-                            str(tmp_path / "pod.yaml")], capture_output=True, text=True)
-    assert check.returncode == 0 and "ERROR" not in check.stdout, check.stdout
+    assert_strictly_valid_pod(pod, tmp_path)
 
 
-def agent_binary() -> Path | None:
-    """$AGENT_BIN (set by tests/run-all.sh), else the newest cargo build, else None."""
-    if os.environ.get("AGENT_BIN"):
-        return Path(os.environ["AGENT_BIN"])
-    built = [p for p in (REPO / "target" / "release" / "spark-shuffle-agent",
-                         REPO / "target" / "debug" / "spark-shuffle-agent") if p.is_file()]
-    return max(built, key=lambda p: p.stat().st_mtime) if built else None
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", WITHOUT_CAPABILITIES)
 def test_the_daemonsets_command_line_starts_the_agent_and_its_probes_answer(rendered, overlay, tmp_path):
     """The container args, with ports set to 0 and host paths moved under tmp_path, run the real binary."""
     binary = agent_binary()
@@ -445,26 +330,7 @@ def test_the_daemonsets_command_line_starts_the_agent_and_its_probes_answer(rend
         pytest.skip("agent binary not built (set AGENT_BIN or cargo build)")
     objects = rendered[overlay]
     spec = pod_spec(objects)
-    agent = container(spec, "agent")
-    mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
-    moved = {}
-    for path, name in mounts.items():
-        moved[path] = tmp_path / name
-        moved[path].mkdir()
-    conf_mount = next(p for p, n in mounts.items() if n == "config")
-    (moved[conf_mount] / "spark-shuffle-agent.conf").write_text(
-        one(objects, "ConfigMap")["data"]["spark-shuffle-agent.conf"])
-    args = []
-    for a in agent["args"]:
-        if a in (str(SHUFFLE_PORT), str(METRICS_PORT)):
-            a = "0"
-        for path in sorted(moved, key=len, reverse=True):  # one substitution, longest mount first
-            if a == path or a.startswith(path + "/"):
-                a = str(moved[path]) + a[len(path):]
-                break
-        args.append(a)
-    env = dict(os.environ, NODE_NAME="test-node", POD_NAME="agent-test", POD_NAMESPACE=AGENT_NAMESPACE)
-    env.pop("KUBECONFIG", None)
+    args, env = local_command_line(objects, tmp_path)
     log = tmp_path / "agent.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(binary), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
