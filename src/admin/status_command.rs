@@ -132,6 +132,9 @@ pub fn render(r: &StatusReport, addr: &str) -> String {
         }
     };
     let _ = writeln!(out, "kubernetes   {k8s}");
+    if let Some(p) = &r.pod_network {
+        pod_network(&mut out, p);
+    }
 
     let _ = writeln!(out);
     let scanned = if r.disk.scanned_at_unix == 0 {
@@ -226,6 +229,33 @@ pub fn render(r: &StatusReport, addr: &str) -> String {
         c.errors
     );
     out
+}
+
+/// Pod network mode: each adopted pod's listener, then what is pending or failed.
+fn pod_network(out: &mut String, p: &super::status_document::PodNetworkStatus) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "POD NETWORK ({} pods listened in, {} pending; {} dead IPs redirected; {} adoption failures, {} nft failures)",
+        p.pods.len(),
+        p.pods_pending,
+        p.redirects,
+        p.adoption_failures,
+        p.nft_failures
+    );
+    if p.pods.is_empty() {
+        return;
+    }
+    let mut rows = vec![["POD".to_string(), "IP".into(), "LISTENERS".into(), "OPEN AFTER".into()]];
+    for pod in &p.pods {
+        rows.push([
+            pod.pod.clone(),
+            pod.ip.to_string(),
+            pod.listeners.to_string(),
+            format!("{} ms", pod.millis_to_listen),
+        ]);
+    }
+    table(out, &rows, &[false, false, true, true]);
 }
 
 /// Left-aligned first column, the others right-aligned, two spaces apart.

@@ -180,6 +180,22 @@ fn the_agent_serves_executor_pods_on_the_pod_network_and_their_ips_after_death_s
         .expect("nft list");
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(!listing.contains(&ip0.to_string()), "the reused IP is no longer redirected:\n{listing}");
+
+    // What an operator sees: `status` run inside the node, as `kubectl exec` would.
+    let metrics = logs.wait_for("metrics listening");
+    let metrics: Value = serde_json::from_str(&metrics).expect("a JSON log line");
+    let port = metrics["addr"].as_str().and_then(|a| a.rsplit(':').next()).expect("the metrics port");
+    let status = Command::new("ip")
+        .args(["netns", "exec", &topo.netns_name("node"), env!("CARGO_BIN_EXE_spark-shuffle-agent"), "status"])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    println!("{text}");
+    assert!(text.contains("POD NETWORK (2 pods listened in, 0 pending; 0 dead IPs redirected"), "{text}");
+    for (pod, ip) in [("exec1", ip1), ("exec2", ip0)] {
+        assert!(text.lines().any(|l| l.contains(&format!("{NS}/{pod}")) && l.contains(&ip.to_string())), "{text}");
+    }
     drop(pod2);
     drop(logs);
 }
