@@ -2,6 +2,7 @@
 # Build the agent's image into the local image store, offline, and print its name last.
 #
 #   deploy/image/build.sh        # IMAGE_NAME (default localhost/spark-shuffle-agent), tag = crate version
+#   AGENT_BIN=path deploy/image/build.sh   # use that release binary, do not run cargo
 #
 # Why an assembled root filesystem and not a static binary: the only Rust target here is
 # x86_64-unknown-linux-gnu (musl is not installable offline), and a statically linked glibc
@@ -33,10 +34,18 @@ fi
 SOURCE=${IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null || echo "git:$REVISION")}
 EPOCH=${SOURCE_DATE_EPOCH:-0}
 
-echo "building the agent (cargo build --release --locked)" >&2
-cargo build --release --locked --bin spark-shuffle-agent --quiet
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-BIN=$TARGET_DIR/release/spark-shuffle-agent
+# AGENT_BIN: a binary already built (tests/run-all.sh passes the one it just built; a shared build
+# machine passes a copy rather than compiling again). Its caller vouches that it is this commit's
+# release build: the revision label says which commit the script ran from, not how the binary was made.
+if [[ -n ${AGENT_BIN:-} ]]; then
+    BIN=$AGENT_BIN
+    [[ -x $BIN ]] || fail "AGENT_BIN=$BIN is not an executable file"
+    echo "using the agent binary $BIN (AGENT_BIN; not building)" >&2
+else
+    echo "building the agent (cargo build --release --locked)" >&2
+    cargo build --release --locked --bin spark-shuffle-agent --quiet
+    BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/spark-shuffle-agent
+fi
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
