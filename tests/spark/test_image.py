@@ -5,7 +5,9 @@ the pod is started from it in new mount and PID namespaces (image_root.py): firs
 init container (root with the manifest's three capabilities), then the agent container (uid:gid 185),
 each through the image's own entrypoint with the args, env and volume mount paths of the rendered
 DaemonSet. Then Spark's real client (the Java driver on the pyspark jars) registers an executor and
-fetches blocks through it, /readyz answers, and SIGTERM stops it with exit code 0.
+fetches blocks through it, /readyz answers, and SIGTERM stops it with exit code 0. The image's nft
+(pod network mode's) runs from the same root in a network namespace the test makes, with only the
+podnetwork overlay's capabilities, and every file copied from a Debian package has its notices.
 
 Needs root, buildah, unshare, setpriv and chroot. Without them the tests skip, except under CI=true,
 where they fail: a CI run that did not run the image is not a pass.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tomllib
@@ -30,6 +33,9 @@ from shuffle_layout import crc32, make_executor_dirs, sha256
 
 pytestmark = pytest.mark.image
 CARGO = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]
+# The nft pod network mode runs: the path the podnetwork overlay's conf gives.
+PODNET_NFT = re.search(r"^agent\.network\.nft\s+(\S+)",
+                       (REPO / "deploy/overlays/podnetwork/agent.conf").read_text(), re.M).group(1)
 
 
 def need(ok: bool, why: str):
@@ -44,19 +50,24 @@ def image(tmp_path_factory):
     missing = have_tools()
     need(not missing, f"missing {missing} (Debian packages buildah, util-linux, coreutils)")
     need(os.geteuid() == 0, "namespaces, mounts and chown need root")
+    need(Path(PODNET_NFT).is_file(), f"no {PODNET_NFT} to copy into the image (Debian package nftables)")
     name, log = build_image()
     img = unpack(name, tmp_path_factory.mktemp("image"))
     print(f"\n[image] {name} id {img.image_id}, layers {img.size_bytes} bytes uncompressed\n{log}")
     return img
 
 
-@pytest.fixture(scope="module")
-def pod() -> dict:
-    """The DaemonSet's pod spec as the hostnetwork overlay renders it."""
-    out = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy" / "overlays" / "hostnetwork")],
+def rendered_pod(overlay: str) -> dict:
+    """The DaemonSet's pod spec as `overlay` renders it."""
+    out = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy" / "overlays" / overlay)],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     ds = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet")
     return ds["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def pod() -> dict:
+    return rendered_pod("hostnetwork")
 
 
 def named(items: list[dict], name: str) -> dict:
@@ -76,13 +87,85 @@ def test_image_runs_as_the_manifests_uid_and_carries_version_source_and_licence(
     assert labels["org.opencontainers.image.source"]
 
 
-def test_image_holds_the_agent_its_libraries_and_nothing_to_run_besides(image, tmp_path):
+def test_image_holds_the_agent_nft_their_libraries_and_nothing_to_run_besides(image, tmp_path):
     root = image.rootfs
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
     executables = [f for f in files if os.access(root / f, os.X_OK) and not f.split("/")[-1].startswith(("ld-", "lib"))]
-    assert executables == ["usr/bin/spark-shuffle-agent"], files
+    assert executables == ["usr/bin/spark-shuffle-agent", PODNET_NFT.lstrip("/")], files
     assert "usr/share/doc/spark-shuffle-agent/LICENSE" in files
     assert not [f for f in files if f.endswith("/sh") or f.startswith(("bin/", "sbin/"))], files
+
+
+def test_every_file_copied_from_a_debian_package_comes_with_that_packages_copyright_and_licences(image):
+    """nftables is GPL-2, glibc LGPL-2.1, and so on: their notices and licence texts ship with them."""
+    root = image.rootfs
+    lines = (root / "usr/share/doc/spark-shuffle-agent/THIRD-PARTY").read_text().splitlines()
+    rows = [line.split() for line in lines[lines.index("file package version source-package source-version") + 1:]]
+    assert rows and all(len(r) == 5 for r in rows), lines
+    from_host = {str(p.relative_to(root)) for d in ("lib", "lib64", "usr/sbin") for p in (root / d).rglob("*")
+                 if p.is_file()}
+    assert {r[0].lstrip("/") for r in rows} == from_host
+    packages = {r[1].split(":")[0]: r[3] for r in rows}
+    assert packages["nftables"] == "nftables" and packages["libc6"] == "glibc", packages
+    for pkg in packages:
+        assert (root / "usr/share/doc" / pkg / "copyright").is_file(), pkg
+    licences = set()
+    for copyright in (root / "usr/share/doc").glob("*/copyright"):
+        licences |= set(re.findall(r"/usr/share/common-licenses/([A-Za-z0-9.+-]*[A-Za-z0-9+])", copyright.read_text()))
+    assert "GPL-2" in licences
+    assert all((root / "usr/share/common-licenses" / n).is_file() for n in licences), licences
+
+
+# A table in the shape src/podnet/redirect.rs renders for a pod (a DNAT map and a reset, IPv4 and
+# IPv6), under a name of the test's own.
+NFT_TABLE = "spark_shuffle_agent_image_test"
+NFT_SCRIPT = f"""table inet {NFT_TABLE} {{
+  map dead4 {{ type ipv4_addr : ipv4_addr . inet_service; }}
+  map dead6 {{ type ipv6_addr : ipv6_addr . inet_service; }}
+  chain out {{ type nat hook output priority -110; policy accept;
+    meta l4proto tcp tcp dport 7337 dnat ip addr . port to ip daddr map @dead4 comment "image test"
+    meta l4proto tcp tcp dport 7337 dnat ip6 addr . port to ip6 daddr map @dead6 comment "image test"
+  }}
+  chain rst {{ type filter hook output priority filter; policy accept;
+    meta l4proto tcp tcp dport 7337 ip daddr @dead4 ct status != dnat reject with tcp reset comment "image test"
+    meta l4proto tcp tcp dport 7337 ip6 daddr @dead6 ct status != dnat reject with tcp reset comment "image test"
+  }}
+}}
+add element inet {NFT_TABLE} dead4 {{ 10.244.1.7 : 192.0.2.10 . 7337 }}
+add element inet {NFT_TABLE} dead6 {{ fd00::7 : fd00::a . 7337 }}
+"""
+
+
+def test_the_images_nft_runs_from_its_own_root_and_programs_a_fresh_network_namespace(image):
+    """nft from the unpacked image (chroot: nothing of the host's filesystem), as root with only the
+    capabilities the podnetwork overlay adds, in a network namespace of its own that goes away with
+    the process: the table is written (nft -f -, as src/podnet/nft.rs applies it), read back as JSON
+    (nft -j list, as the agent observes it), and is not in the host's namespace."""
+    root = str(image.rootfs)
+    caps = named(rendered_pod("podnetwork")["containers"], "agent")["securityContext"]["capabilities"]["add"]
+    # SYS_CHROOT only to enter the root, as image_root.py does for the init container.
+    bounding = ",".join(["-all", "+sys_chroot"] + [f"+{c.lower()}" for c in caps])
+    in_image = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--", "chroot", root, PODNET_NFT]
+
+    version = subprocess.run(in_image + ["--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("nftables v"), version
+
+    # One `sh` in the new namespace runs both nft's, so they see the same namespace.
+    apply_and_list = subprocess.run(
+        ["unshare", "--net", "--", "sh", "-c", '"$@" -f - && "$@" -j list table inet ' + NFT_TABLE, "sh", *in_image],
+        input=NFT_SCRIPT, capture_output=True, text=True, timeout=60)
+    assert apply_and_list.returncode == 0, apply_and_list
+    listing = json.loads(apply_and_list.stdout)["nftables"]
+    rules = [i["rule"] for i in listing if "rule" in i]
+    assert sorted(r["chain"] for r in rules) == ["out", "out", "rst", "rst"], listing
+    assert {r.get("comment") for r in rules} == {"image test"}, listing
+    maps = {i["map"]["name"]: i["map"].get("elem") for i in listing if "map" in i}
+    assert maps["dead4"] == [["10.244.1.7", {"concat": ["192.0.2.10", 7337]}]], listing
+    assert maps["dead6"] == [["fd00::7", {"concat": ["fd00::a", 7337]}]], listing
+
+    # The namespace ended with its last process; the host's never had the table.
+    host = subprocess.run(in_image + ["list", "table", "inet", NFT_TABLE], capture_output=True, text=True, timeout=60)
+    assert host.returncode != 0 and "No such file or directory" in host.stderr, host
 
 
 def test_the_image_prepares_its_dirs_serves_the_real_spark_client_and_stops_on_sigterm(
