@@ -61,6 +61,7 @@ impl ExecutorIpView {
                 for (key, pod) in listed {
                     self.pod(key, &pod, &mut changes);
                 }
+                changes.push(PodChange::Listed { pods: self.live.keys().cloned().collect() });
             }
             watcher::Event::Apply(pod) => self.pod(pods::key(&pod), &pod, &mut changes),
             watcher::Event::Delete(pod) => self.ended(&pods::key(&pod), &mut changes),
@@ -189,12 +190,20 @@ mod tests {
         }
     }
 
+    /// The changes a complete list brings, its closing `Listed` checked and left out.
     fn listed(view: &mut ExecutorIpView, pods: Vec<Pod>) -> Vec<PodChange> {
         assert!(view.apply(Event::Init).is_empty());
         for pod in pods {
             assert!(view.apply(Event::InitApply(pod)).is_empty(), "nothing before the list is complete");
         }
-        view.apply(Event::InitDone)
+        let mut changes = view.apply(Event::InitDone);
+        match changes.pop() {
+            Some(PodChange::Listed { pods }) => {
+                assert_eq!(pods.len(), view.len(), "every live pod, no other");
+            }
+            other => panic!("a list ends with Listed, got {other:?}"),
+        }
+        changes
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::dead_ips::{LivePod, LivePods};
 use super::{bind_in_netns, dead_ips, find_pods_netns, DeadIps, Netns, NetnsId, Nft, PodnetError};
 
 /// What the executor-pod watch tells the controller. `local`: the pod runs on this node.
@@ -33,6 +34,9 @@ pub enum PodChange {
     Died { pod: String, app_id: String, ip: IpAddr, host_ip: IpAddr, local: bool },
     /// The application's driver ended: nobody fetches its blocks any more.
     AppEnded { app_id: String },
+    /// A complete list of executor pods on the pod network is in (every live one's key): a
+    /// pod remembered alive but not in it ended unseen, e.g. while the agent was down.
+    Listed { pods: std::collections::HashSet<String> },
 }
 
 /// Serves one listener opened inside a pod until the token is cancelled.
@@ -103,6 +107,8 @@ pub struct Controller {
     own: NetnsId,
     node: Option<SocketAddr>,
     dead: DeadIps,
+    /// Executor pods alive when last seen (persisted with `dead`).
+    live: LivePods,
     adopted: HashMap<String, Adopted>,
     pending: HashMap<String, Pending>,
     serve: Serve,
@@ -126,7 +132,7 @@ impl Controller {
         let host = Netns::current()?;
         let own = host.id();
         let node = settings.node_ip.map(|ip| SocketAddr::new(ip, settings.port));
-        info!(dead_ips = loaded.dead.len(), node = ?node, "pod network mode on");
+        info!(dead_ips = loaded.dead.len(), live_pods = loaded.live.len(), node = ?node, "pod network mode on");
         Ok(Controller {
             nft: Nft::new(&settings.nft),
             settings,
@@ -134,6 +140,7 @@ impl Controller {
             own,
             node,
             dead: loaded.dead,
+            live: loaded.live,
             adopted: HashMap::new(),
             pending: HashMap::new(),
             serve,
@@ -156,18 +163,21 @@ impl Controller {
             // A pod waiting for its namespace is looked for often; otherwise the wait is only
             // to notice shutdown.
             let wait = if self.pending.is_empty() { Duration::from_millis(500) } else { Duration::from_millis(20) };
-            let mut tables_changed = false;
+            let (mut tables_changed, mut any) = (false, false);
             let mut closing = Vec::new();
             match changes.recv_timeout(wait) {
-                Ok(change) => tables_changed |= self.apply(change, &mut closing),
+                Ok(change) => (tables_changed, any) = (self.apply(change, &mut closing), true),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             while let Ok(change) = changes.try_recv() {
                 tables_changed |= self.apply(change, &mut closing);
             }
-            if tables_changed {
+            // Live pods are persisted too, so a change of any kind is saved (once per batch).
+            if any {
                 self.save();
+            }
+            if tables_changed {
                 self.sync_tables();
             }
             // After the redirects are in (module doc).
@@ -184,6 +194,8 @@ impl Controller {
     fn apply(&mut self, change: PodChange, closing: &mut Vec<(String, Adopted)>) -> bool {
         match change {
             PodChange::Live { pod, app_id, ip, host_ip, local } => {
+                let seen = LivePod { pod: pod.clone(), app_id: app_id.clone(), ip, host_ip, local };
+                self.live.insert(pod.clone(), seen);
                 let reused = self.dead.ip_reused(ip);
                 if reused {
                     info!(%pod, %ip, "a new executor pod has a dead executor's IP; its redirect is removed");
@@ -197,6 +209,7 @@ impl Controller {
                 reused
             }
             PodChange::Died { pod, app_id, ip, host_ip, local } => {
+                self.live.remove(&pod);
                 self.pending.remove(&pod);
                 if let Some(adopted) = self.adopted.remove(&pod) {
                     closing.push((pod.clone(), adopted));
@@ -214,6 +227,15 @@ impl Controller {
                     info!(app = %app_id, removed, "application ended; its dead executor IPs are no longer redirected");
                 }
                 removed > 0
+            }
+            PodChange::Listed { pods } => {
+                let gone: Vec<LivePod> = self.live.values().filter(|p| !pods.contains(&p.pod)).cloned().collect();
+                let mut changed = false;
+                for LivePod { pod, app_id, ip, host_ip, local } in gone {
+                    info!(%pod, %ip, "executor pod ended unseen (not in the list); its IP is redirected");
+                    changed |= self.apply(PodChange::Died { pod, app_id, ip, host_ip, local }, closing);
+                }
+                changed
             }
         }
     }
@@ -304,7 +326,7 @@ impl Controller {
     }
 
     fn save(&self) {
-        if let Err(e) = dead_ips::save(&self.settings.state_dir, &self.dead) {
+        if let Err(e) = dead_ips::save_with_live(&self.settings.state_dir, &self.dead, &self.live) {
             warn!(error = %e, "cannot persist the dead executor IPs; a restart now would forget some redirects");
         }
     }

@@ -86,23 +86,48 @@ impl DeadIps {
     }
 }
 
+/// An executor pod on the pod network as last seen alive, with the IPs it had then. Kept in
+/// the same file so that a pod which ends while the agent is down is still known to have been
+/// there: the first complete list after a restart lacks it, and that makes its IP dead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivePod {
+    pub pod: String,
+    pub app_id: String,
+    pub ip: IpAddr,
+    pub host_ip: IpAddr,
+    pub local: bool,
+}
+
+/// Executor pods alive when last seen, by `namespace/name`.
+pub type LivePods = BTreeMap<String, LivePod>;
+
 #[derive(Serialize, Deserialize)]
 struct FileBody {
     version: u32,
     dead: Vec<DeadIp>,
+    /// Absent in files written before live pods were kept.
+    #[serde(default)]
+    live: Vec<LivePod>,
 }
 
 /// What [`load`] found.
 #[derive(Debug)]
 pub struct Loaded {
     pub dead: DeadIps,
+    pub live: LivePods,
     /// Why the file was not used, when it existed but was torn or corrupt (for one warn line).
     pub discarded: Option<String>,
 }
 
 /// Writes `dead` to `dir/FILE_NAME`, atomically.
 pub fn save(dir: &Path, dead: &DeadIps) -> std::io::Result<()> {
-    let body = FileBody { version: 1, dead: dead.by_ip.values().cloned().collect() };
+    save_with_live(dir, dead, &LivePods::new())
+}
+
+/// Writes `dead` and the live pods to `dir/FILE_NAME`, atomically.
+pub fn save_with_live(dir: &Path, dead: &DeadIps, live: &LivePods) -> std::io::Result<()> {
+    let body =
+        FileBody { version: 1, dead: dead.by_ip.values().cloned().collect(), live: live.values().cloned().collect() };
     let json = serde_json::to_string(&body).map_err(std::io::Error::other)?;
     let line = format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()));
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
@@ -121,13 +146,13 @@ pub fn load(dir: &Path) -> std::io::Result<Loaded> {
     let text = match std::fs::read_to_string(path(dir)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Loaded { dead: DeadIps::default(), discarded: None })
+            return Ok(Loaded { dead: DeadIps::default(), live: LivePods::new(), discarded: None })
         }
         Err(e) => return Err(e),
     };
     match parse(&text) {
-        Ok(dead) => Ok(Loaded { dead, discarded: None }),
-        Err(why) => Ok(Loaded { dead: DeadIps::default(), discarded: Some(why) }),
+        Ok((dead, live)) => Ok(Loaded { dead, live, discarded: None }),
+        Err(why) => Ok(Loaded { dead: DeadIps::default(), live: LivePods::new(), discarded: Some(why) }),
     }
 }
 
@@ -135,7 +160,7 @@ fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-fn parse(text: &str) -> Result<DeadIps, String> {
+fn parse(text: &str) -> Result<(DeadIps, LivePods), String> {
     let line = text.strip_suffix('\n').ok_or("no final newline (torn write)")?;
     let (crc, json) = line.split_once(' ').ok_or("no checksum")?;
     let crc = u32::from_str_radix(crc, 16).map_err(|_| "bad checksum field")?;
@@ -146,7 +171,8 @@ fn parse(text: &str) -> Result<DeadIps, String> {
     if body.version != 1 {
         return Err(format!("unknown version {}", body.version));
     }
-    Ok(DeadIps { by_ip: body.dead.into_iter().map(|d| (d.ip, d)).collect() })
+    let live = body.live.into_iter().map(|p| (p.pod.clone(), p)).collect();
+    Ok((DeadIps { by_ip: body.dead.into_iter().map(|d| (d.ip, d)).collect() }, live))
 }
 
 #[cfg(test)]
@@ -192,6 +218,16 @@ mod tests {
         let loaded = load(dir.path()).unwrap();
         assert_eq!(loaded.dead, sample());
         assert!(loaded.discarded.is_none());
+        assert!(loaded.live.is_empty());
+        let pod = LivePod {
+            pod: "jobs/e1".into(),
+            app_id: "app-1".into(),
+            ip: "10.244.1.11".parse().unwrap(),
+            host_ip: "192.168.50.1".parse().unwrap(),
+            local: true,
+        };
+        save_with_live(dir.path(), &sample(), &LivePods::from([(pod.pod.clone(), pod.clone())])).unwrap();
+        assert_eq!(load(dir.path()).unwrap().live.into_values().collect::<Vec<_>>(), [pod]);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [FILE_NAME]);
     }

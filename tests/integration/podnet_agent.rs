@@ -9,7 +9,8 @@
 //! it; the first pod dies (DELETED, then CNI DEL); its IP is redirected to the node's agent,
 //! for a pod and for a hostNetwork client on the node; the agent is killed (-9) and restarted
 //! and re-adopts the live pod and the dead IP; a new pod takes the dead IP, so its redirect goes
-//! and the new pod is served.
+//! and the new pod is served; that pod ends while the agent is down, and the next agent still
+//! redirects its IP.
 //!
 //! Prints the time from the watch showing a pod's IP to its listener accepting.
 
@@ -185,17 +186,37 @@ fn the_agent_serves_executor_pods_on_the_pod_network_and_their_ips_after_death_s
     let metrics = logs.wait_for("metrics listening");
     let metrics: Value = serde_json::from_str(&metrics).expect("a JSON log line");
     let port = metrics["addr"].as_str().and_then(|a| a.rsplit(':').next()).expect("the metrics port");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &topo.netns_name("node"), env!("CARGO_BIN_EXE_spark-shuffle-agent"), "status"])
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .output()
-        .expect("run status");
-    let text = String::from_utf8_lossy(&status.stdout);
+    // The controller publishes after its nft work for the new pod: poll, briefly.
+    let status = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &topo.netns_name("node"), env!("CARGO_BIN_EXE_spark-shuffle-agent"), "status"])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .output()
+            .expect("run status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let expected = "POD NETWORK (2 pods listened in, 0 pending; 0 dead IPs redirected";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = status();
+    while !text.contains(expected) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        text = status();
+    }
     println!("{text}");
     assert!(text.contains("POD NETWORK (2 pods listened in, 0 pending; 0 dead IPs redirected"), "{text}");
     for (pod, ip) in [("exec1", ip1), ("exec2", ip0)] {
         assert!(text.lines().any(|l| l.contains(&format!("{NS}/{pod}")) && l.contains(&ip.to_string())), "{text}");
     }
+
+    // A pod that ends while the agent is down: the restarted agent remembers it alive (the
+    // state dir), misses it in the first list, and redirects its IP.
+    drop(logs);
+    assert!(api.delete(NS, "exec2"));
     drop(pod2);
+    topo.kill_pod("exec2");
+    topo.delete_netns("exec2");
+    let mut logs = start_agent(&topo, tmp.path(), &layout, &kubeconfig);
+    logs.wait_for_all(&["executor pod ended unseen", &format!("\"pod\":\"{NS}/exec2\"")]);
+    assert_eq!(fetch_soon(&pod1, addr0, "a pod that ended while the agent was down"), want);
     drop(logs);
 }

@@ -87,6 +87,11 @@ impl Logs {
 
 impl Drop for Logs {
     fn drop(&mut self) {
+        // A failing test shows what the agent said (what was read of it, then the rest).
+        if std::thread::panicking() {
+            self.seen.extend(self.lines.try_iter());
+            eprintln!("the agent's log:\n{}", self.seen.join("\n"));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

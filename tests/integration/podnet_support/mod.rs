@@ -69,6 +69,10 @@ impl Topology {
             Topology { prefix: format!("pn{}{tag}", std::process::id()), net, namespaces: vec![], pauses: vec![] };
         let node = topo.add_netns("node");
         ip(&["-n", &node, "link", "add", "cni0", "type", "bridge"]);
+        // A fixed MAC, as CNI bridges have: a Linux bridge without one takes the lowest of its
+        // ports', so a pod's veth going away could change it under the other pods' neighbour
+        // entries for the gateway (seen: a pod stuck in PROBE for its node's IP).
+        ip(&["-n", &node, "link", "set", "cni0", "address", &format!("02:00:0a:{net:02x}:00:01")]);
         ip(&["-n", &node, "addr", "add", &format!("10.{net}.0.1/24"), "dev", "cni0"]);
         ip(&["-n", &node, "link", "set", "cni0", "up"]);
         topo
