@@ -1,7 +1,9 @@
 """Real Spark on the simulated pod network: executors in pods with their own IPs, two agents in pod
 network mode, a SIMULATED Kubernetes API server (sim_kube_api.py; no real one can run here).
 
-Topology and cluster: podnet_topology.py and podnet_spark.py. Executors advertise their pod IPs and
+Topology and cluster: podnet_topology.py and podnet_spark.py. Each node's Worker stays in the node
+namespace and starts every executor in a pod of its own (pod_launcher.py says why a Worker per pod
+would not do: its death makes the driver drop the host's map outputs). Executors advertise their pod IPs and
 register with the shuffle service at podIP:7337, exactly as on Kubernetes, which only the agents'
 in-pod listeners serve (nothing else listens there).
 
@@ -9,7 +11,8 @@ Scenario: a shuffle job over both executors (one per node); the executor on node
 pod deletion does it (deletionTimestamp, every process in the pod killed, CNI DEL, DELETED); Spark
 starts a replacement in a fresh pod with a new IP; the shuffle is read again. Checked:
   * results right, map side not re-run (accumulator unchanged, the re-read's map stage SKIPPED, no
-    stage retried), no failed task in the whole app;
+    stage retried), no failed task in the whole app, and no fetch retried by any executor (the
+    redirect was in place and the dead pod's connections reset before the re-read);
   * every executor advertised its pod IP and was served by its node's agent (in-pod listener);
   * the re-read's connections to :7337 took both paths: to a live pod IP (in-pod listener) and to
     the dead pod's IP (the agents' source-side redirect to node-a), counted by nft counters in each
