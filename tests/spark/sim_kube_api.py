@@ -5,7 +5,8 @@ kube-rs's watcher and the agent's lookups call: `GET /api/v1/pods` (also per nam
 PodList filtered by `labelSelector` (`k=v`, `k`, comma-separated) and `fieldSelector`
 (`spec.nodeName=`, `metadata.namespace=`), and the same with `watch=true&resourceVersion=N`: the
 events after N as JSON lines, then live ones, until `timeoutSeconds`. It also serves
-`GET /api/v1/namespaces/{ns}/secrets/{name}` (what the agent reads with
+`POST /api/v1/namespaces/{ns}/pods` (a pod created, as the driver creates executor pods; used by
+tests/spark/pod_launcher.py) and `GET /api/v1/namespaces/{ns}/secrets/{name}` (what the agent reads with
 `agent.auth.pods.secretFiles read`): the Secret with its `data` values Base64-encoded as the real
 API server sends them, or a 404 Status for an unknown one. The Rust integration tests
 have a fuller one (tests/integration/k8s_support/sim_api.rs: cut watches, 410s, failures); this
@@ -41,20 +42,21 @@ def _field(pod: dict, path: str):
 class SimApi:
     """Pods in memory; every change is an event with its own resourceVersion."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.cond = threading.Condition()
         self.rv = 1
         self.pods: dict[tuple[str, str], dict] = {}
         self.history: list[tuple[int, str, dict]] = []
         self.requests: list[str] = []
         self.secrets: dict[tuple[str, str], dict[str, bytes]] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer((host, 0), self._handler())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -150,6 +152,16 @@ class SimApi:
                     return self._reply(200, {"kind": "PodList", "apiVersion": "v1",
                                              "metadata": {"resourceVersion": str(rv)}, "items": items})
                 self._watch(int(q.get("resourceVersion") or 0), float(q.get("timeoutSeconds") or 60), match)
+
+            def do_POST(self):
+                parts = urlsplit(self.path).path.strip("/").split("/")
+                if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "pods":
+                    return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                             "reason": "NotFound", "code": 404})
+                pod = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                pod["metadata"]["namespace"] = parts[3]
+                sim.apply(pod)
+                self._reply(201, pod)
 
             def _reply(self, code: int, obj: dict) -> None:
                 data = json.dumps(obj).encode()

@@ -1,0 +1,216 @@
+"""Real Spark on the simulated pod network: executors in pods with their own IPs, two agents in pod
+network mode, a SIMULATED Kubernetes API server (sim_kube_api.py; no real one can run here).
+
+Topology and cluster: podnet_topology.py and podnet_spark.py. Each node's Worker stays in the node
+namespace and starts every executor in a pod of its own (pod_launcher.py says why a Worker per pod
+would not do: its death makes the driver drop the host's map outputs). Executors advertise their pod IPs and
+register with the shuffle service at podIP:7337, exactly as on Kubernetes, which only the agents'
+in-pod listeners serve (nothing else listens there).
+
+Scenario: a shuffle job over both executors (one per node); the executor on node-a is killed as a
+pod deletion does it (deletionTimestamp, every process in the pod killed, CNI DEL, DELETED); Spark
+starts a replacement in a fresh pod with a new IP; the shuffle is read again. Checked:
+  * results right, map side not re-run (accumulator unchanged, the re-read's map stage SKIPPED, no
+    stage retried), no failed task in the whole app, and no fetch retried by any executor (the
+    redirect was in place and the dead pod's connections reset before the re-read);
+  * every executor advertised its pod IP and was served by its node's agent (in-pod listener);
+  * the re-read's connections to :7337 took both paths: to a live pod IP (in-pod listener) and to
+    the dead pod's IP (the agents' source-side redirect to node-a), counted by nft counters in each
+    live pod (podnet_topology.PROBE_TABLE), and both agents show the redirect in /status and
+    /metrics (spark_shuffle_agent_podnet_*).
+Prints the agents' time from pod IP to in-pod listener ("listening inside the executor pod",
+millis) and the re-read's connections and bytes by path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from podnet_spark import NAMESPACE, Node, PodnetApp, alive_workers, driver_pod, fake_java_home, start_master, \
+    which_java
+from podnet_topology import CONTROL_IP, PORT, Topology, privileged, probe_counters
+from servers import find_agent_bin, wait_until
+from sim_kube_api import SimApi
+from spark_cluster import RETRY_LINE, RETRY_LOG4J2
+
+pytestmark = pytest.mark.spark_job
+
+REPO = Path(__file__).resolve().parents[2]
+N = 4000
+KEYS = 97
+EXPECTED = {k: sum(x for x in range(N) if x % KEYS == k) for k in range(KEYS)}
+
+
+@pytest.fixture
+def cluster(server_kind, spark_env, jobs_local_dir, tmp_path):
+    """Topology, simulated API, agents and Workers on both nodes, the Master; torn down after the test."""
+    if server_kind != "agent":
+        pytest.skip("pod network mode is the agent's; Spark's JVM service has none")
+    privileged("test_podnet_spark")
+    binary = find_agent_bin(REPO)
+    assert binary is not None and binary.exists(), "agent binary not found: set AGENT_BIN"
+    home = Path(spark_env)
+    conf_dir = Path(os.environ["SPARK_CONF_DIR"])  # set by spark_env (spark_cluster.set_spark_env)
+    topo = Topology()
+    sim = None
+    nodes: list[Node] = []
+    master = None
+    try:
+        sim = SimApi(host=CONTROL_IP)
+        kubeconfig = sim.kubeconfig(tmp_path / "kubeconfig")
+        master, master_url, master_ui = start_master(home, conf_dir, tmp_path)
+        launcher_env = {"PODNET_API": sim.url, "PODNET_NAMESPACE": NAMESPACE, "PODNET_REAL_JAVA": which_java(),
+                        "PODNET_AGENT_BIN": str(binary), "PODNET_PORT": str(PORT)}
+        for name, pods in (("node-a", ["a1", "a2", "a3"]), ("node-b", ["b1", "b2", "b3"])):
+            node = Node(name, topo, tmp_path)
+            nodes.append(node)
+            node.add_pods(pods)
+            node.start_agent(binary, kubeconfig)
+            node.start_worker(home, conf_dir, master_url, launcher_env)
+        wait_until(lambda: alive_workers(master_ui) == 2, 90, 0.25,
+                   "both Workers registered with the Master")
+        yield {"topo": topo, "sim": sim, "nodes": {n.name: n for n in nodes}, "master": master_url,
+               "java_home": fake_java_home(tmp_path), "local_dir": jobs_local_dir, "tmp": tmp_path}
+    finally:
+        for node in nodes:
+            node.stop()
+        if master is not None:
+            master.stop()
+        if sim is not None:
+            sim.close()
+        topo.close()
+        for node in nodes:
+            print(f"[podnet] {node.name}: agent log {node.agent.log if node.agent else '-'}, worker log "
+                  f"{node.worker.log if node.worker else '-'}, executor logs {node.dir / 'work'}")
+
+
+def pods_by_exec(nodes: dict[str, Node], app: str) -> dict[str, dict]:
+    """Executor id -> the pod it was launched in (pod_launcher.py's records), with its node."""
+    return {p["exec"]: {**p, "node": n.name} for n in nodes.values() for p in n.used_pods() if p["app"] == app}
+
+
+def adoption_millis(node: Node, pod_name: str) -> int:
+    line, = wait_until(lambda: node.agent_log("listening inside the executor pod", pod=f"{NAMESPACE}/{pod_name}"),
+                       30, 0.1, f"{node.name}'s agent to listen inside {pod_name}")
+    return int(line["millis"])
+
+
+def live_probe_counters(topo: Topology) -> dict[str, dict[str, int]]:
+    return {name: probe_counters(pod.netns) for name, pod in topo.pods.items()}
+
+
+def counter_delta(before: dict, after: dict) -> dict[str, dict[str, int]]:
+    """Per live pod, what its probe counters gained between the two readings."""
+    return {p: {k: v - before.get(p, {}).get(k, 0) for k, v in counts.items()} for p, counts in after.items()}
+
+
+def delete_executor_pod(sim: SimApi, topo: Topology, node: Node, pod: dict) -> None:
+    """The pod deleted as Kubernetes does it: deletionTimestamp (the agent closes its in-pod listener
+    while the veth still carries the resets), the containers killed, CNI DEL, then DELETED."""
+    obj = sim.pods[(NAMESPACE, pod["pod"])]
+    sim.apply({**obj, "metadata": {**obj["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    wait_until(lambda: node.agent_log("executor pod ended; its in-pod listener is closed",
+                                      pod=f"{NAMESPACE}/{pod['pod']}"),
+               30, 0.1, f"{node.name}'s agent to close the dead pod's listener")
+    topo.kill_pod(pod["name"])
+    sim.delete(NAMESPACE, pod["pod"])
+
+
+def check_reread(app: PodnetApp, group: str, acc) -> dict:
+    """As test_spark_jobs.check_reread: the re-read succeeded, skipped its map stage, retried no stage,
+    and no task of the app failed; the map side did not re-run."""
+    assert acc.value == N, f"map side re-ran: accumulator {acc.value} != {N}"
+    m = app.read_metrics(group)
+    assert m["job_status"] and all(s == "SUCCEEDED" for s in m["job_status"]), m
+    assert "SKIPPED" in [st for (_, _, st, _, _) in m["stages"]], f"the map stage was not skipped: {m['stages']}"
+    assert all(att == 0 for (_, att, _, _, _) in m["stages"]), f"a stage was retried: {m['stages']}"
+    assert m["failed_tasks"] == 0 and app.all_failed_tasks() == 0, m
+    return m
+
+
+def retried_fetches(nodes: dict[str, Node]) -> list[str]:
+    """RetryingBlockTransferor's "Retrying fetch" lines in every executor's stderr (RETRY_LOG4J2)."""
+    return [line for n in nodes.values() for f in (n.dir / "work").glob("*/*/stderr")
+            for line in f.read_text(errors="replace").splitlines() if RETRY_LINE.search(line)]
+
+
+def test_real_spark_executors_on_the_pod_network_survive_an_executor_pod_death_simulated_api(cluster):
+    topo, sim, nodes = cluster["topo"], cluster["sim"], cluster["nodes"]
+    started = time.monotonic()
+    log4j2 = cluster["tmp"] / "executor-log4j2.properties"
+    log4j2.write_text(RETRY_LOG4J2)
+    app = PodnetApp(cluster["master"], cluster["local_dir"], "podnet-spark", cluster["java_home"], log4j2)
+    try:
+        sim.apply(driver_pod(app.app_id))
+        first = app.wait_executors(2, timeout_s=120)
+        pods = pods_by_exec(nodes, app.app_id)
+        hosts = app.executor_hosts()
+        assert {pods[e]["node"] for e in first} == {"node-a", "node-b"}, f"one executor per node: {pods}"
+        for e in first:
+            assert hosts[e] == pods[e]["ip"], f"executor {e} advertises {hosts[e]}, its pod IP is {pods[e]['ip']}"
+        millis = {pods[e]["name"]: adoption_millis(nodes[pods[e]["node"]], pods[e]["pod"]) for e in first}
+
+        # Phase 1: write the shuffle on both executors and read it.
+        acc = app.sc.accumulator(0)
+
+        def tag(x):
+            acc.add(1)
+            return (x % KEYS, x)
+
+        rdd = app.sc.parallelize(range(N), 4).map(tag).reduceByKey(lambda a, b: a + b, 8)
+        app.sc.setJobGroup("phase1", "write the shuffle and read it")
+        assert dict(rdd.collect()) == EXPECTED
+        assert acc.value == N
+
+        # node-a's executor pod dies; Spark replaces it (the Master keeps the app at spark.cores.max)
+        # in a fresh pod with a new IP.
+        dead_exec = next(e for e in first if pods[e]["node"] == "node-a")
+        survivor, = set(first) - {dead_exec}
+        dead = pods[dead_exec]
+        delete_executor_pod(sim, topo, nodes["node-a"], dead)
+        now = app.wait_executors(2, exclude={dead_exec}, timeout_s=120)
+        new_exec, = set(now) - {survivor}
+        pods = pods_by_exec(nodes, app.app_id)
+        new = pods[new_exec]
+        assert new["ip"] != dead["ip"] and app.executor_hosts()[new_exec] == new["ip"], new
+        millis[new["name"]] = adoption_millis(nodes[new["node"]], new["pod"])
+        for node in nodes.values():
+            wait_until(lambda: node.status()["pod_network"]["redirects"] >= 1, 30, 0.1,
+                       f"{node.name}'s agent to redirect the dead IP")
+
+        # Phase 2: read the shuffle again, on the survivor and the new executor.
+        before = live_probe_counters(topo)
+        app.sc.setJobGroup("phase2", "read the shuffle again after the executor pod's death")
+        assert dict(rdd.collect()) == EXPECTED
+        by_pod = counter_delta(before, live_probe_counters(topo))
+        m = check_reread(app, "phase2", acc)
+        retries = retried_fetches(nodes)
+        paths = {k: sum(d[k] for d in by_pod.values()) for k in next(iter(by_pod.values()))}
+        status = {n.name: n.status()["pod_network"] for n in nodes.values()}
+        metrics = {n.name: {k: v for k, v in n.metrics().items() if k.startswith("spark_shuffle_agent_podnet_")}
+                   for n in nodes.values()}
+        print(f"\n[podnet-spark] pod IP -> in-pod listener (agent 'millis'): {millis}")
+        print(f"[podnet-spark] re-read connections to :{PORT}: to a live pod IP (in-pod listener) "
+              f"{paths['direct_conns']}, to the dead IP (redirect) {paths['redirect_conns']}; bytes received "
+              f"{paths['direct_bytes']} / {paths['redirect_bytes']}; per pod {by_pod}")
+        print(f"[podnet-spark] shuffle read: {m['remote_blocks']} remote blocks, {m['local_blocks']} local; "
+              f"fetch retries logged by executors: {len(retries)}")
+        print(f"[podnet-spark] agents' pod_network status: {status}")
+        print(f"[podnet-spark] agents' podnet metrics: {metrics}")
+        print(f"[podnet-spark] executors {first} -> {now} (dead {dead_exec} at {dead['ip']}, new {new_exec} at "
+              f"{new['ip']} on {new['node']}); {time.monotonic() - started:.1f} s")
+        assert paths["redirect_conns"] > 0 and paths["redirect_bytes"] > 0, f"no fetch through a redirect: {by_pod}"
+        assert paths["direct_conns"] > 0 and paths["direct_bytes"] > 0, f"no fetch from a live pod: {by_pod}"
+        assert not retries, f"executors retried fetches: {retries}"
+        for name, s in status.items():
+            assert s["redirects"] >= 1 and s["adoption_failures"] == 0 and s["nft_failures"] == 0, (name, s)
+            assert metrics[name]["spark_shuffle_agent_podnet_redirects"] >= 1, (name, metrics[name])
+        listened = {p["pod"] for s in status.values() for p in s["pods"]}
+        want = {f"{NAMESPACE}/{pods[survivor]['pod']}", f"{NAMESPACE}/{new['pod']}"}
+        assert want <= listened and f"{NAMESPACE}/{dead['pod']}" not in listened, status
+    finally:
+        app.stop()
