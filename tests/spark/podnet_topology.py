@@ -125,6 +125,9 @@ class Topology:
             ip("-n", ns, "addr", "add", f"{self.node_ip(node)}/24", "dev", "wire0")
             ip("-n", ns, "link", "set", "wire0", "up")
             ip("-n", ns, "link", "add", "cni0", "type", "bridge")
+            # A fixed MAC, as CNI bridges have: otherwise the bridge takes its lowest port's MAC,
+            # and a pod's veth going away can change it under the other pods' gateway entries.
+            ip("-n", ns, "link", "set", "cni0", "address", f"02:00:0a:e7:{self.NODES.index(node) + 1:02x}:01")
             ip("-n", ns, "addr", "add", f"{self.gateway(node)}/24", "dev", "cni0")
             ip("-n", ns, "link", "set", "cni0", "up")
             subprocess.run([*self.exec_argv(node), "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
