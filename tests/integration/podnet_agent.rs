@@ -10,7 +10,7 @@
 //! for a pod and for a hostNetwork client on the node; the agent is killed (-9) and restarted
 //! and re-adopts the live pod and the dead IP; a new pod takes the dead IP, so its redirect goes
 //! and the new pod is served; that pod ends while the agent is down, and the next agent still
-//! redirects its IP.
+//! redirects its IP; the app's driver ends, and its redirects go.
 //!
 //! Prints the time from the watch showing a pod's IP to its listener accepting.
 
@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::common::binary::Logs;
 use crate::common::{fetch_map_0_0, TestClient, VectorLayout, APP_ID};
-use crate::k8s_support::{executor_pod, kubeconfig, SimApi};
+use crate::k8s_support::{driver_pod, executor_pod, kubeconfig, SimApi};
 use crate::podnet_support::{in_netns, privileged, try_connect, Topology};
 
 const PORT: u16 = 7337;
@@ -112,6 +112,7 @@ fn the_agent_serves_executor_pods_on_the_pod_network_and_their_ips_after_death_s
     let node = topo.open("node");
     let api_listener = node.run(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap().expect("bind in the node");
     let api = runtime.block_on(SimApi::start_on(api_listener));
+    api.apply(driver_pod(NS, "driver", APP_ID, "Running"));
     api.apply(pod("exec0", "0", ip0, &topo));
     api.apply(pod("exec1", "1", ip1, &topo));
     let kubeconfig = kubeconfig(tmp.path(), &api.url());
@@ -175,11 +176,7 @@ fn the_agent_serves_executor_pods_on_the_pod_network_and_their_ips_after_death_s
     // for as in the lab (spec/pod-network-lab/lab.sh): exec1 forgets the dead pod's MAC.
     crate::podnet_support::ip(&["-n", &topo.netns_name("exec1"), "neigh", "flush", "dev", "eth0"]);
     assert_eq!(fetch_soon(&pod1, addr0, "exec2's in-pod listener"), want, "the same agent serves the old blocks");
-    let listing = Command::new("ip")
-        .args(["netns", "exec", &topo.netns_name("exec1"), "nft", "list", "table", "inet", "spark_shuffle_agent"])
-        .output()
-        .expect("nft list");
-    let listing = String::from_utf8_lossy(&listing.stdout);
+    let listing = in_pod_table(&topo, "exec1");
     assert!(!listing.contains(&ip0.to_string()), "the reused IP is no longer redirected:\n{listing}");
 
     // What an operator sees: `status` run inside the node, as `kubectl exec` would.
@@ -218,5 +215,25 @@ fn the_agent_serves_executor_pods_on_the_pod_network_and_their_ips_after_death_s
     let mut logs = start_agent(&topo, tmp.path(), &layout, &kubeconfig);
     logs.wait_for_all(&["executor pod ended unseen", &format!("\"pod\":\"{NS}/exec2\"")]);
     assert_eq!(fetch_soon(&pod1, addr0, "a pod that ended while the agent was down"), want);
+
+    // The driver ends: nobody will fetch the app's blocks again, so its redirects go.
+    api.set_phase(NS, "driver", "Succeeded");
+    logs.wait_for("application ended; its dead executor IPs are no longer redirected");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut table = in_pod_table(&topo, "exec1");
+    while table.contains(&ip0.to_string()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50)); // the log line comes before the nft update
+        table = in_pod_table(&topo, "exec1");
+    }
+    assert!(!table.contains(&ip0.to_string()), "no redirect left for the ended app:\n{table}");
     drop(logs);
+}
+
+/// The agent's nftables table inside a pod, as `nft list` prints it.
+fn in_pod_table(topo: &Topology, pod: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.netns_name(pod), "nft", "list", "table", "inet", "spark_shuffle_agent"])
+        .output()
+        .expect("nft list");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
