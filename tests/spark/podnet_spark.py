@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from servers import _pump, port_accepts, scrape_metrics, wait_until
-from spark_cluster import SparkCluster, gateway_spark_props
+from spark_cluster import FAIL_FAST, SparkCluster, gateway_spark_props
 from podnet_topology import CONTROL_IP, PORT, Topology
 
 NAMESPACE = "jobs"
@@ -199,14 +199,7 @@ class PodnetApp(SparkCluster):
             .set("spark.ui.port", "0")
             .set("spark.ui.showConsoleProgress", "false")
             # As SparkCluster: a fetch that fails is a test failure, at once.
-            .set("spark.shuffle.io.maxRetries", "1")
-            .set("spark.shuffle.io.retryWait", "1s")
-            .set("spark.shuffle.registration.timeout", "10000")
-            .set("spark.shuffle.registration.maxAttempts", "2")
-            .set("spark.task.maxFailures", "1")
-            .set("spark.stage.maxConsecutiveAttempts", "1")
-            .set("spark.network.timeout", "60s")
-            .set("spark.locality.wait", "0")
+            .setAll(FAIL_FAST.items())
             # RETRY_LOG4J2: executors log their fetch retries (counted by the test).
             .set("spark.executor.extraJavaOptions",
                  f"-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dlog4j2.configurationFile={log4j2}")

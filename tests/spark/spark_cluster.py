@@ -104,6 +104,21 @@ def launch_gateway() -> None:
     _GATEWAY_PROPS = gateway_spark_props()
 
 
+# Settings every test app shares: a broken server fails fast and visibly, not after minutes of
+# retries; a task or fetch failure is a test failure (the job aborts at once); no locality waits
+# (speed only, 2 cores).
+FAIL_FAST = {
+    "spark.shuffle.io.maxRetries": "1",
+    "spark.shuffle.io.retryWait": "1s",
+    "spark.shuffle.registration.timeout": "10000",
+    "spark.shuffle.registration.maxAttempts": "2",
+    "spark.task.maxFailures": "1",
+    "spark.stage.maxConsecutiveAttempts": "1",
+    "spark.network.timeout": "60s",
+    "spark.locality.wait": "0",
+}
+
+
 class SparkCluster:
     """One SparkContext in local-cluster mode, its shuffle-service traffic relayed through a WireTap."""
 
@@ -128,17 +143,8 @@ class SparkCluster:
             .set("spark.ui.enabled", "true")
             .set("spark.ui.port", "0")
             .set("spark.ui.showConsoleProgress", "false")
-            # A broken server should fail fast and visibly, not after minutes of retries.
-            .set("spark.shuffle.io.maxRetries", "1")
-            .set("spark.shuffle.io.retryWait", "1s")
-            .set("spark.shuffle.registration.timeout", "10000")
-            .set("spark.shuffle.registration.maxAttempts", "2")
-            # A task or fetch failure is a test failure: abort the job at once instead of retrying for minutes.
-            .set("spark.task.maxFailures", "1")
-            .set("spark.stage.maxConsecutiveAttempts", "1")
-            .set("spark.network.timeout", "60s")
-            # Speed only (2 cores): no locality waits; C1-only JIT for the short-lived executor JVMs.
-            .set("spark.locality.wait", "0")
+            .setAll(FAIL_FAST.items())
+            # C1-only JIT for the short-lived executor JVMs (speed only).
             .set("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
         )
         for k, v in (conf or {}).items():
