@@ -281,6 +281,9 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("binding {}:{}: {e}", config.bind, config.port))?;
     let shuffle_addr = listener.local_addr().map_err(anyhow::Error::new)?;
     let listener = listener.into_std().map_err(anyhow::Error::new)?;
+    // Handed to the control runtime before `build` returns, so no stop can come first (the
+    // control thread ends at a stop once the loops it holds have drained).
+    let node_listener = control.serve(listener, shutdown.clone());
     admin.node_is_up(Node {
         shared: Arc::clone(&shared),
         lifecycle,
@@ -303,7 +306,6 @@ async fn serve(
         data: tokio::runtime::Handle::current(),
     }));
     let cleaner = tokio::spawn(worker.run(shutdown.clone()));
-    let node_listener = control.serve(listener, shutdown.clone());
     node_listener.await.map_err(|e| anyhow::anyhow!("the node's accept loop failed: {e}"))?;
     let _ = cleaner.await;
     // The disk thread may be mid-walk; it stops at its next wait, the process does not wait.

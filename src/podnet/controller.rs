@@ -160,9 +160,7 @@ impl Controller {
 
     fn run(&mut self, changes: &Receiver<PodChange>) {
         while !self.shutdown.is_cancelled() {
-            // A pod waiting for its namespace is looked for often; otherwise the wait is only
-            // to notice shutdown.
-            let wait = if self.pending.is_empty() { Duration::from_millis(500) } else { Duration::from_millis(20) };
+            let wait = self.next_look();
             let (mut tables_changed, mut any) = (false, false);
             let mut closing = Vec::new();
             match changes.recv_timeout(wait) {
@@ -237,6 +235,18 @@ impl Controller {
                 }
                 changed
             }
+        }
+    }
+
+    /// How long to wait for changes before looking for pending pods again: often while one is
+    /// new (the executor's registration is racing us), once a second for pods pending longer
+    /// (one that never shows up, e.g. a Kata pod, must not cost a `/proc` scan every 20 ms),
+    /// and without pending pods only to notice shutdown.
+    fn next_look(&self) -> Duration {
+        match self.pending.values().map(|p| p.since.elapsed()).min() {
+            Some(youngest) if youngest < Duration::from_secs(2) => Duration::from_millis(20),
+            Some(_) => Duration::from_secs(1),
+            None => Duration::from_millis(500),
         }
     }
 
