@@ -211,10 +211,7 @@ class PodnetApp(SparkCluster):
         self.sc = SparkContext(conf=c)
         self.jsc = self.sc._jsc.sc()
         self.app_id = self.sc.applicationId
-        self.expired = False
-        self._watchdog = threading.Timer(budget_s, self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
+        self._start_watchdog(budget_s)
 
     def stop(self):
         self._watchdog.cancel()

@@ -160,11 +160,7 @@ class SparkCluster:
             raise
         self.jsc = self.sc._jsc.sc()
         self.app_id = self.sc.applicationId
-        # Watchdog: no job of this application may run past the budget (a hung server must not hang the suite).
-        self.expired = False
-        self._watchdog = threading.Timer(budget_s, self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
+        self._start_watchdog(budget_s)
         try:
             # Both executors up before any job, so map outputs land on both of them.
             self.initial_executors = self.wait_executors(self.N_EXEC)
@@ -173,6 +169,13 @@ class SparkCluster:
             raise
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _start_watchdog(self, budget_s: float):
+        """No job of this application may run past the budget (a hung server must not hang the suite)."""
+        self.expired = False
+        self._watchdog = threading.Timer(budget_s, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
     def _expire(self):
         self.expired = True
         try:
