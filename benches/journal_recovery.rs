@@ -83,6 +83,7 @@ fn registration(i: usize) -> Record {
             sub_dirs_per_local_dir: 64,
             shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
         },
+        node: None,
     }
 }
 

@@ -29,7 +29,7 @@ use crate::disk_usage::{DiskSettings, DiskSource, DiskUsage, DiskWatcher};
 use crate::k8s::{self, K8sHealth, K8sSettings, K8sSource};
 use crate::lifecycle::{Lifecycle, LifecycleSource};
 use crate::podnet::{self, PodnetSource, PodnetStats};
-use crate::registry::{self, ExecutorMounts, Registry, RegistrySource, Roots};
+use crate::registry::{self, ExecutorMounts, PathMode, Registry, RegistrySource, Roots};
 use crate::server::{self, ServerSource, Shared};
 use crate::store::{Store, StoreSource};
 
@@ -210,6 +210,11 @@ async fn serve(
             "agent.auth.secrets=pods needs the Kubernetes API (in a pod, or agent.k8s.kubeconfig) and this node's name (agent.k8s.node.name or $NODE_NAME)".into(),
         ));
     }
+    if config.local_dirs_translate && kube.as_ref().is_none_or(|(_, k8s)| k8s.node_name.is_none()) {
+        return Err(AppError::Config(
+            "agent.localDirs.translate needs the Kubernetes API (in a pod, or agent.k8s.kubeconfig) and this node's name (agent.k8s.node.name or $NODE_NAME)".into(),
+        ));
+    }
     if config.network_mode.uses_pod_network() {
         if kube.as_ref().is_none_or(|(_, k8s)| k8s.node_name.is_none()) {
             return Err(AppError::Config(format!(
@@ -228,8 +233,9 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("starting the metrics server: {e}"))?;
     tokio::spawn(health.clone().run_heartbeat(shutdown.clone()));
     hold_recovery_for_tests().await;
-    // Per-app secrets also bind new registrations' dirs to their executor pods' hostPaths.
-    let executor_mounts = access.keyring().map(|_| Arc::new(ExecutorMounts::default()));
+    // Per-app secrets and translated dirs bind new registrations' dirs to their executor pods.
+    let bound_to_pods = access.keyring().is_some() || config.local_dirs_translate;
+    let executor_mounts = bound_to_pods.then(|| Arc::new(ExecutorMounts::default()));
     let registry = recover(roots, &config, executor_mounts.clone())?;
     health.set_recovered();
     let store = Arc::new(Store::new(config.index_cache_bytes));
@@ -340,7 +346,8 @@ fn recover(
     registry::pin_port(&config.state_dir, config.port, report.executors).map_err(AppError::Config)?;
     // After the recovery: the registrations just restored are not checked against pods.
     if let Some(pods) = executor_mounts {
-        registry.bind_to_pods(pods, config.auth_pods_wait);
+        let mode = if config.local_dirs_translate { PathMode::Translated } else { PathMode::Identical };
+        registry.bind_to_pods(pods, config.auth_pods_wait, mode);
     }
     Ok(Arc::new(registry))
 }

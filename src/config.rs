@@ -90,6 +90,11 @@ pub struct Config {
     /// `agent.auth.pods.secretFiles`: `refuse` (default) or `read`: for apps whose executors read
     /// the secret from a file, GET the Kubernetes Secret mounted there (needs `get secrets`).
     pub auth_pods_read_secret_files: bool,
+    /// `agent.localDirs.translate`: serve each registered local dir from the node path its
+    /// executor pod's volume holds it at (a hostPath at any mount path, or a claim on a hostPath
+    /// or local PersistentVolume), looked up through the API; false: only hostPaths mounted at
+    /// their own node path, served at the path registered (issue 12, docs/deploy.md).
+    pub local_dirs_translate: bool,
     /// `agent.network.mode`: `host` (executors on hostNetwork, the default), `pod` or `both`
     /// (also listen inside each executor pod's network namespace, redirect dead ones' IPs).
     pub network_mode: crate::podnet::NetworkMode,
@@ -156,6 +161,7 @@ impl Default for Config {
             // before its pod event reaches us gets our answer rather than its own timeout.
             auth_pods_wait: Duration::from_secs(4),
             auth_pods_read_secret_files: false,
+            local_dirs_translate: false,
             network_mode: crate::podnet::NetworkMode::Host,
             network_proc_root: PathBuf::from("/proc"),
             network_nft: PathBuf::from("nft"),
@@ -253,6 +259,7 @@ impl Config {
                     _ => return Err(bad("refuse or read".into())),
                 }
             }
+            "agent.localDirs.translate" => self.local_dirs_translate = parse_bool(value).map_err(bad)?,
             "agent.network.mode" => self.network_mode = value.parse().map_err(bad)?,
             "agent.network.procRoot" => self.network_proc_root = PathBuf::from(value),
             "agent.network.nft" => self.network_nft = PathBuf::from(value),

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod pods;
 pub mod reconcile;
 pub mod secret_files;
+pub mod volumes;
 
 pub use api_health::{K8sHealth, K8sSnapshot, WatchHealth, WatchSnapshot};
 pub use metrics::K8sSource;
@@ -108,8 +109,9 @@ pub struct Targets {
     pub health: Arc<K8sHealth>,
     /// With `agent.auth.secrets=pods`: where the apps' secrets learned from pods go.
     pub keyring: Option<Arc<crate::auth::Keyring>>,
-    /// With `agent.auth.secrets=pods`: this node's executor pods' mounts, which new
-    /// registrations' dirs are checked against (src/registry/executor_mounts.rs).
+    /// With `agent.auth.secrets=pods` or `agent.localDirs.translate`: this node's executor
+    /// pods' mounts, which new registrations' dirs are checked against and placed by
+    /// (src/registry/executor_mounts.rs); its claims are looked up through the API here.
     pub executor_mounts: Option<Arc<crate::registry::ExecutorMounts>>,
     /// In pod network mode: the controller that adopts executor pods and redirects dead IPs.
     pub pod_network: Option<std::sync::mpsc::Sender<crate::podnet::PodChange>>,
@@ -224,6 +226,9 @@ pub async fn run(
         secret_reads = Some(rx);
     }
     let secrets = Arc::new(Mutex::new(source));
+    if let Some(mounts) = &targets.executor_mounts {
+        mounts.set_claims(Arc::new(volumes::ApiClaims::new(observed_client(&config, &health, None)?)));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     if let (Some(keyring), Some(rx)) = (&targets.keyring, secret_reads) {
         let client = observed_client(&config, &health, None)?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Pod, Volume, VolumeMount};
 
-use crate::registry::executor_mounts::normalize;
+use crate::registry::dir_check::{normalize, valid_sub_path};
 use crate::registry::{Mount, MountSource, PodMounts};
 
 /// `driver` or `executor`.
@@ -96,37 +96,46 @@ pub fn executor_mounts(pod: &Pod) -> Option<PodMounts> {
         .iter()
         .flat_map(|s| &s.containers)
         .flat_map(|c| c.volume_mounts.iter().flatten())
-        .filter_map(|m| mount(m, volumes.iter().find(|v| v.name == m.name)?))
+        .filter_map(|m| mount(pod, m, volumes.iter().find(|v| v.name == m.name)?))
         .collect();
     Some(PodMounts { pod: key(pod), app_id: app_id.to_string(), exec_id: exec_id.to_string(), mounts })
 }
 
-/// One volume mount: a hostPath's node path (with its subPath), or what else it is. A mount
-/// of a volume the pod does not declare is not a mount (the API server refuses such pods).
-fn mount(m: &VolumeMount, volume: &Volume) -> Option<Mount> {
+/// One volume mount: a hostPath's node path (with its subPath), a claim to look up, or what
+/// else it is. A mount of a volume the pod does not declare is not a mount (the API server
+/// refuses such pods).
+fn mount(pod: &Pod, m: &VolumeMount, volume: &Volume) -> Option<Mount> {
     let mount_path = Path::new(&m.mount_path);
     if !mount_path.is_absolute() {
         return None;
     }
-    let source = match (&volume.host_path, m.sub_path.as_deref().filter(|s| !s.is_empty())) {
-        (Some(_), _) if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) => {
-            // Expanded by the kubelet from the container's env; not guessed here.
-            MountSource::Other("a hostPath volume with subPathExpr")
+    let sub = Path::new(m.sub_path.as_deref().unwrap_or(""));
+    let source = match claim(pod, volume) {
+        // Expanded by the kubelet from the container's env; not guessed here.
+        _ if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) => {
+            MountSource::Other("a volume with subPathExpr")
         }
-        (Some(host), None) => MountSource::HostPath(normalize(Path::new(&host.path))),
-        (Some(host), Some(sub)) => {
-            // The API server refuses an absolute subPath or one with `..`; one that got here
-            // anyway is not followed.
-            let sub = Path::new(sub);
-            if sub.is_absolute() || sub.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                MountSource::Other("a hostPath volume with an invalid subPath")
-            } else {
-                MountSource::HostPath(normalize(&Path::new(&host.path).join(sub)))
-            }
+        // The API server refuses an absolute subPath or one with `..`; one that got here
+        // anyway is not followed.
+        _ if !valid_sub_path(sub) => MountSource::Other("a volume with an invalid subPath"),
+        _ if volume.host_path.is_some() => {
+            let host = volume.host_path.as_ref().map_or("", |h| h.path.as_str());
+            MountSource::HostPath(normalize(&Path::new(host).join(sub)))
         }
-        (None, _) => MountSource::Other(volume_kind(volume)),
+        Some(name) => MountSource::Claim { name, sub_path: sub.to_path_buf() },
+        None => MountSource::Other(volume_kind(volume)),
     };
     Some(Mount { mount_path: normalize(mount_path), source })
+}
+
+/// The PersistentVolumeClaim behind a volume: a `persistentVolumeClaim` volume names it; an
+/// `ephemeral` one's is `<pod name>-<volume name>` (made by Kubernetes for the pod).
+fn claim(pod: &Pod, volume: &Volume) -> Option<String> {
+    if let Some(pvc) = &volume.persistent_volume_claim {
+        return Some(pvc.claim_name.clone()).filter(|c| !c.is_empty());
+    }
+    volume.ephemeral.as_ref()?;
+    Some(format!("{}-{}", pod.metadata.name.as_deref()?, volume.name))
 }
 
 /// What a volume that is not a hostPath is, for a refusal's text.
@@ -234,6 +243,10 @@ mod tests {
         Mount { mount_path: mount.into(), source: MountSource::HostPath(node.into()) }
     }
 
+    fn claim(mount: &str, name: &str, sub_path: &str) -> Mount {
+        Mount { mount_path: mount.into(), source: MountSource::Claim { name: name.into(), sub_path: sub_path.into() } }
+    }
+
     #[test]
     fn an_executor_pods_mounts_are_read_with_hostpaths_subpaths_and_other_volumes() {
         let p = with_volumes(
@@ -242,6 +255,7 @@ mod tests {
                 {"name": "disks", "hostPath": {"path": "/mnt"}},
                 {"name": "scratch", "emptyDir": {}},
                 {"name": "claim", "persistentVolumeClaim": {"claimName": "c"}},
+                {"name": "spark-local-dir-2", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
             ]),
             serde_json::json!([
                 {"name": "spark-kubernetes-executor", "volumeMounts": [
@@ -251,7 +265,11 @@ mod tests {
                     {"name": "scratch", "mountPath": "/var/data/spark-1"},
                     {"name": "undeclared", "mountPath": "/nowhere"},
                 ]},
-                {"name": "sidecar", "volumeMounts": [{"name": "claim", "mountPath": "/pv/"}]},
+                {"name": "sidecar", "volumeMounts": [
+                    {"name": "claim", "mountPath": "/pv/"},
+                    {"name": "claim", "mountPath": "/pv2", "subPath": "a/b"},
+                    {"name": "spark-local-dir-2", "mountPath": "/data/eph"},
+                ]},
             ]),
         );
         let got = executor_mounts(&p).expect("an executor pod");
@@ -261,9 +279,11 @@ mod tests {
             [
                 host("/data/spark", "/data/spark"),
                 host("/mnt/disk2", "/mnt/disk2"),
-                Mount { mount_path: "/mnt/x".into(), source: MountSource::Other("a hostPath volume with subPathExpr") },
+                Mount { mount_path: "/mnt/x".into(), source: MountSource::Other("a volume with subPathExpr") },
                 Mount { mount_path: "/var/data/spark-1".into(), source: MountSource::Other("an emptyDir volume") },
-                Mount { mount_path: "/pv".into(), source: MountSource::Other("a persistentVolumeClaim volume") },
+                claim("/pv", "c", ""),
+                claim("/pv2", "c", "a/b"),
+                claim("/data/eph", "p-spark-local-dir-2", ""),
             ]
         );
     }
@@ -278,10 +298,7 @@ mod tests {
             ]}]),
         );
         let got = executor_mounts(&p).expect("an executor pod").mounts;
-        assert!(
-            got.iter().all(|m| m.source == MountSource::Other("a hostPath volume with an invalid subPath")),
-            "{got:?}"
-        );
+        assert!(got.iter().all(|m| m.source == MountSource::Other("a volume with an invalid subPath")), "{got:?}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! Deletion runs on one blocking worker, off the data path, and never leaves the roots
 //! ([`crate::store::cleanup`]).
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,12 +121,14 @@ impl Lifecycle {
         let executors = self.inner.registry.executors_of(app_id);
         let had_driver = self.inner.registry.driver(app_id).is_some();
         match self.inner.registry.remove_app(app_id).await {
-            Ok(dirs) if dirs.is_empty() => had_driver,
-            Ok(_) => {
-                // Cached indexes of files about to be deleted would only waste the cache.
+            Ok(dirs) => {
+                // Cached indexes and descriptors of files about to be deleted (by the agent, or
+                // by Kubernetes with a PersistentVolume) would only hold cache and disk space.
                 executors.iter().for_each(|e| self.inner.store.forget(&e.dirs));
-                self.inner.wake.notify_one();
-                true
+                if !dirs.is_empty() {
+                    self.inner.wake.notify_one();
+                }
+                !executors.is_empty() || had_driver
             }
             Err(e) => {
                 // Not recorded, so nothing was dropped: the next trigger or sweep tries again.
@@ -163,7 +166,8 @@ impl Worker {
         self.inner.store.close_files(&executor.dirs);
         let roots = self.inner.registry.roots().dirs().to_vec();
         let keep = KeepServed { rdd: self.inner.settings.keep_rdd };
-        let dirs = executor.dirs.canonical_dirs().to_vec();
+        // Dirs on PersistentVolumes are Kubernetes' to delete, with their claims.
+        let dirs: Vec<PathBuf> = executor.deletable_dirs().cloned().collect();
         let result = tokio::task::spawn_blocking(move || {
             let mut total = cleanup::CleanupStats::default();
             for dir in &dirs {

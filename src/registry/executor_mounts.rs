@@ -1,34 +1,29 @@
-//! The directories an executor's own pod gives it on this node, and the check that binds a new
-//! registration's local dirs to them (`agent.auth.secrets=pods`, issue 10).
+//! The volumes of this node's executor pods, as registrations are checked against them
+//! (`agent.auth.secrets=pods`, issue 10; `agent.localDirs.translate`, issue 12).
 //!
 //! `RegisterExecutor`'s dirs are the client's choice. [`super::dir_owners`] stops an app from
-//! registering dirs another app registered first; this stops it from registering dirs no pod of
-//! its own could reach: with Kubernetes, a new registration of (app, exec) is accepted only if
-//! every local dir lies within a hostPath volume that this node's executor pod of that app and
-//! exec id mounts at the hostPath's own node path. Such a pod can read those node dirs already,
-//! so accepting them gives the app nothing its pod does not have.
-//!
-//! Only identical paths are served (spec/kubernetes.md §1, §2: executor, node and agent see a
-//! local dir at one absolute path). A mount at another path than its node path, a subPathExpr,
-//! an emptyDir, a PVC or no mount at all is refused with the reason: the agent would read other
-//! files than the executor wrote. Translating mount paths and PVs is a later issue.
+//! registering dirs another app registered first; binding registrations to pods stops it from
+//! registering dirs no pod of its own could reach: a new registration of (app, exec) is
+//! accepted only if every local dir lies in a volume this node's executor pod of that app and
+//! exec id mounts ([`super::dir_check`] says which volumes count, and where they are on the
+//! node). Such a pod can read those node dirs already, so accepting them gives the app nothing
+//! its pod does not have.
 //!
 //! What is kept per pod is small, (mount path, node path or what else it is), fed by the
 //! executor-pod watch (src/k8s/executors.rs) and dropped when the pod is deleted or finishes.
-//! The check is made once, when an executor registers (it is alive then). Registrations
-//! recovered from the journal are not checked again: their pods may be long gone while their
-//! files are still served.
-//!
-//! Pure apart from the filesystem reads of [`canonicalize_lenient`] and the one [`Notify`]
-//! that ends a registration's wait for its pod.
+//! PersistentVolumeClaims are looked up through [`Claims`] only when an executor registers (its
+//! claim is bound by then: the kubelet mounted it before the executor started). The check is
+//! made once, at registration. Registrations recovered from the journal are not checked again:
+//! their pods may be long gone while their files are still served.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
-use super::roots::canonicalize_lenient;
 use crate::sync::lock;
 
 /// One volume mount of an executor pod's container, reduced to what the check needs.
@@ -45,9 +40,24 @@ pub enum MountSource {
     /// A hostPath volume: the node path seen at the mount path (`hostPath.path`, joined with
     /// the mount's `subPath` if it has one), lexically normalised.
     HostPath(PathBuf),
+    /// A PersistentVolumeClaim (a `persistentVolumeClaim` volume, or an `ephemeral` one, whose
+    /// claim is `<pod>-<volume>`), in the pod's namespace; `sub_path` is the mount's subPath
+    /// ("" for none), already checked to be relative and without `..`.
+    Claim { name: String, sub_path: PathBuf },
+    /// A claim looked up: the node dir of its PersistentVolume joined with the subPath.
+    Volume(PathBuf),
+    /// A claim whose PersistentVolume is not a directory on this node, or could not be read:
+    /// why, for the refusal text.
+    Unresolved(String),
     /// Anything the agent does not serve from, and what it is, for the refusal text
     /// ("an emptyDir volume", "a hostPath volume mounted with subPathExpr").
     Other(&'static str),
+}
+
+/// Looks up the node dir of a PersistentVolumeClaim's volume (src/k8s/volumes.rs, through the
+/// API). An error is the reason, as the client is told it.
+pub trait Claims: Send + Sync + std::fmt::Debug {
+    fn node_dir<'a>(&'a self, namespace: &'a str, claim: &'a str) -> BoxFuture<'a, Result<PathBuf, String>>;
 }
 
 /// One executor pod of this node, as the check sees it.
@@ -60,106 +70,11 @@ pub struct PodMounts {
     pub mounts: Vec<Mount>,
 }
 
-/// Why a local dir is not one the executor's pod gives it (the end of the client's text).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unmounted {
-    /// No mount of the pod holds it.
-    NoMount,
-    /// The mount that holds it is not a hostPath.
-    NotHostPath { mount_path: PathBuf, what: &'static str },
-    /// It is a hostPath, shown at another path than its node path.
-    OtherPath { mount_path: PathBuf, node_path: PathBuf },
-    /// Symlinks (or `..`) make it resolve outside every hostPath the pod mounts at its path.
-    Escapes { canonical: PathBuf },
-}
-
-impl std::fmt::Display for Unmounted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unmounted::NoMount => write!(f, "the pod mounts no volume there"),
-            Unmounted::NotHostPath { mount_path, what } => {
-                write!(f, "the pod mounts {what} at {}, not a hostPath", mount_path.display())
-            }
-            Unmounted::OtherPath { mount_path, node_path } => write!(
-                f,
-                "the pod mounts hostPath {} at {}; only a hostPath mounted at its own node path is served",
-                node_path.display(),
-                mount_path.display()
-            ),
-            Unmounted::Escapes { canonical } => {
-                write!(f, "it resolves to {}, outside the pod's hostPath volumes", canonical.display())
-            }
-        }
+impl PodMounts {
+    /// The pod's namespace, from its key.
+    pub fn namespace(&self) -> &str {
+        self.pod.split_once('/').map_or("", |(ns, _)| ns)
     }
-}
-
-/// `path` made absolute and normalised without the filesystem: `.` dropped, `..` pops. How a
-/// container path is read, since the agent cannot resolve the container's own symlinks.
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(name) => out.push(name),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
-}
-
-/// The mount a path falls in: the one with the longest mount path above it (a mount nested in
-/// another hides what is below it in the outer one). `at` maps a mount to the path compared.
-fn holding<'a>(mounts: &'a [Mount], path: &Path, at: impl Fn(&Mount) -> PathBuf) -> Option<&'a Mount> {
-    mounts
-        .iter()
-        .map(|m| (at(m), m))
-        .filter(|(p, _)| path.starts_with(p))
-        .max_by_key(|(p, _)| p.components().count())
-        .map(|(_, m)| m)
-}
-
-/// Whether a mount is a hostPath shown at its own node path: the one layout served.
-fn identical(mount: &Mount) -> Result<(), Unmounted> {
-    match &mount.source {
-        MountSource::HostPath(node) if *node == mount.mount_path => Ok(()),
-        MountSource::HostPath(node) => {
-            Err(Unmounted::OtherPath { mount_path: mount.mount_path.clone(), node_path: node.clone() })
-        }
-        MountSource::Other(what) => Err(Unmounted::NotHostPath { mount_path: mount.mount_path.clone(), what }),
-    }
-}
-
-/// Checks one local dir against one pod's mounts. `entry` is the dir as registered (a path in
-/// the executor's container); `canonical` is what the agent resolved it to on its own
-/// filesystem (Roots::confine), which is what it would read.
-///
-/// Both must fall in a hostPath mounted at its node path: `entry` so that the container's path
-/// and the node's mean the same dir (not an emptyDir nested inside the hostPath, say), and
-/// `canonical` so that a symlink the executor made in its hostPath cannot point the agent at
-/// node dirs its pod does not mount. Mount paths are compared with `canonical` after the agent
-/// resolves them too, so a node path reached through a symlink still matches itself.
-pub fn check_dir(mounts: &[Mount], entry: &str, canonical: &Path) -> Result<(), Unmounted> {
-    let lexical = normalize(Path::new(entry));
-    identical(holding(mounts, &lexical, |m| m.mount_path.clone()).ok_or(Unmounted::NoMount)?)?;
-    let resolved = holding(mounts, canonical, |m| canonicalize_lenient(&m.mount_path));
-    match resolved.map(identical) {
-        Some(Ok(())) => Ok(()),
-        _ => Err(Unmounted::Escapes { canonical: canonical.to_path_buf() }),
-    }
-}
-
-/// Checks all of a registration's dirs (entries paired with their canonical forms) against one
-/// pod: the first that fails, with why.
-pub fn check_dirs<'a>(
-    mounts: &[Mount],
-    dirs: impl IntoIterator<Item = (&'a str, &'a Path)>,
-) -> Result<(), (&'a str, Unmounted)> {
-    for (entry, canonical) in dirs {
-        check_dir(mounts, entry, canonical).map_err(|why| (entry, why))?;
-    }
-    Ok(())
 }
 
 /// This node's live executor pods and their mounts, by pod key. Written by the executor-pod
@@ -168,9 +83,20 @@ pub fn check_dirs<'a>(
 pub struct ExecutorMounts {
     pods: std::sync::Mutex<HashMap<String, PodMounts>>,
     changed: Notify,
+    /// Set once the Kubernetes client exists; unset, claims cannot be looked up.
+    claims: OnceLock<Arc<dyn Claims>>,
 }
 
 impl ExecutorMounts {
+    /// Where claims are looked up from now on (the first call wins).
+    pub fn set_claims(&self, claims: Arc<dyn Claims>) {
+        let _ = self.claims.set(claims);
+    }
+
+    pub fn claims(&self) -> Option<&Arc<dyn Claims>> {
+        self.claims.get()
+    }
+
     /// A pod seen (added, changed, or listed). Pod volumes cannot change; the entry is still
     /// replaced, so a re-created pod of the same name is not judged by its predecessor.
     pub fn upsert(&self, pod: PodMounts) {

@@ -39,6 +39,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::NodeDirs;
 use crate::protocol::ExecutorShuffleInfo;
 use format::{Header, Step};
 use live::Live;
@@ -50,8 +51,9 @@ pub const FILE_NAME: &str = "registrations.journal";
 /// One durable fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A registration; replaces an earlier one of the same (app, exec).
-    Executor { app_id: String, exec_id: String, info: ExecutorShuffleInfo },
+    /// A registration; replaces an earlier one of the same (app, exec). `node`: where its dirs
+    /// are on the node, when translated from its pod's volumes.
+    Executor { app_id: String, exec_id: String, info: ExecutorShuffleInfo, node: Option<NodeDirs> },
     /// RegisterDriver (the 2.2 Kubernetes fork and Mesos clients); replaces an earlier one.
     Driver { app_id: String, heartbeat_timeout_ms: i64 },
     /// The app is gone: its registrations and driver with it; `dirs` still have to be deleted.
@@ -64,7 +66,7 @@ pub enum Record {
 /// What recovery found: the state in force, in no particular order.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub executors: Vec<(String, String, ExecutorShuffleInfo)>,
+    pub executors: Vec<(String, String, ExecutorShuffleInfo, Option<NodeDirs>)>,
     pub drivers: Vec<(String, i64)>,
     /// Removed apps whose dirs are still to be deleted. Never holds an empty list.
     pub pending_cleanups: Vec<(String, Vec<PathBuf>)>,
@@ -384,8 +386,8 @@ fn recovered_state(live: &Live, path: &Path) -> Result<Recovered, JournalError> 
     };
     let mut recovered = Recovered::default();
     for frame in live.executor_frames() {
-        if let Record::Executor { app_id, exec_id, info } = decode(frame)? {
-            recovered.executors.push((app_id, exec_id, info));
+        if let Record::Executor { app_id, exec_id, info, node } = decode(frame)? {
+            recovered.executors.push((app_id, exec_id, info, node));
         }
     }
     for frame in live.driver_frames() {

@@ -212,7 +212,7 @@ fn an_agent_killed_with_sigkill_loses_no_acknowledged_record() {
 
     let (_journal, recovered) = open(dir.path());
     let durable: std::collections::HashSet<_> =
-        recovered.executors.iter().map(|(a, e, _)| (a.clone(), e.clone())).collect();
+        recovered.executors.iter().map(|(a, e, ..)| (a.clone(), e.clone())).collect();
     let lost: Vec<_> = acked.iter().filter(|k| !durable.contains(*k)).collect();
     assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}", lost.len(), lost.first());
     // At most one unacknowledged record per appending task can have made it too.
@@ -241,7 +241,7 @@ async fn a_short_write_fails_the_append_and_is_cut_back_before_the_next() {
     assert_eq!((journal.stats().appended, journal.stats().failed_appends), (2, 1));
     drop(journal);
     let (_journal, recovered) = open(dir.path());
-    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, _)| e).collect();
+    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, ..)| e).collect();
     assert_eq!((kept, recovered.skipped), (vec!["1".to_string(), "3".to_string()], None));
 }
 
@@ -259,7 +259,7 @@ async fn a_failed_fdatasync_is_not_acknowledged_and_is_cut_back() {
     journal.append(exec("a", 3)).await.unwrap();
     drop(journal);
     let (_journal, recovered) = open(dir.path());
-    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, _)| e).collect();
+    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, ..)| e).collect();
     assert_eq!(kept, ["1", "3"]);
 }
 
@@ -285,7 +285,7 @@ async fn a_failed_cut_back_keeps_failing_appends_until_a_retry_succeeds() {
     assert!(!journal.stats().repair_pending);
     drop(journal);
     let (_journal, recovered) = open(dir.path());
-    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, _)| e).collect();
+    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, ..)| e).collect();
     assert_eq!((kept, recovered.skipped), (vec!["1".to_string(), "4".to_string()], None));
 }
 
@@ -295,7 +295,7 @@ async fn a_record_over_the_limit_is_refused_without_touching_the_file() {
     let (journal, _) = open(dir.path());
     let mut huge = info(1);
     huge.shuffle_manager = "x".repeat(format::MAX_PAYLOAD);
-    let record = Record::Executor { app_id: "a".into(), exec_id: "1".into(), info: huge };
+    let record = Record::Executor { app_id: "a".into(), exec_id: "1".into(), info: huge, node: None };
     let err = journal.append(record).await.unwrap_err();
     assert!(matches!(err, JournalError::TooLarge { .. }), "{err}");
     assert_eq!((file_len(dir.path()), journal.stats().appended), (12, 0));

@@ -11,10 +11,15 @@
 //!   2 Driver      string app, i64 heartbeatTimeoutMs
 //!   3 AppRemoved  string app, i32 count, count x (i32-prefixed raw path bytes: paths need not be UTF-8)
 //!   4 CleanupDone string app
+//!   5 ExecutorOnNodeDirs  the Executor fields, then string[] nodeDirs, i32[] onVolume (0 or 1),
+//!                 one of each per localDirs entry (`agent.localDirs.translate`)
 //! ```
 //!
 //! The Executor fields after the kind byte are exactly RegisterExecutor's body, so a record can be
-//! read with the same decoder the wire uses.
+//! read with the same decoder the wire uses. Kind 5 came after the first release of version 1 and
+//! only translated registrations use it: an older agent stops replay at the first one (an unknown
+//! kind is an undecodable record), so downgrading an agent that translated dirs needs a fresh
+//! state dir.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -22,7 +27,7 @@ use std::path::PathBuf;
 
 use bytes::BufMut;
 
-use super::Record;
+use super::{NodeDirs, Record};
 use crate::protocol::wire::{self, WireError};
 use crate::protocol::ExecutorShuffleInfo;
 
@@ -40,6 +45,7 @@ const EXECUTOR: u8 = 1;
 const DRIVER: u8 = 2;
 const APP_REMOVED: u8 = 3;
 const CLEANUP_DONE: u8 = 4;
+const EXECUTOR_ON_NODE_DIRS: u8 = 5;
 
 pub(super) fn header() -> [u8; HEADER_LEN] {
     let mut h = [0; HEADER_LEN];
@@ -97,12 +103,13 @@ pub(super) fn payload_len(frame: &[u8]) -> usize {
 
 fn encoded_len(record: &Record) -> usize {
     1 + match record {
-        Record::Executor { app_id, exec_id, info } => {
+        Record::Executor { app_id, exec_id, info, node } => {
             wire::string_len(app_id)
                 + wire::string_len(exec_id)
                 + wire::string_array_len(&info.local_dirs)
                 + 4
                 + wire::string_len(&info.shuffle_manager)
+                + node.as_ref().map_or(0, |n| wire::string_array_len(&n.dirs) + 4 + 4 * n.on_volume.len())
         }
         Record::Driver { app_id, .. } => wire::string_len(app_id) + 8,
         Record::AppRemoved { app_id, dirs } => {
@@ -114,13 +121,17 @@ fn encoded_len(record: &Record) -> usize {
 
 fn put_payload(b: &mut Vec<u8>, record: &Record) {
     match record {
-        Record::Executor { app_id, exec_id, info } => {
-            b.put_u8(EXECUTOR);
+        Record::Executor { app_id, exec_id, info, node } => {
+            b.put_u8(if node.is_some() { EXECUTOR_ON_NODE_DIRS } else { EXECUTOR });
             wire::put_string(b, app_id);
             wire::put_string(b, exec_id);
             wire::put_string_array(b, &info.local_dirs);
             b.put_i32(info.sub_dirs_per_local_dir);
             wire::put_string(b, &info.shuffle_manager);
+            if let Some(node) = node {
+                wire::put_string_array(b, &node.dirs);
+                wire::put_int_array(b, &node.on_volume.iter().map(|v| i32::from(*v)).collect::<Vec<_>>());
+            }
         }
         Record::Driver { app_id, heartbeat_timeout_ms } => {
             b.put_u8(DRIVER);
@@ -149,6 +160,11 @@ pub(super) fn decode(payload: &[u8]) -> Result<Record, String> {
     if !b.is_empty() {
         return Err(format!("{} bytes after the last field", b.len()));
     }
+    if let Record::Executor { info, node: Some(node), .. } = &record {
+        if node.dirs.len() != info.local_dirs.len() || node.on_volume.len() != info.local_dirs.len() {
+            return Err("node dirs that do not match the local dirs one to one".to_string());
+        }
+    }
     Ok(record)
 }
 
@@ -156,16 +172,18 @@ pub(super) fn decode(payload: &[u8]) -> Result<Record, String> {
 fn decode_fields(kind: u8, b: &mut &[u8]) -> Result<Option<Record>, WireError> {
     use wire::{get_i32, get_i64};
     let s = |b: &mut &[u8]| str_ref(b).map(str::to_owned);
+    let strings = |b: &mut &[u8]| (0..count(b)?).map(|_| s(b)).collect::<Result<Vec<_>, _>>();
     Ok(Some(match kind {
-        EXECUTOR => Record::Executor {
-            app_id: s(b)?,
-            exec_id: s(b)?,
-            info: ExecutorShuffleInfo {
-                local_dirs: (0..count(b)?).map(|_| s(b)).collect::<Result<_, _>>()?,
+        EXECUTOR | EXECUTOR_ON_NODE_DIRS => {
+            let (app_id, exec_id) = (s(b)?, s(b)?);
+            let info = ExecutorShuffleInfo {
+                local_dirs: strings(b)?,
                 sub_dirs_per_local_dir: get_i32(b)?,
                 shuffle_manager: s(b)?,
-            },
-        },
+            };
+            let node = if kind == EXECUTOR_ON_NODE_DIRS { Some(node_dirs(b)?) } else { None };
+            Record::Executor { app_id, exec_id, info, node }
+        }
         DRIVER => Record::Driver { app_id: s(b)?, heartbeat_timeout_ms: get_i64(b)? },
         APP_REMOVED => Record::AppRemoved {
             app_id: s(b)?,
@@ -176,6 +194,13 @@ fn decode_fields(kind: u8, b: &mut &[u8]) -> Result<Option<Record>, WireError> {
         CLEANUP_DONE => Record::CleanupDone { app_id: s(b)? },
         _ => return Ok(None),
     }))
+}
+
+/// The tail of an ExecutorOnNodeDirs record: one node dir and one flag per local dir.
+fn node_dirs(b: &mut &[u8]) -> Result<NodeDirs, WireError> {
+    let dirs = (0..count(b)?).map(|_| str_ref(b).map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
+    let flags = (0..count(b)?).map(|_| wire::get_i32(b)).collect::<Result<Vec<_>, _>>()?;
+    Ok(NodeDirs { dirs, on_volume: flags.into_iter().map(|f| f != 0).collect() })
 }
 
 // Replay decodes every record of the file, so these borrow from it rather than going through

@@ -29,7 +29,16 @@ fn info(n: usize) -> ExecutorShuffleInfo {
 }
 
 fn exec(app: &str, exec: usize) -> Record {
-    Record::Executor { app_id: app.into(), exec_id: exec.to_string(), info: info(exec) }
+    Record::Executor { app_id: app.into(), exec_id: exec.to_string(), info: info(exec), node: None }
+}
+
+/// A registration translated to node dirs (`agent.localDirs.translate`), one per local dir.
+fn exec_on_node(app: &str, exec: usize) -> Record {
+    let registered = info(exec);
+    let dirs = registered.local_dirs.iter().map(|d| format!("/opt/local-path-provisioner/pvc-{exec}{d}")).collect();
+    let on_volume = (0..registered.local_dirs.len()).map(|i| i % 2 == 0).collect();
+    let node = Some(NodeDirs { dirs, on_volume });
+    Record::Executor { app_id: app.into(), exec_id: exec.to_string(), info: registered, node }
 }
 
 fn removed(app: &str, dirs: &[&str]) -> Record {
@@ -37,7 +46,8 @@ fn removed(app: &str, dirs: &[&str]) -> Record {
 }
 
 /// The state, sorted, for comparisons.
-type State = (Vec<(String, String, ExecutorShuffleInfo)>, Vec<(String, i64)>, Vec<(String, Vec<PathBuf>)>);
+type State =
+    (Vec<(String, String, ExecutorShuffleInfo, Option<NodeDirs>)>, Vec<(String, i64)>, Vec<(String, Vec<PathBuf>)>);
 
 fn state(r: &Recovered) -> State {
     let (mut e, mut d, mut c) = (r.executors.clone(), r.drivers.clone(), r.pending_cleanups.clone());
@@ -50,7 +60,7 @@ fn state(r: &Recovered) -> State {
 /// The replay rules, written out again independently of `live`, to check it against.
 #[derive(Default)]
 struct Model {
-    executors: BTreeMap<(String, String), ExecutorShuffleInfo>,
+    executors: BTreeMap<(String, String), (ExecutorShuffleInfo, Option<NodeDirs>)>,
     drivers: BTreeMap<String, i64>,
     cleanups: BTreeMap<String, Vec<PathBuf>>,
 }
@@ -58,7 +68,9 @@ struct Model {
 impl Model {
     fn apply(&mut self, record: &Record) {
         match record.clone() {
-            Record::Executor { app_id, exec_id, info } => drop(self.executors.insert((app_id, exec_id), info)),
+            Record::Executor { app_id, exec_id, info, node } => {
+                drop(self.executors.insert((app_id, exec_id), (info, node)))
+            }
             Record::Driver { app_id, heartbeat_timeout_ms } => drop(self.drivers.insert(app_id, heartbeat_timeout_ms)),
             Record::AppRemoved { app_id, dirs } => {
                 self.executors.retain(|(app, _), _| *app != app_id);
@@ -79,7 +91,7 @@ impl Model {
 
     fn state(&self) -> State {
         (
-            self.executors.iter().map(|((a, e), i)| (a.clone(), e.clone(), i.clone())).collect(),
+            self.executors.iter().map(|((a, e), (i, n))| (a.clone(), e.clone(), i.clone(), n.clone())).collect(),
             self.drivers.iter().map(|(a, t)| (a.clone(), *t)).collect(),
             self.cleanups.iter().map(|(a, d)| (a.clone(), d.clone())).collect(),
         )
@@ -152,6 +164,7 @@ fn every_record_kind_round_trips_through_its_frame() {
     let odd_path = PathBuf::from(OsString::from_vec(b"/var/data/not-utf8-\xff\xfe".to_vec()));
     let records = [
         exec("app-20240101123456-0001", 7),
+        exec_on_node("app-20240101123456-0001", 8),
         Record::Driver { app_id: "app-1".into(), heartbeat_timeout_ms: -120_000 },
         Record::AppRemoved { app_id: "app-1".into(), dirs: vec![odd_path, PathBuf::from("/mnt/disk2/spark-x")] },
         Record::AppRemoved { app_id: "app-2".into(), dirs: vec![] },
@@ -163,6 +176,18 @@ fn every_record_kind_round_trips_through_its_frame() {
         assert_eq!(next, frame.len());
         assert_eq!(format::decode(payload).as_ref(), Ok(&record));
     }
+}
+
+#[test]
+fn a_translated_registration_whose_node_dirs_do_not_match_its_local_dirs_is_undecodable() {
+    let Record::Executor { app_id, exec_id, info, node: Some(mut node) } = exec_on_node("a", 1) else {
+        panic!("an executor record")
+    };
+    node.on_volume.pop();
+    let frame = format::encode(&Record::Executor { app_id, exec_id, info, node: Some(node) });
+    let payload = &frame[format::FRAME_HEADER_LEN..];
+    assert_eq!(payload[0], 5, "its own record kind: a version-1 reader without it stops rather than misreads");
+    assert_eq!(format::decode(payload), Err("node dirs that do not match the local dirs one to one".to_string()));
 }
 
 #[test]
@@ -245,7 +270,7 @@ async fn replay_applies_records_in_order() {
     let mut model = Model::default();
     records.iter().for_each(|r| model.apply(r));
     let expected = (
-        vec![("a".to_string(), "3".to_string(), info(3))],
+        vec![("a".to_string(), "3".to_string(), info(3), None)],
         vec![],
         vec![
             ("a".to_string(), vec![PathBuf::from("/d/a1")]),
@@ -272,15 +297,17 @@ async fn every_record_kind_survives_a_reopen() {
             exec("app-3", 1),
             removed("app-3", &["/d/3"]),
             Record::CleanupDone { app_id: "app-3".into() },
+            exec_on_node("app-4", 2),
         ],
     )
     .await;
     drop(journal);
     let (_journal, recovered) = open(dir.path());
+    let Record::Executor { node: translated, .. } = exec_on_node("app-4", 2) else { panic!("an executor record") };
     assert_eq!(
         state(&recovered),
         (
-            vec![("app-1".into(), "1".into(), info(1))],
+            vec![("app-1".into(), "1".into(), info(1), None), ("app-4".into(), "2".into(), info(2), translated)],
             vec![("app-1".into(), 120_000)],
             vec![("app-2".into(), vec![odd_path])]
         )
@@ -305,7 +332,7 @@ async fn a_torn_last_record_is_dropped_at_every_cut_and_the_journal_stays_usable
     for cut in last_start..bytes.len() {
         fs::write(journal_path(dir.path()), &bytes[..cut]).unwrap();
         let (journal, recovered) = open(dir.path());
-        let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, _)| e).collect();
+        let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, ..)| e).collect();
         assert_eq!(kept, ["1", "2"], "cut at {cut}");
         assert_eq!(recovered.skipped.is_some(), cut > last_start, "cut at {cut}: {:?}", recovered.skipped);
         assert_eq!((recovered.bytes, file_len(dir.path())), (last_start as u64, last_start as u64), "cut at {cut}");
@@ -313,7 +340,7 @@ async fn a_torn_last_record_is_dropped_at_every_cut_and_the_journal_stays_usable
         journal.append(exec("a", 4)).await.unwrap();
         drop(journal);
         let (_journal, recovered) = open(dir.path());
-        let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, _)| e).collect();
+        let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, ..)| e).collect();
         assert_eq!(kept, ["1", "2", "4"], "cut at {cut}");
         assert_eq!(recovered.skipped, None, "cut at {cut}");
     }
@@ -331,7 +358,7 @@ async fn a_corrupt_checksum_in_the_middle_keeps_the_records_before_it_and_warns(
     fs::write(journal_path(dir.path()), &bytes).unwrap();
 
     let ((journal, recovered), logs) = logged(|| open(dir.path()));
-    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, _)| e).collect();
+    let kept: Vec<_> = state(&recovered).0.into_iter().map(|(_, e, ..)| e).collect();
     assert_eq!(kept, ["1", "2"]);
     let skipped = recovered.skipped.unwrap();
     assert!(skipped.starts_with(&format!("checksum mismatch in the record at byte {third}")), "{skipped}");

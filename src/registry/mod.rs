@@ -3,13 +3,16 @@
 //! roots), the durable journal every registration goes through before it is acknowledged, and
 //! the lookups the data path makes. It does no socket I/O.
 
+pub mod dir_check;
 mod dir_owners;
 pub mod executor_mounts;
 mod journal;
 pub mod metrics;
+mod pod_binding;
 mod roots;
 
-pub use executor_mounts::{ExecutorMounts, Mount, MountSource, PodMounts};
+pub use dir_check::PathMode;
+pub use executor_mounts::{Claims, ExecutorMounts, Mount, MountSource, PodMounts};
 pub use journal::{Journal, JournalError, JournalStats, Record, Recovered};
 pub use metrics::RegistrySource;
 pub use roots::{canonicalize_lenient, Roots};
@@ -32,7 +35,12 @@ use crate::sync::{lock, read, write};
 pub struct Executor {
     pub app_id: String,
     pub exec_id: String,
+    /// As the executor sent it (what GetLocalDirsForExecutors answers, as the JVM service does).
     pub info: ExecutorShuffleInfo,
+    /// Where its local dirs are on the node, when that is not where the executor sees them
+    /// (`agent.localDirs.translate`); None: at the paths registered.
+    pub node: Option<NodeDirs>,
+    /// The dirs served from: the node dirs if translated, else the registered ones.
     pub dirs: ExecutorDirs,
     /// Seconds since the epoch of the last registration or fetch, for idle-app retention.
     last_used: AtomicU64,
@@ -47,6 +55,25 @@ impl Executor {
     pub fn last_used_secs(&self) -> u64 {
         self.last_used.load(Ordering::Relaxed)
     }
+
+    /// The canonical dirs the agent may delete files in: all but those on PersistentVolumes,
+    /// which Kubernetes deletes with their claims (the provisioner removes the directory).
+    pub fn deletable_dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        let on_volume = self.node.as_ref().map(|n| n.on_volume.as_slice()).unwrap_or_default();
+        let dirs = self.dirs.canonical_dirs().iter().enumerate();
+        dirs.filter(move |(i, _)| !on_volume.get(*i).copied().unwrap_or(false)).map(|(_, d)| d)
+    }
+}
+
+/// Where an executor's local dirs are on the node, one entry per registered dir, in order.
+/// Journaled with the registration, so the files are served after the pod and its volume
+/// binding are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDirs {
+    /// The node path that holds each local dir: what the agent opens.
+    pub dirs: Vec<String>,
+    /// Whether each lies on a PersistentVolume (never deleted by the agent).
+    pub on_volume: Vec<bool>,
 }
 
 /// A driver registered with RegisterDriver (the 2.2 Kubernetes fork and Mesos clients).
@@ -72,11 +99,11 @@ pub enum RegistryError {
     /// not named to the client). Spark 4.3's LocalDirValidator text for app-scoped dirs.
     #[error("localDirs entry is not within application {app_id}'s directory: {entry}")]
     OtherAppsDir { app_id: String, entry: String },
-    /// `agent.auth.secrets=pods`: no executor pod of this app and executor id is known on this
-    /// node, even after the wait, so its dirs cannot be checked against the pod's volumes.
+    /// Dirs bound to pods: no executor pod of this app and executor id is known on this node,
+    /// even after the wait, so its dirs cannot be checked against the pod's volumes.
     #[error(
         "Executor {exec_id} of application {app_id} is refused: no executor pod of it (spark-app-selector={app_id}, \
-         spark-exec-id={exec_id}) is known on this node, so its localDirs cannot be checked against the pod's hostPath volumes"
+         spark-exec-id={exec_id}) is known on this node, so its localDirs cannot be checked against the pod's volumes"
     )]
     NoExecutorPod { app_id: String, exec_id: String },
     /// `agent.auth.secrets=pods`: a local dir is not within a hostPath volume the executor's
@@ -86,6 +113,18 @@ pub enum RegistryError {
          that its pod {pod} mounts at the same path: {reason}"
     )]
     NotInPodHostPath { app_id: String, exec_id: String, entry: String, pod: String, reason: String },
+    /// `agent.localDirs.translate`: a local dir is not on a volume of the executor's pod that
+    /// is a directory on this node ([`dir_check`]).
+    #[error(
+        "localDirs entry {entry} of executor {exec_id} of application {app_id} is not on a volume of its pod {pod} \
+         that the service can read on this node: {reason}"
+    )]
+    NotOnPodVolume { app_id: String, exec_id: String, entry: String, pod: String, reason: String },
+    /// `agent.localDirs.translate`: a local dir's node path resolves outside every root.
+    #[error(
+        "localDirs entry {entry} is on node path {node_path}, which is not under any of the service's local directories"
+    )]
+    NodePathOutsideRoots { entry: String, node_path: String },
     /// subDirsPerLocalDir was zero or negative.
     #[error("subDirsPerLocalDir must be positive, got {0}")]
     BadSubDirs(i32),
@@ -134,15 +173,9 @@ pub struct Registry {
     dir_owners: Mutex<dir_owners::DirOwners>,
     /// None: registrations live in memory only (tests, and `--state-dir` unusable is refused).
     journal: Option<Journal>,
-    /// `agent.auth.secrets=pods`: new registrations' dirs must lie in their pod's hostPaths.
-    pod_binding: Option<PodBinding>,
-}
-
-/// Where a new registration's pod is looked up, and how long it is waited for.
-#[derive(Debug)]
-struct PodBinding {
-    pods: Arc<ExecutorMounts>,
-    wait: Duration,
+    /// New registrations' dirs must lie in their pod's volumes (per-app secrets, or
+    /// `agent.localDirs.translate`).
+    pod_binding: Option<pod_binding::PodBinding>,
 }
 
 impl Registry {
@@ -171,10 +204,11 @@ impl Registry {
             skipped_tail: recovered.skipped.clone(),
             ..RecoveryReport::default()
         };
-        for (app_id, exec_id, info) in recovered.executors {
+        for (app_id, exec_id, info, node) in recovered.executors {
             // Re-checked against today's roots: a registration the agent would now refuse is
             // not served just because it was accepted under another configuration.
-            match registry.validate(&app_id, &exec_id, info).and_then(|e| registry.claim_dirs(e).map(|(e, _)| e)) {
+            match registry.validate(&app_id, &exec_id, info, node).and_then(|e| registry.claim_dirs(e).map(|(e, _)| e))
+            {
                 Ok(executor) => {
                     registry.insert(executor);
                     report.executors += 1;
@@ -197,17 +231,17 @@ impl Registry {
         &self.roots
     }
 
-    /// From now on, a new registration is accepted only if its dirs lie within hostPath
-    /// volumes of its executor pod in `pods`, waited for up to `wait` ([`executor_mounts`]).
-    /// Registrations recovered already are not checked: their pods may be gone.
+    /// From now on, a new registration is accepted only if its dirs lie within volumes of its
+    /// executor pod in `pods` that `mode` serves, waited for up to `wait` ([`executor_mounts`],
+    /// [`dir_check`]). Registrations recovered already are not checked: their pods may be gone.
     ///
     /// Every registration is checked, whether its connection authenticated or acts for an
     /// app whose pods say it does not use authentication (the mixed mode): an unauthenticated
     /// connection may claim any such app's id, and without this it could register dirs of an
     /// authenticated app that has not registered them yet (dir_owners guards only dirs already
     /// registered). How a connection proved its app does not change which dirs its pod has.
-    pub fn bind_to_pods(&mut self, pods: Arc<ExecutorMounts>, wait: Duration) {
-        self.pod_binding = Some(PodBinding { pods, wait });
+    pub fn bind_to_pods(&mut self, pods: Arc<ExecutorMounts>, wait: Duration, mode: PathMode) {
+        self.pod_binding = Some(pod_binding::PodBinding { pods, wait, mode });
     }
 
     /// Validates, persists, then stores a registration (replacing any earlier one for the same
@@ -222,13 +256,20 @@ impl Registry {
         exec_id: &str,
         info: ExecutorShuffleInfo,
     ) -> Result<Arc<Executor>, RegistryError> {
-        let executor = self.validate(app_id, exec_id, info)?;
-        if let Some(binding) = &self.pod_binding {
-            binding.check(&executor).await?;
-        }
+        let executor = match &self.pod_binding {
+            None => self.validate(app_id, exec_id, info, None)?,
+            Some(binding) => {
+                check_shape(&info)?;
+                binding.bind(self, app_id, exec_id, info).await?
+            }
+        };
         let (executor, claimed) = self.claim_dirs(executor)?;
-        let record =
-            Record::Executor { app_id: app_id.to_string(), exec_id: exec_id.to_string(), info: executor.info.clone() };
+        let record = Record::Executor {
+            app_id: app_id.to_string(),
+            exec_id: exec_id.to_string(),
+            info: executor.info.clone(),
+            node: executor.node.clone(),
+        };
         if let Err(e) = self.persist(record).await {
             lock(&self.dir_owners).release(&claimed);
             return Err(e);
@@ -268,24 +309,40 @@ impl Registry {
         }
     }
 
-    /// Validates a registration without storing it.
-    pub fn validate(&self, app_id: &str, exec_id: &str, info: ExecutorShuffleInfo) -> Result<Executor, RegistryError> {
+    /// Validates a registration without storing it: the dirs served (`node`'s if given, else
+    /// the registered ones) must lie under the roots.
+    pub fn validate(
+        &self,
+        app_id: &str,
+        exec_id: &str,
+        info: ExecutorShuffleInfo,
+        node: Option<NodeDirs>,
+    ) -> Result<Executor, RegistryError> {
         if info.local_dirs.is_empty() {
             return Err(RegistryError::NoDirs);
         }
-        let mut canonical = Vec::with_capacity(info.local_dirs.len());
-        for dir in &info.local_dirs {
+        let served = node.as_ref().map_or(&info.local_dirs, |n| &n.dirs);
+        let mut canonical = Vec::with_capacity(served.len());
+        for (i, dir) in served.iter().enumerate() {
             if dir.is_empty() {
                 return Err(RegistryError::EmptyDir);
             }
-            canonical.push(self.roots.confine(dir).ok_or_else(|| RegistryError::OutsideRoots(dir.clone()))?);
+            let outside = || match &node {
+                None => RegistryError::OutsideRoots(dir.clone()),
+                Some(_) => RegistryError::NodePathOutsideRoots {
+                    entry: info.local_dirs.get(i).cloned().unwrap_or_default(),
+                    node_path: dir.clone(),
+                },
+            };
+            canonical.push(self.roots.confine(dir).ok_or_else(outside)?);
         }
-        let dirs = ExecutorDirs::new(info.local_dirs.clone(), info.sub_dirs_per_local_dir, canonical)
+        let dirs = ExecutorDirs::new(served.clone(), info.sub_dirs_per_local_dir, canonical)
             .map_err(|_| RegistryError::BadSubDirs(info.sub_dirs_per_local_dir))?;
         Ok(Executor {
             app_id: app_id.to_string(),
             exec_id: exec_id.to_string(),
             info,
+            node,
             dirs,
             last_used: AtomicU64::new(unix_secs()),
         })
@@ -325,17 +382,18 @@ impl Registry {
     }
 
     /// Forgets an application: its registrations and driver go, and its executors' dirs are
-    /// queued for deletion. Persisted first, so a crash before the deletion resumes it.
-    /// Returns the dirs to delete (empty if the app was unknown).
+    /// queued for deletion (not those on PersistentVolumes: Kubernetes deletes them with their
+    /// claims). Persisted first, so a crash before the deletion resumes it. Returns the dirs to
+    /// delete (empty if the app was unknown, or all its dirs are on volumes).
     pub async fn remove_app(&self, app_id: &str) -> Result<Vec<PathBuf>, RegistryError> {
-        let dirs: Vec<PathBuf> = self
-            .executors_of(app_id)
+        let executors = self.executors_of(app_id);
+        let dirs: Vec<PathBuf> = executors
             .iter()
-            .flat_map(|e| e.dirs.canonical_dirs().iter().cloned())
+            .flat_map(|e| e.deletable_dirs().cloned())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let known = !dirs.is_empty() || self.driver(app_id).is_some();
+        let known = !executors.is_empty() || self.driver(app_id).is_some();
         if !known {
             return Ok(Vec::new());
         }
@@ -396,36 +454,19 @@ impl Registry {
     }
 }
 
-impl PodBinding {
-    /// Accepts the executor if one of its pods (there is one, unless pods were made by hand)
-    /// mounts every one of its dirs as served; else the first pod's first refused dir.
-    async fn check(&self, executor: &Executor) -> Result<(), RegistryError> {
-        let (app_id, exec_id) = (&executor.app_id, &executor.exec_id);
-        let pods = self.pods.wait_for(app_id, exec_id, self.wait).await;
-        let dirs = || {
-            executor
-                .info
-                .local_dirs
-                .iter()
-                .map(String::as_str)
-                .zip(executor.dirs.canonical_dirs().iter().map(PathBuf::as_path))
-        };
-        let mut refusal = None;
-        for pod in &pods {
-            match executor_mounts::check_dirs(&pod.mounts, dirs()) {
-                Ok(()) => return Ok(()),
-                Err((entry, why)) => {
-                    refusal.get_or_insert_with(|| (pod.pod.clone(), entry.to_string(), why.to_string()));
-                }
-            }
-        }
-        let Some((pod, entry, reason)) = refusal else {
-            warn!(app = %app_id, exec = %exec_id, "registration refused: no executor pod of it is known on this node");
-            return Err(RegistryError::NoExecutorPod { app_id: app_id.clone(), exec_id: exec_id.clone() });
-        };
-        warn!(app = %app_id, exec = %exec_id, pod = %pod, dir = %entry, reason = %reason, "registration refused: its local dir is not in its pod's hostPath volumes");
-        Err(RegistryError::NotInPodHostPath { app_id: app_id.clone(), exec_id: exec_id.clone(), entry, pod, reason })
+/// The checks of a registration that need neither roots nor pods, made before its pod is
+/// waited for.
+fn check_shape(info: &ExecutorShuffleInfo) -> Result<(), RegistryError> {
+    if info.local_dirs.is_empty() {
+        return Err(RegistryError::NoDirs);
     }
+    if info.local_dirs.iter().any(String::is_empty) {
+        return Err(RegistryError::EmptyDir);
+    }
+    if info.sub_dirs_per_local_dir <= 0 {
+        return Err(RegistryError::BadSubDirs(info.sub_dirs_per_local_dir));
+    }
+    Ok(())
 }
 
 /// Refuses to start on another port than the one the persisted registrations were made on:

@@ -12,6 +12,7 @@ mod golden_vectors;
 mod k8s_binary;
 mod k8s_discovery;
 mod k8s_lifecycle;
+mod k8s_volumes;
 mod large_stream;
 mod lifecycle;
 mod metrics_dashboard;

@@ -12,6 +12,10 @@
 //!   just after N, then live; a resourceVersion older than the compacted history gets one
 //!   ERROR event with a 410 Status, as the real server sends; `timeoutSeconds` ends it cleanly.
 //!
+//! * `GET /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}` and
+//!   `GET /api/v1/persistentvolumes/{name}`: the object put there by the test, or a 404 Status
+//!   (what the agent reads with `agent.localDirs.translate`).
+//!
 //! And what the tests make it do: add, change and delete pods; cut every open watch without
 //! ending the chunked body (a dropped connection); expire them (ERROR 410, history compacted,
 //! so the client must re-list); fail chosen requests with 500.
@@ -69,6 +73,8 @@ struct State {
     forbidden: Vec<String>,
     /// Watch connections currently streaming.
     open_watches: usize,
+    /// Objects other than pods, by their API path (claims, volumes).
+    objects: BTreeMap<String, Value>,
 }
 
 /// The simulated API server; stops when dropped.
@@ -122,6 +128,21 @@ impl SimApi {
         let kind = if state.pods.insert(key, pod.clone()).is_some() { "MODIFIED" } else { "ADDED" };
         state.history.push((rv, kind, pod));
         let _ = self.signals.send(Signal::Event(rv));
+    }
+
+    /// Serves `object` at its API path: a PersistentVolumeClaim (namespaced) or a
+    /// PersistentVolume (cluster-scoped), by its `kind`.
+    pub fn put_object(&self, object: Value) {
+        let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+        let path = match object["kind"].as_str() {
+            Some("PersistentVolumeClaim") => {
+                let ns = object["metadata"]["namespace"].as_str().expect("a namespace");
+                format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}")
+            }
+            Some("PersistentVolume") => format!("/api/v1/persistentvolumes/{name}"),
+            other => panic!("the simulated server does not serve {other:?}"),
+        };
+        lock(&self.state).objects.insert(path, object);
     }
 
     /// Sets a pod's phase (MODIFIED).
@@ -253,6 +274,18 @@ async fn serve(
     }
     if failing {
         return respond(&mut socket, 500, &status(500, "InternalError", "simulated failure")).await;
+    }
+    let path = decoded.split('?').next().unwrap_or_default();
+    if method == "GET" && (path.starts_with("/api/v1/persistentvolumes/") || path.contains("/persistentvolumeclaims/"))
+    {
+        let object = lock(&state).objects.get(path).cloned();
+        return match object {
+            Some(object) => respond(&mut socket, 200, &object).await,
+            None => {
+                let name = path.rsplit('/').next().unwrap_or_default();
+                respond(&mut socket, 404, &status(404, "NotFound", &format!("\"{name}\" not found"))).await
+            }
+        };
     }
     let Some(query) = parse_target(target).filter(|_| method == "GET") else {
         return respond(&mut socket, 404, &status(404, "NotFound", "the simulated server only serves pods")).await;
