@@ -114,18 +114,26 @@ def spark_executor_pod(python: str, script: Path, tmp_path: Path) -> dict:
 
     Asks for one executor at start-up instead of waiting for pending tasks.
     """
-    settings = submit_confs(script)
+    return spark_executor_pod_and_claims(python, script, tmp_path)[0]
+
+
+def spark_executor_pod_and_claims(
+    python: str, script: Path, tmp_path: Path, extra: dict[str, str] | None = None
+) -> tuple[dict, list[dict]]:
+    """As spark_executor_pod, with the PersistentVolumeClaims Spark created for that pod, and
+    `extra` settings on top of the script's."""
+    settings = submit_confs(script) | (extra or {})
     settings["spark.dynamicAllocation.initialExecutors"] = "1"
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     run = subprocess.run(
         [python, str(Path(__file__).with_name("spark_pod_probe.py")),
-         str(tmp_path / "settings.json"), str(tmp_path / "pods.json")],
+         str(tmp_path / "settings.json"), str(tmp_path / "pods.json"), str(tmp_path / "claims.json")],
         capture_output=True, text=True, timeout=400,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     pods = json.loads((tmp_path / "pods.json").read_text())
     assert pods, "Spark created no executor pod"
-    return pods[0]
+    return pods[0], json.loads((tmp_path / "claims.json").read_text())
 
 
 def assert_spark_executor_on_local_dir(pod: dict, local: str) -> None:
