@@ -5,7 +5,7 @@
 #
 # What it checks:
 #  1. `kubectl kustomize` renders each overlay, and each overlay combined with
-#     the optional components (a temporary kustomization).
+#     the optional components it does not already use (a temporary kustomization).
 #  2. Every rendered object, and every YAML file in deploy/examples/, validates
 #     with kubernetes-validate in strict mode (unknown fields are errors)
 #     against each Kubernetes version in K8S_VERSIONS. The schemas ship inside
@@ -129,8 +129,9 @@ PY
   echo "ok    $label: all $(grep -c "^kind:" "$file") objects valid (Kubernetes $K8S_VERSIONS strict, or own schema)"
 }
 
-# Targets: each overlay alone, and each overlay with every optional component
-# (rendered through a temporary kustomization; kustomize wants relative paths).
+# Targets: each overlay alone, and each overlay with every optional component it
+# does not already use (rendered through a temporary kustomization; kustomize wants
+# relative paths, and refuses a component's resources twice).
 render() {
   local name=$1 kdir=$2
   "$KUBECTL" kustomize "$kdir" > "$WORK/$name.yaml" 2> "$WORK/$name.err" ||
@@ -154,7 +155,10 @@ for o in "${overlays[@]}"; do
     echo "kind: Kustomization"
     echo "resources: [\"$rel/overlays/$o\"]"
     echo "components:"
-    for c in "${components[@]}"; do echo "  - \"$rel/components/$c\""; done
+    for c in "${components[@]}"; do
+      grep -q "components/$c\$" "$DEPLOY/overlays/$o/kustomization.yaml" ||
+        echo "  - \"$rel/components/$c\""
+    done
   } > "$combo/kustomization.yaml"
   render "overlays/$o+components" "$combo"
 done

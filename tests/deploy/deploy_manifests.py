@@ -29,10 +29,21 @@ METRICS_PORT = 7338
 LOCAL_DIR = {
     "hostnetwork": "/var/lib/spark/local",
     "podnetwork": "/var/lib/spark/local",
+    "podnetwork-volumes": "/var/lib/spark/local",
     "fork-labels": "/tmp/spark-local",
 }
 STATE_DIR = "/var/lib/spark-shuffle-agent"
 OVERLAYS = sorted(LOCAL_DIR)
+# The overlays in pod network mode (agent.network.mode pod, three capabilities).
+POD_NETWORK_OVERLAYS = ["podnetwork", "podnetwork-volumes"]
+# local-path-provisioner's base dir on the node, which components/node-local-volumes mounts
+# in the agent at the same path and adds as a root.
+PROVISIONER_DIR = "/opt/local-path-provisioner"
+# The agent's roots besides LOCAL_DIR, and the ClusterRoles besides the base one, that an
+# overlay gets from the components it uses.
+EXTRA_ROOTS = {"podnetwork-volumes": [PROVISIONER_DIR]}
+NODE_LOCAL_VOLUMES_ROLE = "spark-shuffle-agent-node-local-volumes"
+EXTRA_ROLES = {"podnetwork-volumes": {NODE_LOCAL_VOLUMES_ROLE}}
 # The file each overlay's ConfigMap is generated from (conf/ once it exists, which
 # deploy/base/agent.conf must equal).
 DEFAULT_CONF = CONF if CONF.exists() else DEPLOY / "base" / "agent.conf"
@@ -40,7 +51,9 @@ CONF_SOURCE = {
     "hostnetwork": DEFAULT_CONF,
     "fork-labels": DEFAULT_CONF,
     "podnetwork": DEPLOY / "overlays" / "podnetwork" / "agent.conf",
+    "podnetwork-volumes": DEPLOY / "overlays" / "podnetwork-volumes" / "agent.conf",
 }
+
 def one(objects: list[dict], kind: str) -> dict:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
@@ -114,18 +127,26 @@ def spark_executor_pod(python: str, script: Path, tmp_path: Path) -> dict:
 
     Asks for one executor at start-up instead of waiting for pending tasks.
     """
-    settings = submit_confs(script)
+    return spark_executor_pod_and_claims(python, script, tmp_path)[0]
+
+
+def spark_executor_pod_and_claims(
+    python: str, script: Path, tmp_path: Path, extra: dict[str, str] | None = None
+) -> tuple[dict, list[dict]]:
+    """As spark_executor_pod, with the PersistentVolumeClaims Spark created for that pod, and
+    `extra` settings on top of the script's."""
+    settings = submit_confs(script) | (extra or {})
     settings["spark.dynamicAllocation.initialExecutors"] = "1"
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     run = subprocess.run(
         [python, str(Path(__file__).with_name("spark_pod_probe.py")),
-         str(tmp_path / "settings.json"), str(tmp_path / "pods.json")],
+         str(tmp_path / "settings.json"), str(tmp_path / "pods.json"), str(tmp_path / "claims.json")],
         capture_output=True, text=True, timeout=400,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     pods = json.loads((tmp_path / "pods.json").read_text())
     assert pods, "Spark created no executor pod"
-    return pods[0]
+    return pods[0], json.loads((tmp_path / "claims.json").read_text())
 
 
 def assert_spark_executor_on_local_dir(pod: dict, local: str) -> None:

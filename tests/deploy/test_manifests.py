@@ -24,20 +24,21 @@ import pytest
 import yaml
 
 from deploy_manifests import (
-    AGENT_NAMESPACE, CONF, CONF_SOURCE, DEPLOY, LOCAL_DIR, METRICS_PORT, OVERLAYS, REPO, SHUFFLE_PORT,
-    STATE_DIR, agent_binary, assert_spark_executor_on_local_dir, assert_strictly_valid_pod, conf_value,
-    container, flag_values, local_command_line, one, pod_spec, probe_python, seconds, spark_executor_pod,
-    submit_confs,
+    AGENT_NAMESPACE, CONF, CONF_SOURCE, DEPLOY, EXTRA_ROLES, EXTRA_ROOTS, LOCAL_DIR, METRICS_PORT, OVERLAYS,
+    POD_NETWORK_OVERLAYS, REPO, SHUFFLE_PORT, STATE_DIR, agent_binary, assert_spark_executor_on_local_dir,
+    assert_strictly_valid_pod, conf_value, container, flag_values, local_command_line, one, pod_spec,
+    probe_python, seconds, spark_executor_pod, submit_confs,
 )
 
-# The overlays whose agent container has every capability dropped and adds none. The
-# podnetwork overlay's agent needs three (test_podnetwork.py checks them, and what its
-# binary says without them).
-WITHOUT_CAPABILITIES = [o for o in OVERLAYS if o != "podnetwork"]
+# The overlays whose agent container has every capability dropped and adds none. The pod
+# network overlays' agent needs three (test_podnetwork.py checks them, and what its binary
+# says without them).
+WITHOUT_CAPABILITIES = [o for o in OVERLAYS if o not in POD_NETWORK_OVERLAYS]
+BASE_ROLE = "spark-shuffle-agent"
 
 
 def test_validate_script_renders_and_validates_every_overlay_and_component(rendered):
-    assert {"hostnetwork", "podnetwork", "fork-labels"} == set(OVERLAYS)
+    assert {"hostnetwork", "podnetwork", "podnetwork-volumes", "fork-labels"} == set(OVERLAYS)
     assert {f"{o}{suffix}" for o in OVERLAYS for suffix in ("", "+components")} <= set(rendered)
 
 
@@ -61,7 +62,7 @@ def test_hostnetwork_overlay_does_not_carry_the_fork_labels(rendered):
     assert "app" not in labels and "spark-version" not in labels
 
 
-@pytest.mark.parametrize("overlay, network", [("hostnetwork", "host"), ("podnetwork", "pod")])
+@pytest.mark.parametrize("overlay, network", [("hostnetwork", "host")] + [(o, "pod") for o in POD_NETWORK_OVERLAYS])
 def test_the_agent_listens_on_the_node_network_in_the_hostnetwork_and_podnetwork_overlays(rendered, overlay, network):
     # podnetwork: the node listener is where connections to dead executors' IPs are sent.
     host = pod_spec(rendered[overlay])
@@ -105,7 +106,7 @@ def test_shuffle_dir_is_mounted_at_its_host_path_and_passed_as_root(rendered, ov
         mounts = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "spark-local"]
         assert mounts == [host_path], f"{c['name']} mounts the shuffle dir elsewhere"
     agent = container(spec, "agent")
-    assert flag_values(agent["args"], "--root") == [host_path]
+    assert flag_values(agent["args"], "--root") == [host_path] + EXTRA_ROOTS.get(overlay, [])
     init_env = {e["name"]: e.get("value") for e in container(spec, "prepare-dirs", init=True)["env"]}
     assert init_env["LOCAL_ROOT"] == host_path
 
@@ -165,23 +166,27 @@ def test_hostnetwork_agent_runs_as_the_uid_spark_executors_use(rendered):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rbac_grants_only_list_watch_on_pods(rendered, overlay):
-    # Exactly the requests the agent makes (src/k8s/): list and watch pods, never get.
+    # Exactly the requests the agent makes (src/k8s/): list and watch pods, never get. The
+    # roles of the components an overlay uses are checked by those components' tests.
     objects = rendered[overlay]
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
-    role = one(objects, "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRole"}
+    assert set(roles) == {BASE_ROLE} | EXTRA_ROLES.get(overlay, set())
+    assert roles[BASE_ROLE]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_cluster_role_binding_names_the_daemonsets_service_account(rendered, overlay):
     objects = rendered[overlay]
-    binding = one(objects, "ClusterRoleBinding")
+    bindings = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
     sa = one(objects, "ServiceAccount")
     ds = one(objects, "DaemonSet")
-    assert binding["roleRef"]["name"] == one(objects, "ClusterRole")["metadata"]["name"]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
-    ]
+    roles = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"}
+    assert sorted(b["roleRef"]["name"] for b in bindings) == sorted(roles), "one binding per role"
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+        ]
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     assert ds["metadata"]["namespace"] == sa["metadata"]["namespace"] == AGENT_NAMESPACE
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from deploy_manifests import (
-    CONF_SOURCE, DEPLOY, REPO, SHUFFLE_PORT, agent_binary, assert_spark_executor_on_local_dir,
+    CONF_SOURCE, DEPLOY, POD_NETWORK_OVERLAYS, REPO, SHUFFLE_PORT, agent_binary, assert_spark_executor_on_local_dir,
     assert_strictly_valid_pod, conf_entries, container, flag_values, local_command_line, pod_spec,
     probe_python, spark_executor_pod, submit_confs,
 )
@@ -49,8 +49,9 @@ def base_agent_security() -> dict:
     return container(ds["spec"]["template"]["spec"], "agent")["securityContext"]
 
 
-def test_the_podnetwork_agent_is_not_privileged_drops_all_and_adds_exactly_what_pod_mode_checks(rendered):
-    spec = pod_spec(rendered["podnetwork"])
+@pytest.mark.parametrize("overlay", POD_NETWORK_OVERLAYS)
+def test_the_podnetwork_agent_is_not_privileged_drops_all_and_adds_exactly_what_pod_mode_checks(rendered, overlay):
+    spec = pod_spec(rendered[overlay])
     sc = container(spec, "agent")["securityContext"]
     assert sc.get("privileged") is not True
     assert sc["capabilities"]["drop"] == ["ALL"]
@@ -65,10 +66,11 @@ def test_the_podnetwork_agent_is_not_privileged_drops_all_and_adds_exactly_what_
     assert not spec.get("hostPID") and not spec.get("hostIPC")
 
 
-def test_the_podnetwork_agent_runs_as_uid_0_in_the_executors_group_and_owns_the_prepared_dirs(rendered):
+@pytest.mark.parametrize("overlay", POD_NETWORK_OVERLAYS)
+def test_the_podnetwork_agent_runs_as_uid_0_in_the_executors_group_and_owns_the_prepared_dirs(rendered, overlay):
     # uid 0: added capabilities never reach a non-root container's effective set (the start-up
     # test below shows it). The executors' group gives it their files, as in base.
-    spec = pod_spec(rendered["podnetwork"])
+    spec = pod_spec(rendered[overlay])
     sc = container(spec, "agent")["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (0, EXECUTOR_UID_GID[1], False)
     assert sc["runAsGroup"] == base_agent_security()["runAsGroup"]
@@ -80,13 +82,14 @@ def test_the_podnetwork_agent_runs_as_uid_0_in_the_executors_group_and_owns_the_
     assert init["securityContext"] == container(hostnetwork, "prepare-dirs", init=True)["securityContext"]
 
 
-def test_the_podnetwork_agent_mounts_the_hosts_proc_read_only_where_the_conf_points(rendered):
-    spec = pod_spec(rendered["podnetwork"])
+@pytest.mark.parametrize("overlay", POD_NETWORK_OVERLAYS)
+def test_the_podnetwork_agent_mounts_the_hosts_proc_read_only_where_the_conf_points(rendered, overlay):
+    spec = pod_spec(rendered[overlay])
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["host-proc"]["hostPath"] == {"path": "/proc", "type": "Directory"}
     mounts = [m for m in container(spec, "agent")["volumeMounts"] if m["name"] == "host-proc"]
     assert len(mounts) == 1 and mounts[0]["readOnly"] is True
-    assert conf_entries(OVERLAY_CONF)["agent.network.procRoot"] == mounts[0]["mountPath"] == "/host/proc"
+    assert conf_entries(CONF_SOURCE[overlay])["agent.network.procRoot"] == mounts[0]["mountPath"] == "/host/proc"
     init = container(spec, "prepare-dirs", init=True)
     assert not [m for m in init["volumeMounts"] if m["name"] == "host-proc"]
 
