@@ -29,6 +29,10 @@ from spark_cluster import FAIL_FAST, RETRY_LINE, SparkCluster, gateway_spark_pro
 from podnet_topology import CONTROL_IP, PORT, Topology
 
 NAMESPACE = "jobs"
+# The scenarios' job: N numbers summed by key (KEYS keys) over a shuffle of 4 maps and 8 reduces.
+N = 4000
+KEYS = 97
+EXPECTED = {k: sum(x for x in range(N) if x % KEYS == k) for k in range(KEYS)}
 METRICS_PORT = 7338
 HERE = Path(__file__).resolve().parent
 
@@ -229,10 +233,24 @@ class PodnetApp(SparkCluster):
         with urllib.request.urlopen(url, timeout=15) as r:
             return json.load(r)
 
-    def check_reread(self, group: str, acc, n: int) -> dict:
+    def write_shuffle(self):
+        """Phase 1: the job's shuffle written on the executors and read; (rdd, map-side accumulator)."""
+        acc = self.sc.accumulator(0)
+
+        def tag(x):
+            acc.add(1)
+            return (x % KEYS, x)
+
+        rdd = self.sc.parallelize(range(N), 4).map(tag).reduceByKey(lambda a, b: a + b, 8)
+        self.sc.setJobGroup("phase1", "write the shuffle and read it")
+        assert dict(rdd.collect()) == EXPECTED
+        assert acc.value == N
+        return rdd, acc
+
+    def check_reread(self, group: str, acc) -> dict:
         """As test_spark_jobs.check_reread: the re-read succeeded, skipped its map stage, retried no
-        stage, and no task of the app failed; the map side did not re-run (accumulator `acc` at `n`)."""
-        assert acc.value == n, f"map side re-ran: accumulator {acc.value} != {n}"
+        stage, and no task of the app failed; the map side did not re-run (accumulator `acc` at N)."""
+        assert acc.value == N, f"map side re-ran: accumulator {acc.value} != {N}"
         m = self.read_metrics(group)
         assert m["job_status"] and all(s == "SUCCEEDED" for s in m["job_status"]), m
         assert "SKIPPED" in [st for (_, _, st, _, _) in m["stages"]], f"the map stage was not skipped: {m['stages']}"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from podnet_spark import NAMESPACE, Node, PodnetApp, delete_executor_pod, driver_pod, podnet_cluster, pods_by_exec, \
-    retried_fetches
+from podnet_spark import EXPECTED, NAMESPACE, Node, PodnetApp, delete_executor_pod, driver_pod, podnet_cluster, \
+    pods_by_exec, retried_fetches
 from podnet_topology import PORT, Topology, privileged, probe_counters
 from servers import find_agent_bin, wait_until
 from spark_cluster import RETRY_LOG4J2
@@ -38,9 +38,6 @@ from spark_cluster import RETRY_LOG4J2
 pytestmark = pytest.mark.spark_job
 
 REPO = Path(__file__).resolve().parents[2]
-N = 4000
-KEYS = 97
-EXPECTED = {k: sum(x for x in range(N) if x % KEYS == k) for k in range(KEYS)}
 
 
 @pytest.fixture
@@ -87,16 +84,7 @@ def test_real_spark_executors_on_the_pod_network_survive_an_executor_pod_death_s
         millis = {pods[e]["name"]: adoption_millis(nodes[pods[e]["node"]], pods[e]["pod"]) for e in first}
 
         # Phase 1: write the shuffle on both executors and read it.
-        acc = app.sc.accumulator(0)
-
-        def tag(x):
-            acc.add(1)
-            return (x % KEYS, x)
-
-        rdd = app.sc.parallelize(range(N), 4).map(tag).reduceByKey(lambda a, b: a + b, 8)
-        app.sc.setJobGroup("phase1", "write the shuffle and read it")
-        assert dict(rdd.collect()) == EXPECTED
-        assert acc.value == N
+        rdd, acc = app.write_shuffle()
 
         # node-a's executor pod dies; Spark replaces it (the Master keeps the app at spark.cores.max)
         # in a fresh pod with a new IP.
@@ -119,7 +107,7 @@ def test_real_spark_executors_on_the_pod_network_survive_an_executor_pod_death_s
         app.sc.setJobGroup("phase2", "read the shuffle again after the executor pod's death")
         assert dict(rdd.collect()) == EXPECTED
         by_pod = counter_delta(before, live_probe_counters(topo))
-        m = app.check_reread("phase2", acc, N)
+        m = app.check_reread("phase2", acc)
         retries = retried_fetches([n.dir / "work" for n in nodes.values()])
         paths = {k: sum(d[k] for d in by_pod.values()) for k in next(iter(by_pod.values()))}
         status = {n.name: n.status()["pod_network"] for n in nodes.values()}
