@@ -19,7 +19,6 @@ Used by pod_launcher.py (inside the Worker's executor launch) and by the tests.
 from __future__ import annotations
 
 import os
-import signal
 import uuid
 from pathlib import Path
 
@@ -104,15 +103,6 @@ def pids_in_mount_ns(ns: int) -> list[int]:
         if entry.name.isdigit() and mount_ns(int(entry.name)) == ns:
             out.append(int(entry.name))
     return out
-
-
-def kill_mount_ns(ns: int) -> None:
-    """SIGKILL to every process of mount namespace `ns` (an executor and its Python workers)."""
-    for pid in pids_in_mount_ns(ns):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def mounted_at(pid: int, mount_point: str) -> list[str]:
