@@ -20,13 +20,19 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from servers import _pump, port_accepts, scrape_metrics, wait_until
-from spark_cluster import FAIL_FAST, SparkCluster, gateway_spark_props
+from sim_kube_api import SimApi
+from spark_cluster import FAIL_FAST, RETRY_LINE, SparkCluster, gateway_spark_props
 from podnet_topology import CONTROL_IP, PORT, Topology
 
 NAMESPACE = "jobs"
+# The scenarios' job: N numbers summed by key (KEYS keys) over a shuffle of 4 maps and 8 reduces.
+N = 4000
+KEYS = 97
+EXPECTED = {k: sum(x for x in range(N) if x % KEYS == k) for k in range(KEYS)}
 METRICS_PORT = 7338
 HERE = Path(__file__).resolve().parent
 
@@ -84,9 +90,9 @@ class Node:
     def used_pods(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted((self.pool / "used").glob("*.json"))]
 
-    def start_agent(self, binary: Path, kubeconfig: str) -> None:
+    def start_agent(self, binary: Path, kubeconfig: str, extra_conf: str = "") -> None:
         conf = self.dir / "agent.conf"
-        conf.write_text("agent.network.mode pod\n")
+        conf.write_text("agent.network.mode pod\n" + extra_conf)
         argv = [*self.topo.exec_argv(self.name), str(binary), "--port", str(PORT), "--bind", "0.0.0.0",
                 "--metrics-port", str(METRICS_PORT), "--log-format", "json", "--config", str(conf),
                 "--state-dir", str(self.dir / "agent-state"), "--kubeconfig", kubeconfig,
@@ -150,16 +156,16 @@ def fake_java_home(work: Path) -> Path:
     return home
 
 
-def start_master(home: Path, conf_dir: Path, work: Path) -> tuple[Process, str, str]:
+def start_master(home: Path, conf_dir: Path, work: Path, host: str = CONTROL_IP, port: int = 7077,
+                 ui: int = 8080) -> tuple[Process, str, str]:
     """The standalone Master on the control address; (process, spark:// URL, web UI URL)."""
-    port, ui = 7077, 8080
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_CONF_DIR": str(conf_dir), "SPARK_LOCAL_IP": CONTROL_IP}
-    argv = [str(home / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master", "--host", CONTROL_IP,
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_CONF_DIR": str(conf_dir), "SPARK_LOCAL_IP": host}
+    argv = [str(home / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master", "--host", host,
             "--port", str(port), "--webui-port", str(ui)]
     master = Process(argv, work / "master.log", env, work)
-    wait_until(lambda: port_accepts(CONTROL_IP, port) or not master.alive(), 90, 0.2, "the Master")
+    wait_until(lambda: port_accepts(host, port) or not master.alive(), 90, 0.2, "the Master")
     assert master.alive(), master.text()[-3000:]
-    return master, f"spark://{CONTROL_IP}:{port}", f"http://{CONTROL_IP}:{ui}"
+    return master, f"spark://{host}:{port}", f"http://{host}:{ui}"
 
 
 def alive_workers(ui: str) -> int:
@@ -178,7 +184,7 @@ class PodnetApp(SparkCluster):
     N_EXEC = 2
 
     def __init__(self, master: str, local_dir: Path, name: str, java_home: Path, log4j2: Path,
-                 budget_s: float = 300):
+                 budget_s: float = 300, host: str = CONTROL_IP, port: int = PORT, conf: dict | None = None):
         from pyspark import SparkConf, SparkContext
 
         self.tap = None
@@ -187,14 +193,14 @@ class PodnetApp(SparkCluster):
             .setMaster(master)
             .setAppName(name)
             .set("spark.shuffle.service.enabled", "true")
-            .set("spark.shuffle.service.port", str(PORT))
+            .set("spark.shuffle.service.port", str(port))
             .set("spark.executorEnv.JAVA_HOME", str(java_home))
             .set("spark.cores.max", str(self.N_EXEC))
             .set("spark.executor.cores", "1")
             .set("spark.executor.memory", "512m")
             .set("spark.local.dir", str(local_dir))
-            .set("spark.driver.host", CONTROL_IP)
-            .set("spark.driver.bindAddress", CONTROL_IP)
+            .set("spark.driver.host", host)
+            .set("spark.driver.bindAddress", host)
             .set("spark.ui.enabled", "true")
             .set("spark.ui.port", "0")
             .set("spark.ui.showConsoleProgress", "false")
@@ -203,6 +209,7 @@ class PodnetApp(SparkCluster):
             # RETRY_LOG4J2: executors log their fetch retries (counted by the test).
             .set("spark.executor.extraJavaOptions",
                  f"-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dlog4j2.configurationFile={log4j2}")
+            .setAll((conf or {}).items())
         )
         import spark_cluster
 
@@ -226,6 +233,31 @@ class PodnetApp(SparkCluster):
         with urllib.request.urlopen(url, timeout=15) as r:
             return json.load(r)
 
+    def write_shuffle(self):
+        """Phase 1: the job's shuffle written on the executors and read; (rdd, map-side accumulator)."""
+        acc = self.sc.accumulator(0)
+
+        def tag(x):
+            acc.add(1)
+            return (x % KEYS, x)
+
+        rdd = self.sc.parallelize(range(N), 4).map(tag).reduceByKey(lambda a, b: a + b, 8)
+        self.sc.setJobGroup("phase1", "write the shuffle and read it")
+        assert dict(rdd.collect()) == EXPECTED
+        assert acc.value == N
+        return rdd, acc
+
+    def check_reread(self, group: str, acc) -> dict:
+        """As test_spark_jobs.check_reread: the re-read succeeded, skipped its map stage, retried no
+        stage, and no task of the app failed; the map side did not re-run (accumulator `acc` at N)."""
+        assert acc.value == N, f"map side re-ran: accumulator {acc.value} != {N}"
+        m = self.read_metrics(group)
+        assert m["job_status"] and all(s == "SUCCEEDED" for s in m["job_status"]), m
+        assert "SKIPPED" in [st for (_, _, st, _, _) in m["stages"]], f"the map stage was not skipped: {m['stages']}"
+        assert all(att == 0 for (_, att, _, _, _) in m["stages"]), f"a stage was retried: {m['stages']}"
+        assert m["failed_tasks"] == 0 and self.all_failed_tasks() == 0, m
+        return m
+
     def executor_hosts(self) -> dict[str, str]:
         """Live executor id -> the host it advertises (its block manager's, so the shuffle service's)."""
         self.settle()
@@ -245,3 +277,66 @@ def which_java() -> str:
     java = shutil.which("java")
     assert java, "java is not on PATH"
     return os.path.realpath(java)
+
+
+@contextmanager
+def podnet_cluster(home: Path, work: Path, binary: Path, agent_conf: str = "", node_env=lambda node: {}):
+    """Topology, simulated API, agents (pod network mode and `agent_conf`) and Workers on both nodes,
+    three pod sandboxes per node, the Master; torn down on exit. `node_env(node)`: more environment
+    for that node's executor launches (pod_launcher.py)."""
+    conf_dir = Path(os.environ["SPARK_CONF_DIR"])  # set by spark_env (spark_cluster.set_spark_env)
+    topo = Topology()
+    sim = None
+    nodes: list[Node] = []
+    master = None
+    try:
+        sim = SimApi(host=CONTROL_IP)
+        kubeconfig = sim.kubeconfig(work / "kubeconfig")
+        master, master_url, master_ui = start_master(home, conf_dir, work)
+        launcher_env = {"PODNET_API": sim.url, "PODNET_NAMESPACE": NAMESPACE, "PODNET_REAL_JAVA": which_java(),
+                        "PODNET_AGENT_BIN": str(binary), "PODNET_PORT": str(PORT)}
+        for name, pods in (("node-a", ["a1", "a2", "a3"]), ("node-b", ["b1", "b2", "b3"])):
+            node = Node(name, topo, work)
+            nodes.append(node)
+            node.add_pods(pods)
+            node.start_agent(binary, kubeconfig, agent_conf)
+            node.start_worker(home, conf_dir, master_url, {**launcher_env, **node_env(node)})
+        wait_until(lambda: alive_workers(master_ui) == 2, 90, 0.25,
+                   "both Workers registered with the Master")
+        yield {"topo": topo, "sim": sim, "nodes": {n.name: n for n in nodes}, "master": master_url,
+               "java_home": fake_java_home(work), "tmp": work}
+    finally:
+        for node in nodes:
+            node.stop()
+        if master is not None:
+            master.stop()
+        if sim is not None:
+            sim.close()
+        topo.close()
+        for node in nodes:
+            print(f"[podnet] {node.name}: agent log {node.agent.log if node.agent else '-'}, worker log "
+                  f"{node.worker.log if node.worker else '-'}, executor logs {node.dir / 'work'}")
+
+
+def pods_by_exec(nodes: dict[str, Node], app: str) -> dict[str, dict]:
+    """Executor id -> the pod it was launched in (pod_launcher.py's records), with its node."""
+    return {p["exec"]: {**p, "node": n.name} for n in nodes.values() for p in n.used_pods() if p["app"] == app}
+
+
+def delete_executor_pod(sim: SimApi, topo: Topology, node: Node, pod: dict) -> None:
+    """The pod deleted as Kubernetes does it: deletionTimestamp (the agent closes its in-pod listener
+    while the veth still carries the resets), the containers killed, CNI DEL, then DELETED."""
+    obj = sim.pods[(NAMESPACE, pod["pod"])]
+    sim.apply({**obj, "metadata": {**obj["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    wait_until(lambda: node.agent_log("executor pod ended; its in-pod listener is closed",
+                                      pod=f"{NAMESPACE}/{pod['pod']}"),
+               30, 0.1, f"{node.name}'s agent to close the dead pod's listener")
+    topo.kill_pod(pod["name"])
+    sim.delete(NAMESPACE, pod["pod"])
+
+
+def retried_fetches(work_dirs: list[Path]) -> list[str]:
+    """RetryingBlockTransferor's "Retrying fetch" lines in the stderr of every executor of these
+    Worker work dirs (RETRY_LOG4J2)."""
+    return [line for w in work_dirs for f in w.glob("*/*/stderr")
+            for line in f.read_text(errors="replace").splitlines() if RETRY_LINE.search(line)]

@@ -190,7 +190,12 @@ def netns_pids(netns: str) -> list[int]:
 
 def kill_netns_processes(netns: str) -> None:
     """SIGKILL to every process inside `netns` (only ones this test started live there)."""
-    for pid in netns_pids(netns):
+    sigkill(netns_pids(netns))
+
+
+def sigkill(pids: list[int]) -> None:
+    """SIGKILL to each of `pids` (one that has exited already is skipped)."""
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -6,9 +6,14 @@ PodList filtered by `labelSelector` (`k=v`, `k`, comma-separated) and `fieldSele
 (`spec.nodeName=`, `metadata.namespace=`), and the same with `watch=true&resourceVersion=N`: the
 events after N as JSON lines, then live ones, until `timeoutSeconds`. It also serves
 `POST /api/v1/namespaces/{ns}/pods` (a pod created, as the driver creates executor pods; used by
-tests/spark/pod_launcher.py) and `GET /api/v1/namespaces/{ns}/secrets/{name}` (what the agent reads with
-`agent.auth.pods.secretFiles read`): the Secret with its `data` values Base64-encoded as the real
-API server sends them, or a 404 Status for an unknown one. The Rust integration tests
+tests/spark/pod_launcher.py), `GET /api/v1/namespaces/{ns}/pods/{name}`, and `GET
+/api/v1/namespaces/{ns}/secrets/{name}` (what the agent reads with `agent.auth.pods.secretFiles
+read`): the Secret with its `data` values Base64-encoded as the real API server sends them, or a
+404 Status for an unknown one. For executor local dirs on PersistentVolumes
+(`agent.localDirs.translate`) it serves PersistentVolumeClaims and PersistentVolumes: `GET
+/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}` and `GET /api/v1/persistentvolumes/{name}`
+(404 Status when unknown), created with `put_claim` / `put_volume` or `POST` to the collection (as a
+provisioner binds them; pod_launcher.py does). The Rust integration tests
 have a fuller one (tests/integration/k8s_support/sim_api.rs: cut watches, 410s, failures); this
 one is for the Python tests that drive the agent binary with the real Spark client.
 """
@@ -39,6 +44,13 @@ def _field(pod: dict, path: str):
     return value
 
 
+def _not_found(resource: str, name: str) -> dict:
+    """The Status a real API server answers a GET of an unknown object with."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": f'{resource} "{name}" not found', "reason": "NotFound",
+            "details": {"name": name, "kind": resource}, "code": 404}
+
+
 class SimApi:
     """Pods in memory; every change is an event with its own resourceVersion."""
 
@@ -49,6 +61,9 @@ class SimApi:
         self.history: list[tuple[int, str, dict]] = []
         self.requests: list[str] = []
         self.secrets: dict[tuple[str, str], dict[str, bytes]] = {}
+        # PersistentVolumeClaims by (namespace, name), PersistentVolumes by ("", name); no events.
+        self.claims: dict[tuple[str, str], dict] = {}
+        self.volumes: dict[tuple[str, str], dict] = {}
         self.server = ThreadingHTTPServer((host, 0), self._handler())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -109,12 +124,45 @@ class SimApi:
         with self.cond:
             data = self.secrets.get((namespace, name))
         if data is None:
-            return 404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                         "message": f'secrets "{name}" not found', "reason": "NotFound",
-                         "details": {"name": name, "kind": "secrets"}, "code": 404}
+            return 404, _not_found("secrets", name)
         return 200, {"kind": "Secret", "apiVersion": "v1", "type": "Opaque",
                      "metadata": {"name": name, "namespace": namespace, "uid": f"uid-secret-{name}"},
                      "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
+    def put_claim(self, claim: dict) -> dict:
+        """A PersistentVolumeClaim (metadata.namespace set), stored as the API returns it."""
+        return self._put_object(self.claims, "PersistentVolumeClaim", claim)
+
+    def put_volume(self, volume: dict) -> dict:
+        """A PersistentVolume (cluster-scoped), stored as the API returns it."""
+        return self._put_object(self.volumes, "PersistentVolume", volume)
+
+    def drop_claim(self, namespace: str, name: str) -> None:
+        with self.cond:
+            self.claims.pop((namespace, name), None)
+
+    def drop_volume(self, name: str) -> None:
+        with self.cond:
+            self.volumes.pop(("", name), None)
+
+    def _put_object(self, store: dict, kind: str, obj: dict) -> dict:
+        with self.cond:
+            self.rv += 1
+            obj = copy.deepcopy(obj)
+            obj.update(apiVersion="v1", kind=kind)
+            meta = obj["metadata"]
+            meta["resourceVersion"] = str(self.rv)
+            meta.setdefault("uid", f"uid-{kind.lower()}-{meta['name']}")
+            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+            store[(meta.get("namespace", ""), meta["name"])] = obj
+            return copy.deepcopy(obj)
+
+    def _get_object(self, store: dict, resource: str, namespace: str, name: str) -> tuple[int, dict]:
+        with self.cond:
+            obj = store.get((namespace, name))
+        if obj is None:
+            return 404, _not_found(resource, name)
+        return 200, obj
 
     def _matches(self, pod: dict, path: str, labels, fields) -> bool:
         parts = path.strip("/").split("/")
@@ -140,6 +188,13 @@ class SimApi:
                 parts = url.path.strip("/").split("/")
                 if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
                     return self._reply(*sim._secret(parts))
+                if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
+                    return self._reply(*sim._get_object(sim.pods, "pods", parts[3], parts[5]))
+                if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and \
+                        parts[4] == "persistentvolumeclaims":
+                    return self._reply(*sim._get_object(sim.claims, parts[4], parts[3], parts[5]))
+                if len(parts) == 4 and parts[:3] == ["api", "v1", "persistentvolumes"]:
+                    return self._reply(*sim._get_object(sim.volumes, parts[2], "", parts[3]))
                 if not url.path.endswith("/pods"):
                     return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                              "reason": "NotFound", "code": 404})
@@ -155,6 +210,8 @@ class SimApi:
 
             def do_POST(self):
                 parts = urlsplit(self.path).path.strip("/").split("/")
+                if parts[-1] in ("persistentvolumeclaims", "persistentvolumes"):
+                    return self._post_storage(parts)
                 if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "pods":
                     return self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                              "reason": "NotFound", "code": 404})
@@ -162,6 +219,15 @@ class SimApi:
                 pod["metadata"]["namespace"] = parts[3]
                 sim.apply(pod)
                 self._reply(201, pod)
+
+            def _post_storage(self, parts: list[str]) -> None:
+                obj = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if parts == ["api", "v1", "persistentvolumes"]:
+                    return self._reply(201, sim.put_volume(obj))
+                if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"]:
+                    obj["metadata"]["namespace"] = parts[3]
+                    return self._reply(201, sim.put_claim(obj))
+                self._reply(404, _not_found(parts[-1], ""))
 
             def _reply(self, code: int, obj: dict) -> None:
                 data = json.dumps(obj).encode()

@@ -24,25 +24,20 @@ millis) and the re-read's connections and bytes by path.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from podnet_spark import NAMESPACE, Node, PodnetApp, alive_workers, driver_pod, fake_java_home, start_master, \
-    which_java
-from podnet_topology import CONTROL_IP, PORT, Topology, privileged, probe_counters
+from podnet_spark import EXPECTED, NAMESPACE, Node, PodnetApp, delete_executor_pod, driver_pod, podnet_cluster, \
+    pods_by_exec, retried_fetches
+from podnet_topology import PORT, Topology, privileged, probe_counters
 from servers import find_agent_bin, wait_until
-from sim_kube_api import SimApi
-from spark_cluster import RETRY_LINE, RETRY_LOG4J2
+from spark_cluster import RETRY_LOG4J2
 
 pytestmark = pytest.mark.spark_job
 
 REPO = Path(__file__).resolve().parents[2]
-N = 4000
-KEYS = 97
-EXPECTED = {k: sum(x for x in range(N) if x % KEYS == k) for k in range(KEYS)}
 
 
 @pytest.fixture
@@ -53,44 +48,8 @@ def cluster(server_kind, spark_env, jobs_local_dir, tmp_path):
     privileged("test_podnet_spark")
     binary = find_agent_bin(REPO)
     assert binary is not None and binary.exists(), "agent binary not found: set AGENT_BIN"
-    home = Path(spark_env)
-    conf_dir = Path(os.environ["SPARK_CONF_DIR"])  # set by spark_env (spark_cluster.set_spark_env)
-    topo = Topology()
-    sim = None
-    nodes: list[Node] = []
-    master = None
-    try:
-        sim = SimApi(host=CONTROL_IP)
-        kubeconfig = sim.kubeconfig(tmp_path / "kubeconfig")
-        master, master_url, master_ui = start_master(home, conf_dir, tmp_path)
-        launcher_env = {"PODNET_API": sim.url, "PODNET_NAMESPACE": NAMESPACE, "PODNET_REAL_JAVA": which_java(),
-                        "PODNET_AGENT_BIN": str(binary), "PODNET_PORT": str(PORT)}
-        for name, pods in (("node-a", ["a1", "a2", "a3"]), ("node-b", ["b1", "b2", "b3"])):
-            node = Node(name, topo, tmp_path)
-            nodes.append(node)
-            node.add_pods(pods)
-            node.start_agent(binary, kubeconfig)
-            node.start_worker(home, conf_dir, master_url, launcher_env)
-        wait_until(lambda: alive_workers(master_ui) == 2, 90, 0.25,
-                   "both Workers registered with the Master")
-        yield {"topo": topo, "sim": sim, "nodes": {n.name: n for n in nodes}, "master": master_url,
-               "java_home": fake_java_home(tmp_path), "local_dir": jobs_local_dir, "tmp": tmp_path}
-    finally:
-        for node in nodes:
-            node.stop()
-        if master is not None:
-            master.stop()
-        if sim is not None:
-            sim.close()
-        topo.close()
-        for node in nodes:
-            print(f"[podnet] {node.name}: agent log {node.agent.log if node.agent else '-'}, worker log "
-                  f"{node.worker.log if node.worker else '-'}, executor logs {node.dir / 'work'}")
-
-
-def pods_by_exec(nodes: dict[str, Node], app: str) -> dict[str, dict]:
-    """Executor id -> the pod it was launched in (pod_launcher.py's records), with its node."""
-    return {p["exec"]: {**p, "node": n.name} for n in nodes.values() for p in n.used_pods() if p["app"] == app}
+    with podnet_cluster(Path(spark_env), tmp_path, binary) as box:
+        yield {**box, "local_dir": jobs_local_dir}
 
 
 def adoption_millis(node: Node, pod_name: str) -> int:
@@ -106,36 +65,6 @@ def live_probe_counters(topo: Topology) -> dict[str, dict[str, int]]:
 def counter_delta(before: dict, after: dict) -> dict[str, dict[str, int]]:
     """Per live pod, what its probe counters gained between the two readings."""
     return {p: {k: v - before.get(p, {}).get(k, 0) for k, v in counts.items()} for p, counts in after.items()}
-
-
-def delete_executor_pod(sim: SimApi, topo: Topology, node: Node, pod: dict) -> None:
-    """The pod deleted as Kubernetes does it: deletionTimestamp (the agent closes its in-pod listener
-    while the veth still carries the resets), the containers killed, CNI DEL, then DELETED."""
-    obj = sim.pods[(NAMESPACE, pod["pod"])]
-    sim.apply({**obj, "metadata": {**obj["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}})
-    wait_until(lambda: node.agent_log("executor pod ended; its in-pod listener is closed",
-                                      pod=f"{NAMESPACE}/{pod['pod']}"),
-               30, 0.1, f"{node.name}'s agent to close the dead pod's listener")
-    topo.kill_pod(pod["name"])
-    sim.delete(NAMESPACE, pod["pod"])
-
-
-def check_reread(app: PodnetApp, group: str, acc) -> dict:
-    """As test_spark_jobs.check_reread: the re-read succeeded, skipped its map stage, retried no stage,
-    and no task of the app failed; the map side did not re-run."""
-    assert acc.value == N, f"map side re-ran: accumulator {acc.value} != {N}"
-    m = app.read_metrics(group)
-    assert m["job_status"] and all(s == "SUCCEEDED" for s in m["job_status"]), m
-    assert "SKIPPED" in [st for (_, _, st, _, _) in m["stages"]], f"the map stage was not skipped: {m['stages']}"
-    assert all(att == 0 for (_, att, _, _, _) in m["stages"]), f"a stage was retried: {m['stages']}"
-    assert m["failed_tasks"] == 0 and app.all_failed_tasks() == 0, m
-    return m
-
-
-def retried_fetches(nodes: dict[str, Node]) -> list[str]:
-    """RetryingBlockTransferor's "Retrying fetch" lines in every executor's stderr (RETRY_LOG4J2)."""
-    return [line for n in nodes.values() for f in (n.dir / "work").glob("*/*/stderr")
-            for line in f.read_text(errors="replace").splitlines() if RETRY_LINE.search(line)]
 
 
 def test_real_spark_executors_on_the_pod_network_survive_an_executor_pod_death_simulated_api(cluster):
@@ -155,16 +84,7 @@ def test_real_spark_executors_on_the_pod_network_survive_an_executor_pod_death_s
         millis = {pods[e]["name"]: adoption_millis(nodes[pods[e]["node"]], pods[e]["pod"]) for e in first}
 
         # Phase 1: write the shuffle on both executors and read it.
-        acc = app.sc.accumulator(0)
-
-        def tag(x):
-            acc.add(1)
-            return (x % KEYS, x)
-
-        rdd = app.sc.parallelize(range(N), 4).map(tag).reduceByKey(lambda a, b: a + b, 8)
-        app.sc.setJobGroup("phase1", "write the shuffle and read it")
-        assert dict(rdd.collect()) == EXPECTED
-        assert acc.value == N
+        rdd, acc = app.write_shuffle()
 
         # node-a's executor pod dies; Spark replaces it (the Master keeps the app at spark.cores.max)
         # in a fresh pod with a new IP.
@@ -187,8 +107,8 @@ def test_real_spark_executors_on_the_pod_network_survive_an_executor_pod_death_s
         app.sc.setJobGroup("phase2", "read the shuffle again after the executor pod's death")
         assert dict(rdd.collect()) == EXPECTED
         by_pod = counter_delta(before, live_probe_counters(topo))
-        m = check_reread(app, "phase2", acc)
-        retries = retried_fetches(nodes)
+        m = app.check_reread("phase2", acc)
+        retries = retried_fetches([n.dir / "work" for n in nodes.values()])
         paths = {k: sum(d[k] for d in by_pod.values()) for k in next(iter(by_pod.values()))}
         status = {n.name: n.status()["pod_network"] for n in nodes.values()}
         metrics = {n.name: {k: v for k, v in n.metrics().items() if k.startswith("spark_shuffle_agent_podnet_")}
