@@ -270,7 +270,7 @@ def test_a_symlink_out_of_the_host_path_is_refused(java_driver, cluster, test_di
     r = run_app(java_driver, agent, app, host / "link", secret_for(app), crypto=False)
     assert not r.one(0)["ok"], r.debug()
     entry = str(host / "link" / f"{app}-e" / "ld0")
-    reason = f"it resolves to {run_dir / 'ld0'}, outside the pod's hostPath volumes"
+    reason = f"it resolves to {run_dir / 'ld0'}, outside the pod's volumes"
     assert server_text(r.one(0)) == refused_text(app, "0", entry, reason), r.debug()
 
 
