@@ -32,6 +32,7 @@ use crate::podnet::{self, PodnetSource, PodnetStats};
 use crate::registry::{self, ExecutorMounts, PathMode, Registry, RegistrySource, Roots};
 use crate::server::{self, ServerSource, Shared};
 use crate::store::{Store, StoreSource};
+use crate::tls::TlsAcceptor;
 
 /// Why the agent did not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +242,9 @@ async fn serve(
     let store = Arc::new(Store::new(config.index_cache_bytes));
     let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
     let shared = Arc::new(
-        Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store)).with_access(access.clone()),
+        Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store))
+            .with_access(access.clone())
+            .with_tls(tls_acceptor(&config)?),
     );
     let k8s_health = Arc::new(K8sHealth::default());
     let disk = Arc::new(DiskUsage::new());
@@ -319,6 +322,17 @@ async fn serve(
     admin_server.stop();
     info!("stopped");
     Ok(())
+}
+
+/// `spark.ssl.rpc.enabled`: the key files read once here, so a bad one stops the start.
+fn tls_acceptor(config: &Config) -> Result<Option<Arc<TlsAcceptor>>, AppError> {
+    if !config.tls.enabled() {
+        return Ok(None);
+    }
+    let files = config.tls.files().map_err(|(key, reason)| AppError::Config(format!("{key}: {reason}")))?;
+    let acceptor = TlsAcceptor::new(files, config.tls.plaintext).map_err(|e| AppError::Config(e.to_string()))?;
+    info!(plaintext = ?acceptor.plaintext, "TLS on the shuffle port (spark.ssl.rpc.enabled)");
+    Ok(Some(Arc::new(acceptor)))
 }
 
 /// Recovers registrations from the journal in the state dir, and pins the shuffle port to it.

@@ -90,6 +90,9 @@ pub struct Config {
     /// `agent.auth.pods.secretFiles`: `refuse` (default) or `read`: for apps whose executors read
     /// the secret from a file, GET the Kubernetes Secret mounted there (needs `get secrets`).
     pub auth_pods_read_secret_files: bool,
+    /// `spark.ssl.rpc.*` (falling back to `spark.ssl.*`) and `agent.tls.plaintext`: TLS on the
+    /// shuffle port (src/tls/).
+    pub tls: crate::tls::TlsSettings,
     /// `agent.localDirs.translate`: serve each registered local dir from the node path its
     /// executor pod's volume holds it at (a hostPath at any mount path, or a claim on a hostPath
     /// or local PersistentVolume), looked up through the API; false: only hostPaths mounted at
@@ -126,6 +129,9 @@ pub enum ConfigError {
     /// SASL auth-conf asked for). The value is not repeated: it may be a secret.
     #[error("{key}: {reason}")]
     Auth { key: String, reason: String },
+    /// TLS is on but its keys cannot be used as given.
+    #[error("{key}: {reason}")]
+    Tls { key: String, reason: String },
 }
 
 impl Default for Config {
@@ -162,6 +168,7 @@ impl Default for Config {
             auth_pods_wait: Duration::from_secs(4),
             auth_pods_read_secret_files: false,
             local_dirs_translate: false,
+            tls: crate::tls::TlsSettings::default(),
             network_mode: crate::podnet::NetworkMode::Host,
             network_proc_root: PathBuf::from("/proc"),
             network_nft: PathBuf::from("nft"),
@@ -267,7 +274,7 @@ impl Config {
                 self.network_node_ip = Some(value.trim().parse().map_err(|e| bad(format!("{e}")))?)
             }
             other => {
-                if !self.auth.set(other, value).map_err(bad)? {
+                if !self.tls.set(other, value).map_err(bad)? && !self.auth.set(other, value).map_err(bad)? {
                     return Err(ConfigError::UnknownKey(other.to_string()));
                 }
             }
@@ -317,6 +324,11 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("agent.max.connections", "0".into(), "must be positive");
+        }
+        if self.tls.enabled() {
+            if let Err((key, reason)) = self.tls.files() {
+                return Err(ConfigError::Tls { key, reason });
+            }
         }
         if self.auth_pods_read_secret_files && !self.auth_per_app {
             return bad(

@@ -10,6 +10,8 @@
 //! * [`auth`] is pure: Spark's authentication handshakes (AuthEngine, SASL DIGEST-MD5) and the
 //!   AES-CTR session cipher, with secrets that never print and are zeroed on drop. Not yet wired
 //!   into connections.
+//! * [`tls`]: TLS on the shuffle port (`spark.ssl.rpc.*`): its keys, the rustls server
+//!   configuration, and one connection's session, driven by the server's transport.
 //! * [`protocol`] is pure: Spark's transport frames (spark-network-common) and shuffle messages
 //!   (spark-network-shuffle), block ids, and the one error type a client receives
 //!   ([`protocol::JavaError`]). It touches no socket, file or clock.
@@ -60,6 +62,7 @@ pub mod server;
 pub mod store;
 pub mod sync;
 pub mod thread_priority;
+pub mod tls;
 
 #[cfg(test)]
 mod layers;

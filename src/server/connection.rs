@@ -59,6 +59,9 @@ pub enum ConnectionEnd {
     /// On a GCM connection, bytes that are no message of the session (bad tag, bad length).
     #[error("session cipher: {0}")]
     Cipher(#[from] crate::auth::GcmError),
+    /// TLS failed (handshake, record), or a plaintext client came to a TLS-only port.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 impl ConnectionEnd {
@@ -73,6 +76,7 @@ impl ConnectionEnd {
             ConnectionEnd::Refused(_) | ConnectionEnd::AuthFailed(_) => ErrorKind::Refused,
             ConnectionEnd::ChunkLimit(_) => ErrorKind::ChunkLimit,
             ConnectionEnd::FrameBudget { .. } => ErrorKind::FrameBudget,
+            ConnectionEnd::Tls(_) => ErrorKind::Tls,
         })
     }
 }
@@ -194,7 +198,11 @@ pub(super) async fn serve_from(
         (Stop::HandOver(_), Placement::Data) => {
             Served::End(ConnectionEnd::Refused("handed over on the data runtime".into()))
         }
-        (Stop::End(end), _) => Served::End(end),
+        (Stop::End(end), _) => {
+            // close_notify, so a TLS client sees an orderly end rather than a cut.
+            transport.close(idle.min(std::time::Duration::from_secs(1))).await;
+            Served::End(end)
+        }
     }
 }
 
@@ -244,8 +252,8 @@ impl Connection {
         }
         self.last_map = None;
         let idle = self.shared.settings.idle_timeout;
-        let (stream, cipher) = transport.writer();
-        let result = self.outbox.flush(stream, cipher, idle).await;
+        let (sink, cipher) = transport.writer();
+        let result = self.outbox.flush(sink, cipher, idle).await;
         self.release_queued();
         let bytes = match result {
             Ok(bytes) => bytes,

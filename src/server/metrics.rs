@@ -37,10 +37,13 @@ pub enum ErrorKind {
     RpcFailure,
     /// accept(2) failed (out of file descriptors, ...).
     Accept,
+    /// A TLS failure: a handshake the agent or the client refused, a bad record, or a
+    /// plaintext client on a port that refuses plaintext.
+    Tls,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::BadFrame,
         ErrorKind::IdleTimeout,
         ErrorKind::Io,
@@ -50,6 +53,7 @@ impl ErrorKind {
         ErrorKind::ChunkFailure,
         ErrorKind::RpcFailure,
         ErrorKind::Accept,
+        ErrorKind::Tls,
     ];
 
     /// The `kind` label value.
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::ChunkFailure => "chunk_failure",
             ErrorKind::RpcFailure => "rpc_failure",
             ErrorKind::Accept => "accept",
+            ErrorKind::Tls => "tls",
         }
     }
 
@@ -71,6 +76,7 @@ impl ErrorKind {
     pub fn counter(self, c: &Counters) -> &AtomicU64 {
         match self {
             ErrorKind::BadFrame => &c.bad_frames,
+            ErrorKind::Tls => &c.tls_failures,
             ErrorKind::IdleTimeout => &c.idle_timeouts,
             ErrorKind::Io => &c.io_errors,
             ErrorKind::Refused => &c.refused,

@@ -60,6 +60,8 @@ pub struct Counters {
     pub connections_opened: AtomicU64,
     pub connections_active: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// TLS failures (handshakes, records, plaintext on a TLS-only port).
+    pub tls_failures: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub chunks_served: AtomicU64,
     pub chunk_bytes_served: AtomicU64,
@@ -112,6 +114,8 @@ pub struct Shared {
     pub latency: Latency,
     /// Who may act for which app: nobody checked, one shared secret, or each app's own.
     pub access: crate::auth::Access,
+    /// `spark.ssl.rpc.enabled`: TLS on the port (and plaintext too, unless refused).
+    pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
 }
 
 impl Shared {
@@ -126,7 +130,13 @@ impl Shared {
             counters: Counters::default(),
             latency: Latency::new(),
             access: crate::auth::Access::Open,
+            tls: None,
         }
+    }
+
+    /// Serves TLS clients on the port with `acceptor`.
+    pub fn with_tls(self, acceptor: Option<Arc<crate::tls::TlsAcceptor>>) -> Shared {
+        Shared { tls: acceptor, ..self }
     }
 
     /// Requires every connection to authenticate under `policy` (None: nobody has to).

@@ -20,6 +20,82 @@ mod sealed;
 
 pub(super) use sealed::Sealing;
 
+/// Where a connection's bytes go: the socket itself, or the TLS session in front of it. With
+/// TLS and a session cipher both on, the session cipher is outside TLS, next to the socket, as
+/// Spark's pipeline has it (TransportCipher's handlers are added first, before the SslHandler):
+/// plaintext -> TLS records -> session cipher -> socket.
+pub(in crate::server) enum Sink<'a> {
+    Socket(&'a TcpStream),
+    Tls { stream: &'a TcpStream, session: &'a mut crate::tls::TlsSession, outer: Option<Sealing<'a>> },
+}
+
+impl Sink<'_> {
+    /// Writes all of `buf` (through TLS: encrypts it, then writes the records, never holding
+    /// more than the session's limit of them).
+    async fn write_all(&mut self, mut buf: &[u8], idle: Duration) -> io::Result<u64> {
+        let total = buf.len() as u64;
+        match self {
+            Sink::Socket(stream) => write_all(stream, buf, idle).await,
+            Sink::Tls { .. } => {
+                while !buf.is_empty() {
+                    let taken = match self {
+                        Sink::Tls { session, .. } => session.encrypt(buf)?,
+                        Sink::Socket(_) => 0,
+                    };
+                    buf = &buf[taken..];
+                    self.drain(idle).await?;
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    /// Writes every TLS record the session holds (nothing to do on a plain socket).
+    pub(in crate::server) async fn drain(&mut self, idle: Duration) -> io::Result<()> {
+        let Sink::Tls { stream, session, outer } = self else { return Ok(()) };
+        while session.wants_write() {
+            match outer {
+                None => {
+                    writable(stream, idle).await?;
+                    match session.write_tls(&mut SocketWriter(stream)) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(sealing) => {
+                    // The records leave through the session cipher: taken whole (at most the
+                    // session's limit), encrypted, and written out completely.
+                    let mut records = Vec::new();
+                    session.write_tls(&mut records)?;
+                    let items = [Item::Bytes(Bytes::from(records))];
+                    // Boxed: the sealed writer writes to a sink, and a sink's drain calls it.
+                    let mut socket = Sink::Socket(stream);
+                    Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `io::Write` over a non-blocking socket, for rustls to write its records to.
+struct SocketWriter<'a>(&'a TcpStream);
+
+impl io::Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Flush once this many bytes are buffered, so memory per connection stays bounded.
 const FLUSH_BYTES: usize = 256 * 1024;
 /// Flush once this many files are queued, so open descriptors per connection stay bounded.
@@ -185,11 +261,17 @@ impl Outbox {
 
     /// Writes everything queued. `idle` bounds each wait for the socket to become writable:
     /// a peer that stops reading for that long is dropped, like Java's idle handler does.
-    /// With a session cipher, everything is encrypted on the way (file bodies included).
-    pub async fn flush(&mut self, stream: &TcpStream, sealing: Option<Sealing<'_>>, idle: Duration) -> io::Result<u64> {
+    /// With a session cipher or TLS, everything is encrypted on the way (file bodies
+    /// included, read into a bounded buffer: no sendfile).
+    pub(in crate::server) async fn flush(
+        &mut self,
+        sink: Sink<'_>,
+        sealing: Option<Sealing<'_>>,
+        idle: Duration,
+    ) -> io::Result<u64> {
         self.push_tail();
-        let written = match sealing {
-            None => {
+        let written = match (sink, sealing) {
+            (Sink::Socket(stream), None) => {
                 let mut written = 0u64;
                 for item in self.items.drain(..) {
                     written += match item {
@@ -199,9 +281,9 @@ impl Outbox {
                 }
                 written
             }
-            Some(sealing) => {
+            (mut sink, sealing) => {
                 let items = std::mem::take(&mut self.items);
-                let written = sealed::write(stream, sealing, &items, idle).await;
+                let written = sealed::write(&mut sink, sealing, &items, idle).await;
                 // Keep the vector's capacity for the next batch.
                 self.items = items;
                 self.items.clear();

@@ -28,7 +28,7 @@ pub(super) async fn serve(
     session: Session,
     placement: Placement,
 ) -> ConnectionEnd {
-    let transport = Transport::new(stream);
+    let transport = Transport::new(stream, shared.tls.clone());
     match serve_from(Arc::clone(&shared), transport, &session, placement, None).await {
         Served::End(end) => end,
         Served::HandOver(hand_over) => {

@@ -18,9 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use super::{write_all, Item};
+use super::{Item, Sink};
 use crate::auth::{gcm, CtrCipher, GcmEncryptor};
 
 /// The most plaintext encrypted per write: large enough that the syscall per write is noise
@@ -34,14 +32,39 @@ pub(in crate::server) enum Sealing<'a> {
 }
 
 /// Encrypts and writes `items` in order. Returns the bytes written to the socket.
-pub(super) async fn write(stream: &TcpStream, sealing: Sealing<'_>, items: &[Item], idle: Duration) -> io::Result<u64> {
-    match sealing {
-        Sealing::Ctr(cipher) => write_ctr(stream, cipher, items, idle).await,
-        Sealing::Gcm(encryptor) => write_gcm(stream, encryptor, items, idle).await,
+impl Sealing<'_> {
+    /// The same cipher, borrowed for one write.
+    pub(in crate::server) fn reborrow(&mut self) -> Sealing<'_> {
+        match self {
+            Sealing::Ctr(c) => Sealing::Ctr(c),
+            Sealing::Gcm(g) => Sealing::Gcm(g),
+        }
     }
 }
 
-async fn write_ctr(stream: &TcpStream, cipher: &mut CtrCipher, items: &[Item], idle: Duration) -> io::Result<u64> {
+/// Encrypts (when `sealing`) and writes `items` in order to `sink`: with TLS and no session
+/// cipher, files are read into the same bounded buffer and the TLS session encrypts them.
+/// Returns the bytes written before TLS (what the client's frame decoder sees).
+pub(super) async fn write(
+    sink: &mut Sink<'_>,
+    sealing: Option<Sealing<'_>>,
+    items: &[Item],
+    idle: Duration,
+) -> io::Result<u64> {
+    match sealing {
+        None => write_copied(sink, None, items, idle).await,
+        Some(Sealing::Ctr(cipher)) => write_copied(sink, Some(cipher), items, idle).await,
+        Some(Sealing::Gcm(encryptor)) => write_gcm(sink, encryptor, items, idle).await,
+    }
+}
+
+/// The items through one bounded buffer, the CTR keystream applied in place if given.
+async fn write_copied(
+    sink: &mut Sink<'_>,
+    mut cipher: Option<&mut CtrCipher>,
+    items: &[Item],
+    idle: Duration,
+) -> io::Result<u64> {
     let total: u64 = items.iter().map(item_len).sum();
     let mut buf = vec![0u8; usize::try_from(total).unwrap_or(SEAL_BUFFER).min(SEAL_BUFFER)];
     let mut reader = ItemReader { items, at: 0, offset: 0 };
@@ -49,8 +72,10 @@ async fn write_ctr(stream: &TcpStream, cipher: &mut CtrCipher, items: &[Item], i
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         reader.fill(&mut buf[..n])?;
-        cipher.apply(&mut buf[..n]);
-        write_all(stream, &buf[..n], idle).await?;
+        if let Some(cipher) = cipher.as_deref_mut() {
+            cipher.apply(&mut buf[..n]);
+        }
+        sink.write_all(&buf[..n], idle).await?;
         left -= n as u64;
     }
     Ok(total)
@@ -58,7 +83,7 @@ async fn write_ctr(stream: &TcpStream, cipher: &mut CtrCipher, items: &[Item], i
 
 /// One GCM message for the whole batch: prefix, then segments sealed in place.
 async fn write_gcm(
-    stream: &TcpStream,
+    sink: &mut Sink<'_>,
     encryptor: &mut GcmEncryptor,
     items: &[Item],
     idle: Duration,
@@ -77,13 +102,13 @@ async fn write_gcm(
         let tag = msg.seal_segment(&mut out[start..]).map_err(io::Error::other)?;
         out.extend_from_slice(&tag);
         if msg.is_done() || out.len() + msg.next_segment_len() + gcm::TAG_BYTES > room {
-            write_all(stream, &out, idle).await?;
+            sink.write_all(&out, idle).await?;
             out.clear();
         }
     }
     if !out.is_empty() {
         // An empty batch: the prefix is the whole message. (Flush never sends one.)
-        write_all(stream, &out, idle).await?;
+        sink.write_all(&out, idle).await?;
     }
     Ok(wire)
 }
@@ -198,7 +223,7 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        let written = write(&server, sealing, items, Duration::from_secs(10)).await.unwrap();
+        let written = write(&mut Sink::Socket(&server), Some(sealing), items, Duration::from_secs(10)).await.unwrap();
         drop(server);
         (written, reader.await.unwrap())
     }
@@ -245,7 +270,10 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         // Read on, so the writer is never stopped by a full socket buffer before the file ends.
         tokio::spawn(async move { client.read_to_end(&mut Vec::new()).await });
-        let err = write(&server, Sealing::Gcm(&mut encryptor), &items, Duration::from_secs(10)).await.unwrap_err();
+        let err =
+            write(&mut Sink::Socket(&server), Some(Sealing::Gcm(&mut encryptor)), &items, Duration::from_secs(10))
+                .await
+                .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(err.to_string().contains("data ended at byte"), "{err}");
     }
