@@ -2,13 +2,14 @@
 with the openssl command line, the keys a server and Spark's client take, and starting either server with them.
 Used by test_tls.py.
 
-Spark 4.3's client takes TLS keys two ways (TransportConf, SSLFactory):
-  * PEM files with `openSslEnabled` (netty-tcnative): seen here, it fails every handshake, against Spark's own
-    service too, with "CertificateException: Hostname or IP address is undefined." (Netty 4.2's client context
-    checks the peer's host name by default, and Spark makes its engines without one); auth.md section 4 says
-    the opposite, and is corrected in the issue note;
+Spark 4.3's client takes TLS keys two ways (TransportConf, SSLFactory), and the tests use both:
+  * PEM files with `openSslEnabled` (netty-tcnative): it trusts exactly the `certChain` it is given. Netty 4.2's
+    client context checks the peer's host name by default, and Spark makes its engines without one, so Spark's
+    launcher gives every driver and executor JVM -Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=NONE
+    (JavaModuleOptions). Without it every handshake fails, against Spark's own service too, with
+    "CertificateException: Hostname or IP address is undefined."; the client here gets it as executors do;
   * JDK keystores (PKCS12): the client needs a keystore of its own (sslRpcEnabledAndKeysAreValid), trusts the
-    certificates of its `trustStore`, and every certificate without one. This is what the tests use."""
+    certificates of its `trustStore`, and every certificate without one."""
 
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ def client_conf(trusted: Cert, own: Cert) -> dict[str, str]:
         "spark.ssl.rpc.trustStore": str(trusted.truststore),
         "spark.ssl.rpc.trustStorePassword": PASSWORD,
     }
+
+
+# What Spark's launcher adds to every driver and executor JVM (launcher/JavaModuleOptions).
+EXECUTOR_JVM_OPTS = ("-Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=NONE",)
 
 
 def pem_client_conf(trusted: Cert) -> dict[str, str]:
