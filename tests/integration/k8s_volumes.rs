@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use spark_shuffle_agent::config::Config;
 use spark_shuffle_agent::protocol::BlockTransferMessage as M;
 
-use crate::common::agent::{start_agent_with, test_config};
+use crate::common::agent::{start_agent_with, test_config, TestAgent};
 use crate::common::client::TestClient;
 use crate::common::shuffle_files::{ExecutorFiles, MapOutput};
 use crate::k8s_support::{driver_pod, executor_pod, kubeconfig, wait_until, SimApi, NODE};
@@ -134,16 +134,24 @@ async fn wait_for_pods(sim: &SimApi) {
     wait_until("the executor watch is up", || sim.count_requests(&["spec.nodeName=", "watch=true"]) > 0).await;
 }
 
+/// The local dirs executor 1 registers, one on each of [`three_volumes`].
+const REGISTERED: [&str; 3] = ["/data/1/blockmgr-a", "/data/2/blockmgr-b", "/data/3/blockmgr-c"];
+
+/// A translating agent that knows [`three_volumes`], with executor 1 registered on them.
+async fn registered_on_three_volumes(sim: &SimApi, disk: &NodeDisk) -> (TestAgent, TestClient) {
+    three_volumes(sim, disk);
+    let agent = start_agent_with(std::slice::from_ref(&disk.root), translating(sim, &disk.outside)).await;
+    wait_for_pods(sim).await;
+    let mut client = agent.connect().await;
+    assert_eq!(client.rpc_msg(&register("1", &REGISTERED)).await, Ok(None));
+    (agent, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_api_dirs_on_hostpath_pv_local_pv_with_subpath_and_moved_hostpath_are_served_from_their_node_dirs() {
     let sim = SimApi::start().await;
     let disk = NodeDisk::new();
-    three_volumes(&sim, &disk);
-    let agent = start_agent_with(std::slice::from_ref(&disk.root), translating(&sim, &disk.outside)).await;
-    wait_for_pods(&sim).await;
-    let mut client = agent.connect().await;
-    let registered = ["/data/1/blockmgr-a", "/data/2/blockmgr-b", "/data/3/blockmgr-c"];
-    assert_eq!(client.rpc_msg(&register("1", &registered)).await, Ok(None));
+    let (agent, mut client) = registered_on_three_volumes(&sim, &disk).await;
 
     // The executor wrote its files in its container; on the node they are here.
     let node_dirs = [
@@ -158,7 +166,7 @@ async fn simulated_api_dirs_on_hostpath_pv_local_pv_with_subpath_and_moved_hostp
     // Host-local readers are told the paths as registered, as the JVM service tells them.
     let asked = M::GetLocalDirsForExecutors { app_id: APP.into(), exec_ids: vec!["1".into()] };
     match client.rpc_msg(&asked).await {
-        Ok(Some(M::LocalDirsForExecutors { all_local_dirs, .. })) => assert_eq!(all_local_dirs, registered),
+        Ok(Some(M::LocalDirsForExecutors { all_local_dirs, .. })) => assert_eq!(all_local_dirs, REGISTERED),
         other => panic!("{other:?}"),
     }
     let claims_read = sim.count_requests(&["/persistentvolumeclaims/exec-1-pvc-"]);
@@ -222,12 +230,7 @@ async fn simulated_api_at_the_apps_end_its_registrations_go_and_only_the_moved_h
     let sim = SimApi::start().await;
     let disk = NodeDisk::new();
     sim.apply(driver_pod(NS, "vol-driver", APP, "Running"));
-    three_volumes(&sim, &disk);
-    let agent = start_agent_with(std::slice::from_ref(&disk.root), translating(&sim, &disk.outside)).await;
-    wait_for_pods(&sim).await;
-    let mut client = agent.connect().await;
-    let registered = ["/data/1/blockmgr-a", "/data/2/blockmgr-b", "/data/3/blockmgr-c"];
-    assert_eq!(client.rpc_msg(&register("1", &registered)).await, Ok(None));
+    let (agent, mut client) = registered_on_three_volumes(&sim, &disk).await;
     let (on_pv, on_host) = (disk.root.join("pvs/pvc-1_jobs_a/blockmgr-a"), disk.root.join("hostdir/blockmgr-c"));
     let files =
         ExecutorFiles::new(&[on_pv.clone(), disk.root.join("pvs/pvc-2_jobs_b/spark/blockmgr-b"), on_host.clone()], 64);

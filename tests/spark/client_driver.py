@@ -62,6 +62,14 @@ def compile_driver(java_src_dir: Path, build_root: Path, jars_dir: Path, javac: 
     return out
 
 
+def register_step(exec_id: str, ex) -> list[str]:
+    """The driver's `register` step for executor `exec_id` with the dirs of `ex` (shuffle_layout.ExecutorDirs)."""
+    s = ["register", "--exec", exec_id]
+    for d in ex.local_dirs:
+        s += ["--dir", d]
+    return s + ["--subdirs", str(ex.subdirs)]
+
+
 def server_text(rec: dict) -> str:
     """The first line of the error text the SERVER sent, recovered from the client's exception.
 

@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from client_driver import server_text
+from client_driver import register_step, server_text
 from servers import agent_metrics_url
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_auth import MODES, SECRET, auth_conf, client_conf, start_auth_server
@@ -49,11 +49,7 @@ def auth_ess(auth_server):
     assert auth_server.alive(), f"server died during the test:\n{auth_server.log_tail()}"
 
 
-def register(exec_id, ex):
-    s = ["register", "--exec", exec_id]
-    for d in ex.local_dirs:
-        s += ["--dir", d]
-    return s + ["--subdirs", str(ex.subdirs)]
+register = register_step
 
 
 def new_app() -> str:

@@ -14,6 +14,7 @@ import socket
 
 import pytest
 
+from client_driver import register_step
 from servers import scrape_metrics, agent_metrics_url
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_auth import SECRET
@@ -46,16 +47,10 @@ def tls_server(server_kind, server_base, spark_paths, tmp_path_factory, certs):
 
 @pytest.fixture
 def tls_ess(tls_server):
+    """The TLS server; a test it did not survive fails (the `ess` fixture's rule)."""
     assert tls_server.alive(), tls_server.log_tail()
     yield tls_server
     assert tls_server.alive(), f"server died during the test:\n{tls_server.log_tail()}"
-
-
-def register(exec_id, ex):
-    s = ["register", "--exec", exec_id]
-    for d in ex.local_dirs:
-        s += ["--dir", d]
-    return s + ["--subdirs", str(ex.subdirs)]
 
 
 def fetch_steps(ids, download):
@@ -78,41 +73,35 @@ def test_a_tls_client_registers_and_fetches_exact_bytes(java_driver, tls_ess, ce
     ex = make_executor_dirs(str(test_dir / "e"), 2, 8)
     mo = ex.write_map_output(0, 0, SIZES)
     ids = [f"shuffle_0_0_{r}" for r in range(len(SIZES))]
-    r = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path)], port=tls_ess.port, app=new_app(),
+    r = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path)], port=tls_ess.port, app=new_app(),
                         conf=client_conf(certs["server"], certs["client"]))
     assert r.one(0)["ok"], r.debug()
     assert_exact(r, mo, ids, (1, 2), tls_ess)
 
 
-def test_authentication_runs_inside_tls(java_driver, tls_server, server_kind, server_base, spark_paths,
-                                         tmp_path_factory, certs, test_dir, tmp_path):
-    auth = {"spark.authenticate": "true", "spark.authenticate.secret": SECRET, "spark.network.crypto.enabled": "true"}
+@pytest.mark.parametrize("cipher", ["AES/CTR/NoPadding", "AES/GCM/NoPadding"])
+def test_authentication_runs_inside_tls_and_its_cipher_around_it(java_driver, tls_server, server_kind, server_base,
+                                                                  spark_paths, tmp_path_factory, certs, test_dir,
+                                                                  tmp_path, cipher):
+    """The AuthEngine handshake inside TLS; Spark then puts the session cipher between TLS and the socket."""
+    crypto = {"spark.network.crypto.enabled": "true", "spark.network.crypto.cipher": cipher}
+    auth = {"spark.authenticate": "true", "spark.authenticate.secret": SECRET, **crypto}
     work = tmp_path_factory.mktemp(f"tls-auth-{server_kind}")
     h = start_tls_server(server_kind, certs["server"], work, str(server_base / "root"), spark_paths.pyspark, auth)
     try:
         ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
         mo = ex.write_map_output(0, 0, SIZES)
         ids = [f"shuffle_0_0_{r}" for r in range(len(SIZES))]
-        conf = {**client_conf(certs["server"], certs["client"]), "spark.network.crypto.enabled": "true"}
-        r = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path)], port=h.port, app=new_app(),
-                            secret=SECRET, conf=conf)
+        conf = {**client_conf(certs["server"], certs["client"]), **crypto}
+        r = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path)], port=h.port,
+                            app=new_app(), secret=SECRET, conf=conf)
         assert r.one(0)["ok"], f"{r.debug()}\n{h.log_tail()}"
         assert_exact(r, mo, ids, (1, 2), h)
-        wrong = java_driver.run([register("0", ex)], port=h.port, app=new_app(), secret="not-" + SECRET, conf=conf)
+        wrong = java_driver.run([register_step("0", ex)], port=h.port, app=new_app(),
+                                secret="not-" + SECRET, conf=conf)
         assert not wrong.one(0)["ok"], wrong.debug()
     finally:
         h.stop()
-
-
-def test_a_client_that_does_not_trust_the_certificate_fails(java_driver, tls_ess, certs, test_dir):
-    ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
-    r = java_driver.run([register("0", ex)], port=tls_ess.port, app=new_app(), conf=client_conf(certs["stranger"], certs["client"]),
-                        timeout_s=20)
-    rec = r.one(0)
-    assert not rec["ok"], r.debug()
-    text = " | ".join(f"{e.get('class', '')}: {e['message']}" for e in rec["chain"])
-    print(f"[{tls_ess.kind}] untrusted certificate: {text}")
-    assert "SSLHandshakeException" in text and "PKIX path building failed" in text, text
 
 
 def test_a_pem_client_as_executors_run_it_fetches_exact_bytes(java_driver, tls_ess, certs, test_dir, tmp_path):
@@ -120,20 +109,22 @@ def test_a_pem_client_as_executors_run_it_fetches_exact_bytes(java_driver, tls_e
     ex = make_executor_dirs(str(test_dir / "e"), 2, 8)
     mo = ex.write_map_output(0, 0, SIZES)
     ids = [f"shuffle_0_0_{r}" for r in range(len(SIZES))]
-    r = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path)], port=tls_ess.port, app=new_app(),
+    r = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path)], port=tls_ess.port, app=new_app(),
                         conf=pem_client_conf(certs["server"]), jvm_opts=EXECUTOR_JVM_OPTS)
     assert r.one(0)["ok"], r.debug()
     assert_exact(r, mo, ids, (1, 2), tls_ess)
 
 
-def test_a_pem_client_that_does_not_trust_the_certificate_fails(java_driver, tls_ess, certs, test_dir):
+@pytest.mark.parametrize("keys", ["jdk", "pem"])
+def test_a_client_that_does_not_trust_the_certificate_fails(java_driver, tls_ess, certs, test_dir, keys):
     ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
-    r = java_driver.run([register("0", ex)], port=tls_ess.port, app=new_app(), conf=pem_client_conf(certs["stranger"]),
+    stranger = client_conf(certs["stranger"], certs["client"]) if keys == "jdk" else pem_client_conf(certs["stranger"])
+    r = java_driver.run([register_step("0", ex)], port=tls_ess.port, app=new_app(), conf=stranger,
                         jvm_opts=EXECUTOR_JVM_OPTS, timeout_s=20)
     rec = r.one(0)
     assert not rec["ok"], r.debug()
     text = " | ".join(f"{e.get('class', '')}: {e['message']}" for e in rec["chain"])
-    print(f"[{tls_ess.kind}] untrusted certificate (PEM): {text}")
+    print(f"[{tls_ess.kind}] untrusted certificate ({keys}): {text}")
     assert "SSLHandshakeException" in text and "PKIX path building failed" in text, text
 
 
@@ -146,9 +137,9 @@ def test_plaintext_and_tls_clients_share_one_port(java_driver, tls_ess, certs, t
     app = new_app()
     (tmp_path / "tls").mkdir()
     (tmp_path / "plain").mkdir()
-    tls = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path / "tls")], port=tls_ess.port, app=app,
+    tls = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path / "tls")], port=tls_ess.port, app=app,
                           conf=client_conf(certs["server"], certs["client"]))
-    plain = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path / "plain")], port=tls_ess.port, app=app)
+    plain = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path / "plain")], port=tls_ess.port, app=app)
     for r in (tls, plain):
         assert r.one(0)["ok"], r.debug()
         assert_exact(r, mo, ids, (1, 2), tls_ess)
@@ -176,7 +167,7 @@ def test_garbage_and_truncated_tls_records_are_closed_on_while_others_keep_fetch
             except (ConnectionResetError, socket.timeout):
                 closed += 1
     assert closed == len(garbage)
-    r = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path)], port=tls_ess.port, app=new_app(),
+    r = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path)], port=tls_ess.port, app=new_app(),
                         conf=client_conf(certs["server"], certs["client"]))
     assert r.one(0)["ok"], r.debug()
     assert_exact(r, mo, ids, (1, 2), tls_ess)
@@ -184,22 +175,3 @@ def test_garbage_and_truncated_tls_records_are_closed_on_while_others_keep_fetch
         metrics = scrape_metrics(agent_metrics_url(tls_ess))
         assert metrics.get('spark_shuffle_agent_errors_total{kind="tls"}', 0) >= 2, metrics
 
-
-def test_authentication_with_the_gcm_cipher_runs_with_tls(java_driver, tls_server, server_kind, server_base,
-                                                           spark_paths, tmp_path_factory, certs, test_dir, tmp_path):
-    """Spark puts the AuthEngine's session cipher between TLS and the socket: GCM messages around TLS records."""
-    gcm = {"spark.authenticate": "true", "spark.authenticate.secret": SECRET, "spark.network.crypto.enabled": "true",
-           "spark.network.crypto.cipher": "AES/GCM/NoPadding"}
-    work = tmp_path_factory.mktemp(f"tls-gcm-{server_kind}")
-    h = start_tls_server(server_kind, certs["server"], work, str(server_base / "root"), spark_paths.pyspark, gcm)
-    try:
-        ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
-        mo = ex.write_map_output(0, 0, SIZES)
-        ids = [f"shuffle_0_0_{r}" for r in range(len(SIZES))]
-        conf = {**client_conf(certs["server"], certs["client"]), **{k: v for k, v in gcm.items() if "secret" not in k}}
-        r = java_driver.run([register("0", ex), *fetch_steps(ids, tmp_path)], port=h.port, app=new_app(),
-                            secret=SECRET, conf=conf)
-        assert r.one(0)["ok"], f"{r.debug()}\n{h.log_tail()}"
-        assert_exact(r, mo, ids, (1, 2), h)
-    finally:
-        h.stop()
