@@ -241,10 +241,11 @@ async fn serve(
     health.set_recovered();
     let store = Arc::new(Store::new(config.index_cache_bytes));
     let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
+    let tls = tls_acceptor(&config)?;
     let shared = Arc::new(
         Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store))
             .with_access(access.clone())
-            .with_tls(tls_acceptor(&config)?),
+            .with_tls(tls.clone()),
     );
     let k8s_health = Arc::new(K8sHealth::default());
     let disk = Arc::new(DiskUsage::new());
@@ -264,6 +265,11 @@ async fn serve(
     exporter.add(DiskSource::new(Arc::clone(&disk)));
     if let Some(stats) = &podnet_stats {
         exporter.add(PodnetSource::new(Arc::clone(stats)));
+    }
+    if let Some(acceptor) = &tls {
+        exporter.add(crate::tls::metrics::TlsSource::new(Arc::clone(acceptor)));
+        let interval = config.tls.reload_interval;
+        tokio::spawn(crate::tls::watch_key_files(Arc::clone(acceptor), interval, shutdown.clone()));
     }
     if let Some((kube_config, k8s_settings)) = kube {
         // Beside the server, never in its way: the API server being down must not stop

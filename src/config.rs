@@ -266,6 +266,12 @@ impl Config {
                     _ => return Err(bad("refuse or read".into())),
                 }
             }
+            "agent.tls.reload.interval" => {
+                self.tls.reload_interval = parse_duration(value).map_err(bad)?;
+                if self.tls.reload_interval.is_zero() {
+                    return Err(bad("must be positive".into()));
+                }
+            }
             "agent.localDirs.translate" => self.local_dirs_translate = parse_bool(value).map_err(bad)?,
             "agent.network.mode" => self.network_mode = value.parse().map_err(bad)?,
             "agent.network.procRoot" => self.network_proc_root = PathBuf::from(value),

@@ -28,9 +28,11 @@ fn key_error(what: impl std::fmt::Display, why: impl std::fmt::Display) -> KeyEr
     KeyError { what: what.to_string(), why: why.to_string() }
 }
 
-/// Reads the files and builds the configuration every new TLS connection takes.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, KeyError> {
+/// Reads the files and builds the configuration every new TLS connection takes, with the
+/// serving certificate's notAfter (Unix seconds) when it can be read.
+pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Option<i64>), KeyError> {
     let chain = read_chain(&files.cert_chain)?;
+    let not_after = chain.first().and_then(|leaf| super::expiry::not_after_unix_secs(leaf));
     let key = read_key(&files.private_key)?;
     let provider = provider(files.algorithms.as_deref())?;
     let versions = versions(files.protocol.as_deref())?;
@@ -40,7 +42,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, KeyError> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| key_error(files.private_key.display(), format!("does not fit the certificate chain: {e}")))?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), not_after))
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, KeyError> {

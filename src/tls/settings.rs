@@ -47,11 +47,18 @@ pub struct TlsSettings {
     rpc: BTreeMap<&'static str, String>,
     base: BTreeMap<&'static str, String>,
     pub plaintext: Plaintext,
+    /// `agent.tls.reload.interval`: how often the key files are looked at for a change.
+    pub reload_interval: std::time::Duration,
 }
 
 impl Default for TlsSettings {
     fn default() -> TlsSettings {
-        TlsSettings { rpc: BTreeMap::new(), base: BTreeMap::new(), plaintext: Plaintext::Allow }
+        TlsSettings {
+            rpc: BTreeMap::new(),
+            base: BTreeMap::new(),
+            plaintext: Plaintext::Allow,
+            reload_interval: std::time::Duration::from_secs(10),
+        }
     }
 }
 
@@ -72,6 +79,7 @@ impl PartialEq for TlsSettings {
     fn eq(&self, other: &TlsSettings) -> bool {
         self.enabled() == other.enabled()
             && self.plaintext == other.plaintext
+            && self.reload_interval == other.reload_interval
             && FIELDS.iter().filter(|f| **f != "enabled").all(|f| self.get(f) == other.get(f))
     }
 }

@@ -10,12 +10,17 @@ garbage after a TLS record header is closed on while another client keeps fetchi
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import socket
+import threading
+import time
+import types
 
 import pytest
 
 from client_driver import register_step
-from servers import scrape_metrics, agent_metrics_url
+from servers import agent_metrics_url, scrape_metrics, wait_until
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_auth import SECRET
 from spark_tls import EXECUTOR_JVM_OPTS, Cert, client_conf, pem_client_conf, start_tls_server
@@ -36,7 +41,7 @@ def certs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_server(server_kind, server_base, spark_paths, tmp_path_factory, certs):
-    line = tuple(int(p) for p in __import__("os").environ.get("SPARK_LINE", "4.3.0").split("."))
+    line = tuple(int(p) for p in os.environ.get("SPARK_LINE", "4.3.0").split("."))
     if line < (4, 0):
         pytest.skip("spark.ssl.rpc is Spark 4's (absent in 3.5)")
     work = tmp_path_factory.mktemp(f"tls-{server_kind}")
@@ -175,3 +180,55 @@ def test_garbage_and_truncated_tls_records_are_closed_on_while_others_keep_fetch
         metrics = scrape_metrics(agent_metrics_url(tls_ess))
         assert metrics.get('spark_shuffle_agent_errors_total{kind="tls"}', 0) >= 2, metrics
 
+
+
+def test_a_rotated_certificate_serves_new_connections_while_an_open_one_keeps_fetching(
+        java_driver, server_kind, server_base, spark_paths, tmp_path_factory, certs, test_dir):
+    """The key files replaced the way a Kubernetes Secret volume replaces them (a rename over the old ones, as
+    cert-manager's rotation lands): new connections get the new certificate, an open one keeps fetching."""
+    if server_kind == "jvm":
+        pytest.skip("Spark's service reads its keys once, at start")
+    work = tmp_path_factory.mktemp("tls-rotate")
+    live = work / "tls"
+    live.mkdir()
+
+    def install(cert):
+        for src, name in ((cert.chain, "tls.crt"), (cert.key, "tls.key")):
+            staged = live / f".{name}.new"
+            shutil.copyfile(src, staged)
+            os.replace(staged, live / name)
+
+    install(certs["server"])
+    files = types.SimpleNamespace(chain=live / "tls.crt", key=live / "tls.key")
+    h = start_tls_server("agent", files, work, str(server_base / "root"), spark_paths.pyspark,
+                         {"agent.tls.reload.interval": "1s"})
+    try:
+        ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
+        ex.write_map_output(0, 0, SIZES)
+        ids = ",".join(f"shuffle_0_0_{r}" for r in range(len(SIZES)))
+        app, result = new_app(), {}
+        old_trust = client_conf(certs["server"], certs["client"])
+        load = ["load", "--exec", "0", "--ids", ids, "--concurrency", "2", "--count", "1000000", "--seconds", "12"]
+        t = threading.Thread(target=lambda: result.update(
+            r=java_driver.run([register_step("0", ex), load], port=h.port, app=app, conf=old_trust, timeout_s=60)))
+        t.start()
+        url = agent_metrics_url(h)
+        wait_until(lambda: scrape_metrics(url).get("spark_shuffle_agent_blocks_transferred_total", 0) > 0, 30, 0.2,
+                   "the open connection fetching")
+        install(certs["stranger"])
+        wait_until(lambda: "TLS keys reloaded" in h.log_text(), 30, 0.2, "the agent to reload its keys")
+        new_trust = client_conf(certs["stranger"], certs["client"])
+        # The same app again (its dirs are its own): registering anew is how an executor reconnects.
+        fresh = java_driver.run([register_step("0", ex)], port=h.port, app=app, conf=new_trust)
+        assert fresh.one(0)["ok"], fresh.debug()
+        stale = java_driver.run([register_step("0", ex)], port=h.port, app=app, conf=old_trust, timeout_s=20)
+        assert not stale.one(0)["ok"], "a new connection must get the new certificate"
+        t.join(90)
+        summary = result["r"].one(1)
+        print(f"open connection across the rotation: {summary}")
+        assert summary["failures"] == 0 and summary["len_mismatches"] == 0 and summary["blocks"] > 0, summary
+        metrics = scrape_metrics(url)
+        assert metrics["spark_shuffle_agent_tls_reloads_total"] == 1, metrics
+        assert metrics["spark_shuffle_agent_tls_certificate_expiry_timestamp_seconds"] > time.time(), metrics
+    finally:
+        h.stop()
