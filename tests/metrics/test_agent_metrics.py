@@ -27,7 +27,7 @@ from agent_client import (ShuffleConnection, agent_binary, fetch_shuffle_blocks,
 
 APP = "app-20260101000000-0777"
 ERROR_KINDS = {"bad_frame", "idle_timeout", "io", "refused", "chunk_limit", "frame_budget", "chunk_failure", "rpc_failure",
-               "accept"}
+               "accept", "tls"}
 
 
 @pytest.fixture
