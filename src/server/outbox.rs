@@ -36,14 +36,11 @@ impl Sink<'_> {
         let total = buf.len() as u64;
         match self {
             Sink::Socket(stream) => write_all(stream, buf, idle).await,
-            Sink::Tls { .. } => {
+            Sink::Tls { stream, session, outer } => {
                 while !buf.is_empty() {
-                    let taken = match self {
-                        Sink::Tls { session, .. } => session.encrypt(buf)?,
-                        Sink::Socket(_) => 0,
-                    };
+                    let taken = session.encrypt(buf)?;
                     buf = &buf[taken..];
-                    self.drain(idle).await?;
+                    drain_tls(stream, session, outer, idle).await?;
                 }
                 Ok(total)
             }
@@ -52,31 +49,44 @@ impl Sink<'_> {
 
     /// Writes every TLS record the session holds (nothing to do on a plain socket).
     pub(in crate::server) async fn drain(&mut self, idle: Duration) -> io::Result<()> {
-        let Sink::Tls { stream, session, outer } = self else { return Ok(()) };
-        while session.wants_write() {
-            match outer {
-                None => {
-                    writable(stream, idle).await?;
-                    match session.write_tls(&mut SocketWriter(stream)) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Some(sealing) => {
-                    // The records leave through the session cipher: taken whole (at most the
-                    // session's limit), encrypted, and written out completely.
-                    let mut records = Vec::new();
-                    session.write_tls(&mut records)?;
-                    let items = [Item::Bytes(Bytes::from(records))];
-                    // Boxed: the sealed writer writes to a sink, and a sink's drain calls it.
-                    let mut socket = Sink::Socket(stream);
-                    Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle)).await?;
+        match self {
+            Sink::Socket(_) => Ok(()),
+            Sink::Tls { stream, session, outer } => drain_tls(stream, session, outer, idle).await,
+        }
+    }
+}
+
+/// Writes every TLS record `session` holds to `stream`, through the session cipher `outer`
+/// when one is on.
+async fn drain_tls(
+    stream: &TcpStream,
+    session: &mut crate::tls::TlsSession,
+    outer: &mut Option<Sealing<'_>>,
+    idle: Duration,
+) -> io::Result<()> {
+    while session.wants_write() {
+        match outer {
+            None => {
+                writable(stream, idle).await?;
+                match session.write_tls(&mut SocketWriter(stream)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
+            Some(sealing) => {
+                // The records leave through the session cipher: taken whole (at most the
+                // session's limit), encrypted, and written out completely.
+                let mut records = Vec::new();
+                session.write_tls(&mut records)?;
+                let items = [Item::Bytes(Bytes::from(records))];
+                // Boxed: the sealed writer writes to a sink, and a sink's drain calls it.
+                let mut socket = Sink::Socket(stream);
+                Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle)).await?;
+            }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `io::Write` over a non-blocking socket, for rustls to write its records to.

@@ -214,17 +214,18 @@ impl Transport {
     /// TLS), then to the TLS session, whose plaintext joins the input; then whatever the
     /// session answers (handshake messages, alerts) is sent.
     async fn take_tls(&mut self, raw: &[u8], idle: Duration) -> Result<(), ConnectionEnd> {
-        let records = match &mut self.cipher {
-            None => BytesMut::from(raw),
+        // Copied only when a session cipher has to decrypt them first.
+        let records: std::borrow::Cow<'_, [u8]> = match &mut self.cipher {
+            None => raw.into(),
             Some(ConnectionCipher::Ctr(ctr)) => {
-                let mut records = BytesMut::from(raw);
-                ctr.inbound.apply(&mut records[..]);
-                records
+                let mut records = raw.to_vec();
+                ctr.inbound.apply(&mut records);
+                records.into()
             }
             Some(ConnectionCipher::Gcm(gcm)) => {
                 let mut records = BytesMut::new();
                 gcm.inbound.feed(raw, &mut records)?;
-                records
+                Vec::from(records).into()
             }
         };
         let Tls::On(session) = &mut self.tls else { return Ok(()) };

@@ -100,10 +100,6 @@ impl TlsAcceptor {
             }
         }
     }
-
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
 }
 
 fn file_ids(files: &TlsFiles) -> FileIds {

@@ -99,8 +99,4 @@ impl TlsSession {
     pub fn close(&mut self) {
         self.conn.send_close_notify();
     }
-
-    pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
-    }
 }
