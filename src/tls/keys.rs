@@ -1,6 +1,7 @@
-//! The server's TLS configuration from PEM files: certificate chain, private key, protocol
-//! versions and cipher suites, as Spark's `SSLFactory` chooses them (spec auth.md §4). No
-//! client certificates (Spark hard-codes `setNeedClientAuth(false)`), no ALPN.
+//! The server's TLS configuration: certificate chain and private key (PEM files, or a PKCS12
+//! keystore: [`super::keystore`]), protocol versions and cipher suites, as Spark's `SSLFactory`
+//! chooses them (spec auth.md §4). No client certificates (Spark hard-codes
+//! `setNeedClientAuth(false)`), no ALPN.
 //!
 //! Crypto provider: rustls with *ring*, already in the build for the Kubernetes client (kube's
 //! rustls feature): AES-GCM and ChaCha20 with hardware AES, and no second provider (aws-lc-rs
@@ -11,10 +12,10 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, SupportedProtocolVersion};
 
-use super::settings::TlsFiles;
+use super::settings::{KeySource, Password, TlsFiles};
 
 /// Why a TLS configuration could not be built: the file or option, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,16 +25,22 @@ pub struct KeyError {
     pub why: String,
 }
 
-fn key_error(what: impl std::fmt::Display, why: impl std::fmt::Display) -> KeyError {
+pub(super) fn key_error(what: impl std::fmt::Display, why: impl std::fmt::Display) -> KeyError {
     KeyError { what: what.to_string(), why: why.to_string() }
 }
 
 /// Reads the files and builds the configuration every new TLS connection takes, with the
 /// serving certificate's notAfter (Unix seconds) when it can be read.
 pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Option<i64>), KeyError> {
-    let chain = read_chain(&files.cert_chain)?;
+    let (chain, key) = match &files.keys {
+        KeySource::Pem { cert_chain, private_key, password } => {
+            (read_chain(cert_chain)?, read_key(private_key, password.as_ref())?)
+        }
+        KeySource::Keystore { path, password, key_password } => {
+            super::keystore::read(path, password.as_ref(), key_password.as_ref())?
+        }
+    };
     let not_after = chain.first().and_then(|leaf| super::expiry::not_after_unix_secs(leaf));
-    let key = read_key(&files.private_key)?;
     let provider = provider(files.algorithms.as_deref())?;
     let versions = versions(files.protocol.as_deref())?;
     let config = ServerConfig::builder_with_provider(Arc::new(provider))
@@ -41,7 +48,7 @@ pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Option<i64>
         .map_err(|e| key_error("spark.ssl.rpc.protocol", e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| key_error(files.private_key.display(), format!("does not fit the certificate chain: {e}")))?;
+        .map_err(|e| key_error(files.keys.name().display(), format!("the key does not fit the certificate chain: {e}")))?;
     Ok((Arc::new(config), not_after))
 }
 
@@ -56,13 +63,40 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, KeyError> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, KeyError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => key_error(
-            path.display(),
-            "holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1; encrypted keys are not read)",
-        ),
-        e => key_error(path.display(), e),
+/// An unencrypted PEM key (PKCS#8, PKCS#1 or SEC1), or a PKCS#8 `ENCRYPTED PRIVATE KEY`
+/// opened with `password` (PBES2, what `openssl pkcs8 -topk8` writes and Netty reads).
+fn read_key(path: &Path, password: Option<&Password>) -> Result<PrivateKeyDer<'static>, KeyError> {
+    let what = || path.display().to_string();
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| key_error(what(), e))?);
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(key_error(
+            what(),
+            "is encrypted the traditional OpenSSL way, which Spark does not read either: convert it with \
+             `openssl pkcs8 -topk8 -v2 aes-256-cbc -in <it> -out <new>` (or leave it unencrypted)",
+        ));
+    }
+    const BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+    if let Some(start) = text.find(BEGIN) {
+        let Some(password) = password else {
+            return Err(key_error(
+                what(),
+                "is encrypted: set spark.ssl.rpc.privateKeyPassword (or env _SPARK_SSL_RPC_PRIVATE_KEY_PASSWORD)",
+            ));
+        };
+        let (_, document) =
+            pkcs8::Document::from_pem(&text[start..]).map_err(|e| key_error(what(), format!("bad PEM: {e}")))?;
+        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes())
+            .map_err(|e| key_error(what(), format!("not a PKCS#8 encrypted key: {e}")))?;
+        let plain = info.decrypt(password.expose()).map_err(|e| {
+            key_error(what(), format!("cannot be decrypted with spark.ssl.rpc.privateKeyPassword: {e}"))
+        })?;
+        return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())));
+    }
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            key_error(what(), "holds no PEM private key (PKCS#8, encrypted PKCS#8, PKCS#1 or SEC1)")
+        }
+        e => key_error(what(), e),
     })
 }
 
@@ -141,8 +175,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
         let files = TlsFiles {
-            cert_chain: empty.clone(),
-            private_key: dir.path().join("missing.pem"),
+            keys: KeySource::Pem { cert_chain: empty.clone(), private_key: dir.path().join("missing.pem"), password: None },
             protocol: None,
             algorithms: None,
         };

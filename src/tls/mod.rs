@@ -5,13 +5,14 @@
 //! clients on the same port, told apart by the first byte ([`Plaintext`]).
 //!
 //! * [`settings`]: the `spark.ssl.rpc.*` keys with Spark's fallbacks;
-//! * [`keys`]: the rustls server configuration from PEM files;
+//! * [`keys`]: the rustls server configuration from PEM files or a PKCS12 keystore;
 //! * [`session`]: one connection's TLS state between the socket and the frame codec, driven by
 //!   the connection's transport (src/server/transport.rs), never by a stream wrapper, so the
 //!   socket stays the transport's to read, write and hand between runtimes.
 
 pub mod expiry;
 pub mod keys;
+mod keystore;
 pub mod metrics;
 pub mod session;
 pub mod settings;
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 
 pub use keys::KeyError;
 pub use session::{Fed, TlsSession};
-pub use settings::{Plaintext, TlsFiles, TlsSettings};
+pub use settings::{KeySource, Plaintext, TlsFiles, TlsSettings};
 
 use crate::sync::{read, write};
 
@@ -48,9 +49,10 @@ struct Loaded {
     seen: FileIds,
 }
 
-/// (device, inode, modification time in ns, length) of the chain and the key. A Kubernetes
-/// Secret volume swaps a symlink to a new directory, so a rotation changes the inode.
-type FileIds = [Option<(u64, u64, i64, u64)>; 2];
+/// (device, inode, modification time in ns, length) of each key file (the chain and the key,
+/// or the keystore). A Kubernetes Secret volume swaps a symlink to a new directory, so a
+/// rotation changes the inode.
+type FileIds = Vec<Option<(u64, u64, i64, u64)>>;
 
 /// What the metrics show of TLS.
 #[derive(Debug, Default)]
@@ -107,7 +109,7 @@ fn file_ids(files: &TlsFiles) -> FileIds {
         let m = std::fs::metadata(path).ok()?;
         Some((m.dev(), m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()))
     };
-    [id(&files.cert_chain), id(&files.private_key)]
+    files.keys.paths().into_iter().map(id).collect()
 }
 
 /// Looks at the key files every `interval` until `shutdown`, reloading them when they change
@@ -122,7 +124,7 @@ pub async fn watch_key_files(acceptor: Arc<TlsAcceptor>, interval: Duration, shu
         }
         match acceptor.reload_if_changed() {
             Ok(true) => {
-                info!(chain = %acceptor.files.cert_chain.display(), "TLS keys reloaded; new connections use them")
+                info!(keys = %acceptor.files.keys.name().display(), "TLS keys reloaded; new connections use them")
             }
             Ok(false) => {}
             Err(e) => warn!(error = %e, "TLS keys changed but cannot be used; the ones in force stay"),

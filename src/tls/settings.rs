@@ -65,14 +65,65 @@ impl Default for TlsSettings {
 /// What the key files and options resolve to, before anything is read from disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// PEM certificate chain, the server's certificate first.
-    pub cert_chain: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
-    pub private_key: PathBuf,
+    pub keys: KeySource,
     /// `protocol`: None = TLS 1.3 and 1.2 (Spark's default list).
     pub protocol: Option<String>,
     /// `enabledAlgorithms`: None = the default suites.
     pub algorithms: Option<Vec<String>>,
+}
+
+/// Where the server's key and certificate chain come from: Spark's two paths (auth.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `certChain` and `privateKey`, PEM: what Spark uses when both are set.
+    Pem {
+        /// The server's certificate first.
+        cert_chain: PathBuf,
+        /// PKCS#8, PKCS#1 or SEC1; or PKCS#8 encrypted with `password` (`privateKeyPassword`).
+        private_key: PathBuf,
+        password: Option<Password>,
+    },
+    /// `keyStore`: a PKCS12 file (the JDK's default keystore type) with one private key and its
+    /// chain, opened with `keyStorePassword`; `keyPassword` for the key, when it differs.
+    Keystore { path: PathBuf, password: Option<Password>, key_password: Option<Password> },
+}
+
+impl KeySource {
+    /// The files whose change means "read the keys again".
+    pub fn paths(&self) -> Vec<&std::path::Path> {
+        match self {
+            KeySource::Pem { cert_chain, private_key, .. } => vec![cert_chain, private_key],
+            KeySource::Keystore { path, .. } => vec![path],
+        }
+    }
+
+    /// What the logs name: the chain or the keystore.
+    pub fn name(&self) -> &std::path::Path {
+        match self {
+            KeySource::Pem { cert_chain, .. } => cert_chain,
+            KeySource::Keystore { path, .. } => path,
+        }
+    }
+}
+
+/// A key or keystore password: zeroed when dropped, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(zeroize::Zeroizing<String>);
+
+impl Password {
+    pub fn new(password: String) -> Password {
+        Password(zeroize::Zeroizing::new(password))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 impl PartialEq for TlsSettings {
@@ -122,50 +173,47 @@ impl TlsSettings {
         self.get("enabled").is_some_and(|v| parse_bool(v).unwrap_or(false))
     }
 
-    /// The files and options of an enabled TLS port, or the key that is missing or not served
-    /// and why (a config error at start-up).
+    /// The files and options of an enabled TLS port, or the key that is missing and why (a
+    /// config error at start-up). PEM files win when both are set, as in Spark's `SSLFactory`.
     pub fn files(&self) -> Result<TlsFiles, (String, String)> {
-        let key = |field: &str| format!("spark.ssl.rpc.{field}");
-        if let Some(store) = self.get("keyStore").filter(|_| self.get("certChain").is_none()) {
-            return Err((
-                key("keyStore"),
-                format!(
-                    "{store}: keystores (PKCS12, JKS) are not read by this agent yet; give the same key and chain as \
-                     PEM files in spark.ssl.rpc.certChain and spark.ssl.rpc.privateKey"
-                ),
-            ));
-        }
-        let (Some(chain), Some(private_key)) = (self.get("certChain"), self.get("privateKey")) else {
+        let keys = match (self.get("certChain"), self.get("privateKey"), self.get("keyStore")) {
+            (Some(chain), Some(private_key), _) => KeySource::Pem {
+                cert_chain: PathBuf::from(chain),
+                private_key: PathBuf::from(private_key),
+                password: self.password("privateKeyPassword", "PRIVATE_KEY"),
+            },
+            (_, _, Some(store)) => KeySource::Keystore {
+                path: PathBuf::from(store),
+                password: self.password("keyStorePassword", "KEY_STORE"),
+                key_password: self.password("keyPassword", "KEY"),
+            },
             // Spark's TransportContext: "RPC SSL encryption enabled but keys not found!"
-            return Err((
-                key("certChain"),
-                "RPC SSL encryption enabled but keys not found: set spark.ssl.rpc.certChain and spark.ssl.rpc.privateKey"
-                    .into(),
-            ));
+            _ => {
+                return Err((
+                    "spark.ssl.rpc.certChain".into(),
+                    "RPC SSL encryption enabled but keys not found: set spark.ssl.rpc.certChain and \
+                     spark.ssl.rpc.privateKey (PEM), or spark.ssl.rpc.keyStore (PKCS12)"
+                        .into(),
+                ))
+            }
         };
-        let password = self.get("privateKeyPassword").map(str::to_string).or_else(|| env_password("PRIVATE_KEY"));
-        if password.is_some() {
-            return Err((
-                key("privateKeyPassword"),
-                "encrypted private keys are not read by this agent yet; give it the key unencrypted (a Kubernetes \
-                 Secret, as cert-manager writes it)"
-                    .into(),
-            ));
-        }
         Ok(TlsFiles {
-            cert_chain: PathBuf::from(chain),
-            private_key: PathBuf::from(private_key),
+            keys,
             protocol: self.get("protocol").map(str::to_string),
             algorithms: self
                 .get("enabledAlgorithms")
                 .map(|list| list.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect()),
         })
     }
-}
 
-/// `_SPARK_SSL_RPC_<WHAT>_PASSWORD`, which Spark reads when the key is not set.
-fn env_password(what: &str) -> Option<String> {
-    std::env::var(format!("_SPARK_SSL_RPC_{what}_PASSWORD")).ok().filter(|p| !p.is_empty())
+    /// A password field, else `_SPARK_SSL_RPC_<env>_PASSWORD`, which Spark reads when the key is
+    /// not set (SSLOptions.parse).
+    fn password(&self, field: &str, env: &str) -> Option<Password> {
+        let value = self.get(field).map(str::to_string).or_else(|| {
+            std::env::var(format!("_SPARK_SSL_RPC_{env}_PASSWORD")).ok().filter(|p| !p.is_empty())
+        });
+        value.map(Password::new)
+    }
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -203,23 +251,44 @@ mod tests {
             ("spark.ssl.rpc.privateKey", "/rpc-k.pem"),
         ]);
         assert!(s.enabled());
-        let files = s.files().expect("files");
-        assert_eq!((files.cert_chain, files.private_key), (PathBuf::from("/c.pem"), PathBuf::from("/rpc-k.pem")));
+        let KeySource::Pem { cert_chain, private_key, password } = s.files().expect("files").keys else {
+            panic!("PEM files")
+        };
+        assert_eq!((cert_chain, private_key), (PathBuf::from("/c.pem"), PathBuf::from("/rpc-k.pem")));
+        assert_eq!(password, None);
     }
 
     #[test]
-    fn missing_keys_keystores_and_encrypted_keys_are_config_errors_naming_the_key() {
+    fn missing_keys_are_a_config_error_naming_the_key() {
         let (key, why) = settings(&[("spark.ssl.rpc.enabled", "true")]).files().expect_err("no keys");
         assert_eq!(key, "spark.ssl.rpc.certChain");
         assert!(why.starts_with("RPC SSL encryption enabled but keys not found"), "{why}");
-        let (key, _) = settings(&[("spark.ssl.rpc.keyStore", "/ks.p12")]).files().expect_err("a keystore");
-        assert_eq!(key, "spark.ssl.rpc.keyStore");
-        let encrypted = settings(&[
+        let (key, _) = settings(&[("spark.ssl.rpc.certChain", "/c")]).files().expect_err("a chain without a key");
+        assert_eq!(key, "spark.ssl.rpc.certChain");
+    }
+
+    #[test]
+    fn pem_files_win_over_a_keystore_and_passwords_fall_back_like_the_paths() {
+        let both = settings(&[
+            ("spark.ssl.rpc.keyStore", "/ks.p12"),
             ("spark.ssl.rpc.certChain", "/c"),
             ("spark.ssl.rpc.privateKey", "/k"),
-            ("spark.ssl.rpc.privateKeyPassword", "pw"),
+            ("spark.ssl.privateKeyPassword", "pem-pw"),
         ]);
-        assert_eq!(encrypted.files().expect_err("encrypted").0, "spark.ssl.rpc.privateKeyPassword");
+        let KeySource::Pem { password, .. } = both.files().expect("pem").keys else { panic!("PEM wins") };
+        assert_eq!(password.as_ref().map(Password::expose), Some("pem-pw"));
+        let store = settings(&[
+            ("spark.ssl.keyStore", "/ks.p12"),
+            ("spark.ssl.rpc.keyStorePassword", "store-pw"),
+            ("spark.ssl.keyPassword", "key-pw"),
+        ]);
+        let KeySource::Keystore { path, password, key_password } = store.files().expect("keystore").keys else {
+            panic!("a keystore")
+        };
+        assert_eq!(path, PathBuf::from("/ks.p12"));
+        assert_eq!(password.as_ref().map(Password::expose), Some("store-pw"));
+        assert_eq!(key_password.as_ref().map(Password::expose), Some("key-pw"));
+        assert_eq!(format!("{password:?}"), "Some(Password(..))", "never printed");
     }
 
     #[test]

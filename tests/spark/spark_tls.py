@@ -77,9 +77,36 @@ def pem_client_conf(trusted: Cert) -> dict[str, str]:
     return server_conf(trusted)
 
 
+def keystore_keys(cert: Cert, how: str, directory: Path) -> dict[str, str]:
+    """`cert`'s key and chain the other ways Spark's keys may come: `keytool` (a PKCS12 keystore written by the
+    JDK with its defaults: PBES2, AES-256, HMAC-SHA256), `openssl` (OpenSSL 3's defaults), `openssl-legacy`
+    (SHA1 with 3DES and RC2, the old default), or `encrypted-pem` (a PKCS#8 key encrypted with PBES2)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if how == "encrypted-pem":
+        key = directory / "key-encrypted.pem"
+        _run(["openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", str(cert.key), "-out", str(key),
+              "-passout", f"pass:{PASSWORD}"])
+        return {**server_conf(cert), "spark.ssl.rpc.privateKey": str(key),
+                "spark.ssl.rpc.privateKeyPassword": PASSWORD}
+    store = directory / f"keystore-{how}.p12"
+    if how == "keytool":
+        _run(["keytool", "-importkeystore", "-noprompt", "-srckeystore", str(cert.keystore), "-srcstoretype",
+              "PKCS12", "-srcstorepass", PASSWORD, "-destkeystore", str(store), "-deststoretype", "PKCS12",
+              "-deststorepass", PASSWORD])
+    elif how in ("openssl", "openssl-legacy"):
+        legacy = ["-legacy"] if how == "openssl-legacy" else []
+        _run(["openssl", "pkcs12", "-export", *legacy, "-in", str(cert.chain), "-inkey", str(cert.key),
+              "-out", str(store), "-passout", f"pass:{PASSWORD}"])
+    else:
+        raise ValueError(how)
+    return {"spark.ssl.rpc.enabled": "true", "spark.ssl.rpc.keyStore": str(store),
+            "spark.ssl.rpc.keyStorePassword": PASSWORD, "spark.ssl.rpc.keyPassword": PASSWORD}
+
+
 def start_tls_server(kind: str, cert: Cert, work: Path, root: str, pyspark: Path,
-                     extra: dict[str, str] | None = None) -> ServerHandle:
-    conf = {**server_conf(cert), **(extra or {})}
+                     extra: dict[str, str] | None = None, keys: dict[str, str] | None = None) -> ServerHandle:
+    """Either server with TLS: `cert`'s PEM files, or `keys` (keystore_keys) instead."""
+    conf = {**(keys or server_conf(cert)), **(extra or {})}
     if kind == "jvm":
         return start_jvm_ess(pyspark, work, root, extra_conf=conf)
     path = work / "agent.conf"

@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import types
@@ -20,10 +21,11 @@ import types
 import pytest
 
 from client_driver import register_step
-from servers import agent_metrics_url, scrape_metrics, wait_until
+from servers import agent_metrics_url, find_agent_bin, scrape_metrics, wait_until
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_auth import SECRET
-from spark_tls import EXECUTOR_JVM_OPTS, Cert, client_conf, pem_client_conf, start_tls_server
+from spark_tls import (EXECUTOR_JVM_OPTS, PASSWORD, REPO, Cert, client_conf, keystore_keys, pem_client_conf,
+                       start_tls_server)
 
 _apps = itertools.count(1)
 SIZES = [100, 40_000, 300_000, 0, 7]
@@ -107,6 +109,60 @@ def test_authentication_runs_inside_tls_and_its_cipher_around_it(java_driver, tl
         assert not wrong.one(0)["ok"], wrong.debug()
     finally:
         h.stop()
+
+
+@pytest.mark.parametrize("how", ["keytool", "openssl", "openssl-legacy", "encrypted-pem"])
+def test_keys_from_a_pkcs12_keystore_or_an_encrypted_key_serve_exact_bytes(java_driver, server_kind, server_base,
+                                                                            spark_paths, tmp_path_factory, certs,
+                                                                            test_dir, tmp_path, how):
+    """The server's key and chain from a PKCS12 keystore (spark.ssl.rpc.keyStore, Spark's JDK path) as keytool
+    and openssl write them, or from a PKCS#8 key encrypted with spark.ssl.rpc.privateKeyPassword."""
+    work = tmp_path_factory.mktemp(f"tls-keys-{server_kind}")
+    keys = keystore_keys(certs["server"], how, work / "keys")
+    h = start_tls_server(server_kind, certs["server"], work, str(server_base / "root"), spark_paths.pyspark,
+                         keys=keys)
+    try:
+        ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
+        mo = ex.write_map_output(0, 0, SIZES)
+        ids = [f"shuffle_0_0_{r}" for r in range(len(SIZES))]
+        r = java_driver.run([register_step("0", ex), *fetch_steps(ids, tmp_path)], port=h.port, app=new_app(),
+                            conf=client_conf(certs["server"], certs["client"]))
+        assert r.one(0)["ok"], f"{r.debug()}\n{h.log_tail()}"
+        assert_exact(r, mo, ids, (1, 2), h)
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize("case", ["wrong-store-password", "wrong-key-password", "no-key-password", "jks"])
+def test_keys_that_cannot_be_opened_stop_the_start_with_the_reason(server_kind, tmp_path, certs, case):
+    if server_kind == "jvm":
+        pytest.skip("the agent's start-up errors")
+    keys = keystore_keys(certs["server"], "encrypted-pem" if "key-password" in case else "keytool", tmp_path)
+    expected = {
+        "wrong-store-password": "wrong spark.ssl.rpc.keyStorePassword",
+        "wrong-key-password": "cannot be decrypted with spark.ssl.rpc.privateKeyPassword",
+        "no-key-password": "is encrypted: set spark.ssl.rpc.privateKeyPassword",
+        "jks": "is a JKS keystore",
+    }[case]
+    if case == "wrong-store-password":
+        keys["spark.ssl.rpc.keyStorePassword"] = keys["spark.ssl.rpc.keyPassword"] = "not-" + PASSWORD
+    elif case == "wrong-key-password":
+        keys["spark.ssl.rpc.privateKeyPassword"] = "not-" + PASSWORD
+    elif case == "no-key-password":
+        del keys["spark.ssl.rpc.privateKeyPassword"]
+    else:
+        jks = tmp_path / "keystore.jks"
+        subprocess.run(["keytool", "-importkeystore", "-noprompt", "-srckeystore", keys["spark.ssl.rpc.keyStore"],
+                        "-srcstorepass", PASSWORD, "-destkeystore", str(jks), "-deststoretype", "JKS",
+                        "-deststorepass", PASSWORD], check=True, capture_output=True, timeout=60)
+        keys["spark.ssl.rpc.keyStore"] = str(jks)
+    conf = tmp_path / "agent.conf"
+    conf.write_text("".join(f"{k} {v}\n" for k, v in keys.items() if k != "spark.ssl.rpc.openSslEnabled"))
+    argv = [str(find_agent_bin(REPO)), "--bind", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--root",
+            str(tmp_path), "--state-dir", str(tmp_path / "state"), "--config", str(conf)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    print(f"{case}: rc={done.returncode} {done.stderr.strip()[-300:]}")
+    assert done.returncode != 0 and expected in done.stderr, done.stderr
 
 
 def test_a_pem_client_as_executors_run_it_fetches_exact_bytes(java_driver, tls_ess, certs, test_dir, tmp_path):
