@@ -87,6 +87,12 @@ impl Access {
         }
     }
 
+    /// Whether `app_id` is known, from its pods, to use TLS (`spark.ssl.rpc.enabled`), so that a
+    /// plaintext connection may not act for it. Only the per-app mode knows apps' settings.
+    pub fn requires_tls(&self, app_id: &str) -> bool {
+        self.keyring().is_some_and(|k| k.requires_tls(app_id))
+    }
+
     /// The keyring, in the per-app mode.
     pub fn keyring(&self) -> Option<&Arc<Keyring>> {
         match self {
@@ -108,7 +114,7 @@ mod tests {
     }
 
     fn claim(access: AppAccess) -> Claim {
-        Claim { namespace: "jobs".into(), driver_uid: "d1".into(), access }
+        Claim { namespace: "jobs".into(), driver_uid: "d1".into(), access, tls: false }
     }
 
     #[tokio::test]

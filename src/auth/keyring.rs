@@ -52,6 +52,8 @@ pub struct Claim {
     /// The uid of the driver pod that owns the executor pod: the app's life is that pod's.
     pub driver_uid: String,
     pub access: AppAccess,
+    /// `spark.ssl.rpc.enabled` in its pods: the app talks TLS, and is never served in plaintext.
+    pub tls: bool,
 }
 
 /// What [`Keyring::offer`] did with a claim.
@@ -145,6 +147,7 @@ impl Keyring {
                 Some(Entry::Claimed(kept))
                     if kept.namespace == claim.namespace
                         && kept.driver_uid == claim.driver_uid
+                        && kept.tls == claim.tls
                         && kept.access.same_as(&claim.access) =>
                 {
                     Offered::Same
@@ -182,6 +185,12 @@ impl Keyring {
             Some(Entry::Conflicted { .. }) => Lookup::Conflicted,
             None => Lookup::Unknown,
         }
+    }
+
+    /// Whether the app's pods say it uses TLS (`spark.ssl.rpc.enabled`). An app refused for a
+    /// conflict is served to nobody anyway; an unknown one has said nothing.
+    pub fn requires_tls(&self, app_id: &str) -> bool {
+        matches!(self.apps().get(app_id), Some(Entry::Claimed(Claim { tls: true, .. })))
     }
 
     /// Like [`Keyring::lookup`], but an unknown app is waited for, up to `wait`: an executor's
@@ -246,6 +255,7 @@ mod tests {
             namespace: ns.into(),
             driver_uid: driver.into(),
             access: AppAccess::Authenticated(Arc::new(Policy::shared(Secret::new(secret), true))),
+            tls: false,
         }
     }
 
@@ -294,10 +304,22 @@ mod tests {
     #[test]
     fn an_app_without_authentication_is_not_the_same_claim_as_one_with() {
         let k = Keyring::new();
-        let open = Claim { namespace: "jobs".into(), driver_uid: "d1".into(), access: AppAccess::Unauthenticated };
+        let open =
+            Claim { namespace: "jobs".into(), driver_uid: "d1".into(), access: AppAccess::Unauthenticated, tls: false };
         assert_eq!(k.offer("app-1", open), Offered::New);
         assert_eq!(k.offer("app-1", claim("jobs", "d1", "s1")), Offered::Conflict);
         assert_eq!(k.counts(), (0, 0, 1));
+    }
+
+    #[test]
+    fn an_app_requires_tls_when_its_claim_says_so_and_a_claim_without_tls_conflicts() {
+        let k = Keyring::new();
+        assert!(!k.requires_tls("app-1"), "an unknown app said nothing");
+        assert_eq!(k.offer("app-1", Claim { tls: true, ..claim("jobs", "d1", "s1") }), Offered::New);
+        assert!(k.requires_tls("app-1"));
+        assert_eq!(k.offer("app-1", Claim { tls: true, ..claim("jobs", "d1", "s1") }), Offered::Same);
+        assert_eq!(k.offer("app-1", claim("jobs", "d1", "s1")), Offered::Conflict, "a pod without TLS disagrees");
+        assert!(!k.requires_tls("app-1"), "refused for everyone, whatever the transport");
     }
 
     #[tokio::test]

@@ -46,6 +46,8 @@ use crate::sync::lock;
 const APP_ID_ENV: &str = "SPARK_APPLICATION_ID";
 /// Spark's prefix for the executor's `-D` options (`BasicExecutorFeatureStep`).
 const JAVA_OPT_ENV: &str = "SPARK_JAVA_OPT_";
+/// The option that puts an app's RPC, and its shuffle fetches, on TLS (Spark 4).
+const TLS_OPTION: &str = "spark.ssl.rpc.enabled";
 
 /// What one executor pod claims about its app.
 #[derive(Debug, Clone)]
@@ -59,6 +61,9 @@ pub struct PodClaim {
     pub access: AppAccess,
     /// Set when its executors read the secret from a file.
     pub secret_file: Option<FileSecret>,
+    /// `-Dspark.ssl.rpc.enabled=true` among its options (which does not fall back to
+    /// `spark.ssl.enabled`, as in Spark's SSLOptions).
+    pub tls: bool,
 }
 
 /// Where the secret file of an app's executors comes from, and the settings its secret goes with.
@@ -102,11 +107,15 @@ pub fn executor_claim(pod: &Pod) -> Result<PodClaim, &'static str> {
         return Err("env SPARK_APPLICATION_ID differs from its spark-app-selector label");
     }
     let mut settings = AuthSettings::new();
+    let mut tls = false;
     for (name, value) in &env {
         let Some(option) = value.filter(|_| name.starts_with(JAVA_OPT_ENV)).and_then(|v| v.strip_prefix("-D")) else {
             continue;
         };
         if let Some((key, value)) = option.split_once('=') {
+            if key == TLS_OPTION {
+                tls = value.trim().eq_ignore_ascii_case("true");
+            }
             // A value Spark would not start with is the app's problem; it is not ours to judge.
             let _ = settings.set(key, value);
         }
@@ -122,6 +131,7 @@ pub fn executor_claim(pod: &Pod) -> Result<PodClaim, &'static str> {
         owner_uid: owner.uid.clone(),
         access: settings.app_access(secret),
         secret_file,
+        tls,
     })
 }
 
@@ -290,8 +300,10 @@ impl SecretSource {
             warn!(pod, app = %claim.app_id, why = %why, "the app cannot be served");
         }
         let app_id = claim.app_id.clone();
-        let offered = keyring
-            .offer(&app_id, Claim { namespace: claim.namespace, driver_uid: claim.owner_uid, access: claim.access });
+        let offered = keyring.offer(
+            &app_id,
+            Claim { namespace: claim.namespace, driver_uid: claim.owner_uid, access: claim.access, tls: claim.tls },
+        );
         match offered {
             Offered::New => info!(app = %app_id, pod, "application's authentication settings learned from its pods"),
             Offered::Same | Offered::StillRefused => {}

@@ -10,7 +10,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::dispatch::{self, RpcReply};
+use super::dispatch::{self, Caller, RpcReply};
 use super::handshake::{self, Outcome, Peer, Step};
 use super::metrics::ErrorKind;
 use super::outbox::{Outbox, QueueError};
@@ -96,6 +96,8 @@ struct Connection {
     control: bool,
     /// Whom the connection acts for; with `spark.authenticate`, nobody until a handshake.
     peer: Peer,
+    /// Whether the client speaks TLS: an app whose pods use TLS is not served without it.
+    over_tls: bool,
 }
 
 /// The map output the last shuffle block came from. It holds the executor it is keyed by, so
@@ -164,6 +166,7 @@ pub(super) async fn serve_from(
         fetch_starts: Vec::new(),
         last_map: None,
         control: matches!(placement, Placement::Control { .. }),
+        over_tls: transport.is_tls(),
         peer,
         shared,
     };
@@ -279,6 +282,8 @@ impl Connection {
     }
 
     async fn handle(&mut self, msg: Message, transport: &mut Transport) -> Result<(), ConnectionEnd> {
+        // Known once the first bytes are read, before any message.
+        self.over_tls = transport.is_tls();
         if !self.peer.is_authenticated() {
             match msg {
                 Message::RpcRequest { request_id, body } if Handshake::is_tagged(&body) => {
@@ -296,7 +301,14 @@ impl Connection {
     async fn serve(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
         match msg {
             Message::RpcRequest { request_id, body } => {
-                let reply = match dispatch::rpc(&self.shared, &mut self.streams, &self.peer, &body).await {
+                let reply = match dispatch::rpc(
+                    &self.shared,
+                    &mut self.streams,
+                    Caller { peer: &self.peer, over_tls: self.over_tls },
+                    &body,
+                )
+                .await
+                {
                     RpcReply::Ok(body) => Message::RpcResponse { request_id, body },
                     RpcReply::Fail(error) => {
                         self.shared.counters.rpc_failures.fetch_add(1, Ordering::Relaxed);
@@ -306,7 +318,13 @@ impl Connection {
                 self.outbox.message(&reply);
             }
             Message::OneWayMessage { body } => {
-                dispatch::one_way(&self.shared, &mut self.streams, &self.peer, &body).await
+                dispatch::one_way(
+                    &self.shared,
+                    &mut self.streams,
+                    Caller { peer: &self.peer, over_tls: self.over_tls },
+                    &body,
+                )
+                .await
             }
             Message::ChunkFetchRequest(chunk) => self.chunk(chunk)?,
             Message::StreamRequest { stream_id } => self.stream(stream_id)?,
@@ -318,7 +336,13 @@ impl Connection {
                 return Err(ConnectionEnd::Refused(error));
             }
             Message::MergedBlockMetaRequest { request_id, app_id, .. } => {
-                let error = match dispatch::authorize(&self.shared, &self.peer, &app_id).await {
+                let error = match dispatch::authorize(
+                    &self.shared,
+                    Caller { peer: &self.peer, over_tls: self.over_tls },
+                    &app_id,
+                )
+                .await
+                {
                     Ok(()) => dispatch::merge_unsupported(),
                     Err(refused) => refused,
                 };

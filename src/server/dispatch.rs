@@ -43,13 +43,20 @@ async fn off_the_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 /// The executor id a GetLocalDirsForExecutors request uses for the push merger's dirs.
 const SHUFFLE_MERGER_ID: &str = "shuffle-push-merger";
 
-/// Handles an RpcRequest body of a connection acting for `peer`.
-pub(super) async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, peer: &Peer, body: &[u8]) -> RpcReply {
+/// Who sends a request: whom the connection authenticated as, and whether it speaks TLS.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Caller<'a> {
+    pub(super) peer: &'a Peer,
+    pub(super) over_tls: bool,
+}
+
+/// Handles an RpcRequest body of a connection acting for `caller`.
+pub(super) async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, caller: Caller<'_>, body: &[u8]) -> RpcReply {
     let msg = match BlockTransferMessage::decode(body) {
         Ok(msg) => msg,
         Err(e) => return RpcReply::Fail(e.into()),
     };
-    if let Err(refused) = check_app(shared, peer, &msg).await {
+    if let Err(refused) = check_app(shared, caller, &msg).await {
         return RpcReply::Fail(refused);
     }
     match handle(shared, streams, msg).await {
@@ -59,24 +66,34 @@ pub(super) async fn rpc(shared: &Shared, streams: &mut ConnectionStreams, peer: 
 }
 
 /// Spark's `checkAuth`, for every message that names an app; refusals are counted.
-async fn check_app(shared: &Shared, peer: &Peer, msg: &BlockTransferMessage) -> Result<(), JavaError> {
+async fn check_app(shared: &Shared, caller: Caller<'_>, msg: &BlockTransferMessage) -> Result<(), JavaError> {
     match msg.app_id() {
-        Some(app_id) => authorize(shared, peer, app_id).await,
+        Some(app_id) => authorize(shared, caller, app_id).await,
         None => Ok(()),
     }
 }
 
-/// Whether `peer` may act for `app_id`: the app it authenticated for; or, not authenticated,
+/// Whether `caller` may act for `app_id`: the app it authenticated for; or, not authenticated,
 /// what the access rules allow (per-app mode: apps known not to use authentication, waiting a
-/// bounded time for an app whose pod is not known yet). Refusals are counted.
-pub(super) async fn authorize(shared: &Shared, peer: &Peer, app_id: &str) -> Result<(), JavaError> {
+/// bounded time for an app whose pod is not known yet). Then, for an app whose pods use TLS,
+/// only over TLS. Refusals are counted.
+pub(super) async fn authorize(shared: &Shared, caller: Caller<'_>, app_id: &str) -> Result<(), JavaError> {
+    let peer = caller.peer;
     if peer.is_authenticated() {
-        return peer.check_app(app_id).inspect_err(|_| shared.counters.handshake(Outcome::AppMismatch));
+        peer.check_app(app_id).inspect_err(|_| shared.counters.handshake(Outcome::AppMismatch))?;
+    } else {
+        shared.access.unauthenticated_may_act(app_id).await.map_err(|refusal| {
+            shared.counters.handshake(Outcome::of(&refusal));
+            refusal_error(app_id, &refusal)
+        })?;
     }
-    shared.access.unauthenticated_may_act(app_id).await.map_err(|refusal| {
-        shared.counters.handshake(Outcome::of(&refusal));
-        refusal_error(app_id, &refusal)
-    })
+    if !caller.over_tls && shared.access.requires_tls(app_id) {
+        shared.counters.handshake(Outcome::PlaintextForTlsApp);
+        return Err(java_error::security(format_args!(
+            "Application {app_id} uses TLS (spark.ssl.rpc.enabled in its pods) and is not served over plaintext."
+        )));
+    }
+    Ok(())
 }
 
 /// What an unauthenticated client is told. For an app that uses authentication it is the text
@@ -99,9 +116,9 @@ fn refusal_error(app_id: &str, refusal: &Refusal) -> JavaError {
 }
 
 /// Handles a OneWayMessage body: same dispatch, results dropped, failures only logged.
-pub(super) async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, peer: &Peer, body: &[u8]) {
+pub(super) async fn one_way(shared: &Shared, streams: &mut ConnectionStreams, caller: Caller<'_>, body: &[u8]) {
     let outcome = match BlockTransferMessage::decode(body) {
-        Ok(msg) if check_app(shared, peer, &msg).await.is_err() => {
+        Ok(msg) if check_app(shared, caller, &msg).await.is_err() => {
             debug!("one-way message for another app refused");
             return;
         }

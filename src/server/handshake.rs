@@ -53,16 +53,19 @@ pub enum Outcome {
     AppMismatch,
     /// The app is refused because its pods disagreed on its secret or namespace.
     ConflictingSecret,
+    /// A plaintext connection acted for an app whose pods use TLS.
+    PlaintextForTlsApp,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::WrongSecret,
         Outcome::UnknownApp,
         Outcome::Unauthenticated,
         Outcome::AppMismatch,
         Outcome::ConflictingSecret,
+        Outcome::PlaintextForTlsApp,
     ];
 
     /// How a refusal by the [`Access`] rules is counted.
@@ -82,6 +85,7 @@ impl Outcome {
             Outcome::Unauthenticated => "unauthenticated_request",
             Outcome::AppMismatch => "app_mismatch",
             Outcome::ConflictingSecret => "conflicting_secret",
+            Outcome::PlaintextForTlsApp => "plaintext_for_tls_app",
         }
     }
 }

@@ -202,7 +202,8 @@ impl ServerSource {
             "Authentication outcomes (spark.authenticate): ok, wrong_secret, unknown_app (no secret for its \
              app id), unauthenticated_request (not a handshake before authentication, or a malformed one), \
              app_mismatch (a request for another app than the connection authenticated for), \
-             conflicting_secret (an app refused because its pods disagree on its secret or namespace).",
+             conflicting_secret (an app refused because its pods disagree on its secret or namespace), \
+             plaintext_for_tls_app (a plaintext connection acting for an app whose pods use TLS).",
             &["outcome"],
         );
         let apps = s.gauge_vec(

@@ -68,6 +68,11 @@ pub(super) struct Detached {
 }
 
 impl Transport {
+    /// Whether the client speaks TLS (decided by its first byte on a TLS port).
+    pub(super) fn is_tls(&self) -> bool {
+        matches!(self.tls, Tls::On(_))
+    }
+
     /// A new connection; with `tls`, the client's first byte decides whether it speaks TLS.
     pub(super) fn new(stream: TcpStream, tls: Option<Arc<TlsAcceptor>>) -> Transport {
         // Small replies must leave at once; batching happens in the outbox, not in the kernel.

@@ -48,7 +48,9 @@ pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Option<i64>
         .map_err(|e| key_error("spark.ssl.rpc.protocol", e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| key_error(files.keys.name().display(), format!("the key does not fit the certificate chain: {e}")))?;
+        .map_err(|e| {
+            key_error(files.keys.name().display(), format!("the key does not fit the certificate chain: {e}"))
+        })?;
     Ok((Arc::new(config), not_after))
 }
 
@@ -175,7 +177,11 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
         let files = TlsFiles {
-            keys: KeySource::Pem { cert_chain: empty.clone(), private_key: dir.path().join("missing.pem"), password: None },
+            keys: KeySource::Pem {
+                cert_chain: empty.clone(),
+                private_key: dir.path().join("missing.pem"),
+                password: None,
+            },
             protocol: None,
             algorithms: None,
         };

@@ -209,9 +209,10 @@ impl TlsSettings {
     /// A password field, else `_SPARK_SSL_RPC_<env>_PASSWORD`, which Spark reads when the key is
     /// not set (SSLOptions.parse).
     fn password(&self, field: &str, env: &str) -> Option<Password> {
-        let value = self.get(field).map(str::to_string).or_else(|| {
-            std::env::var(format!("_SPARK_SSL_RPC_{env}_PASSWORD")).ok().filter(|p| !p.is_empty())
-        });
+        let value = self
+            .get(field)
+            .map(str::to_string)
+            .or_else(|| std::env::var(format!("_SPARK_SSL_RPC_{env}_PASSWORD")).ok().filter(|p| !p.is_empty()));
         value.map(Password::new)
     }
 }

@@ -117,14 +117,16 @@ def driver_pod(app: str, uid: str, phase: str = "Running") -> dict:
 
 def executor_pod(app: str, name: str, owner_uid: str, secret: str | None, crypto: bool, node: str = NODE,
                  exec_id: str = "0", host_paths: tuple[str, ...] = (), volumes: list | None = None,
-                 mounts: list | None = None) -> dict:
+                 mounts: list | None = None, extra_opts: tuple[str, ...] = ()) -> dict:
     """An executor pod as Spark builds it; each of `host_paths` a hostPath volume mounted at its own path, as
-    Spark writes them (empty subPath and type), then any further `volumes` and their `mounts`."""
+    Spark writes them (empty subPath and type), then any further `volumes` and their `mounts`; `extra_opts`,
+    further `-D` options of the app (SPARK_JAVA_OPT_*)."""
     env = [{"name": "SPARK_APPLICATION_ID", "value": app}]
     opts = ["-Dspark.driver.port=7078"]
     if secret is not None:
         env.append({"name": "_SPARK_AUTH_SECRET", "value": secret})
         opts += ["-Dspark.authenticate=true", f"-Dspark.network.crypto.enabled={str(crypto).lower()}"]
+    opts += extra_opts
     env += [{"name": f"SPARK_JAVA_OPT_{i}", "value": o} for i, o in enumerate(opts)]
     vols = [{"name": f"spark-local-dir-{i + 1}", "hostPath": {"path": p, "type": ""}} for i, p in enumerate(host_paths)]
     vol_mounts = [{"name": f"spark-local-dir-{i + 1}", "mountPath": p, "readOnly": False, "subPath": ""}
@@ -143,13 +145,14 @@ def secret_for(app: str) -> str:
     return (app.encode().hex() * 4)[:64]
 
 
-def run_app(java_driver, agent, app, test_dir, secret, crypto, tag="e", exec_id="0"):
-    """Registers executor `exec_id` of `app` and fetches one block; returns the driver result."""
+def run_app(java_driver, agent, app, test_dir, secret, crypto, tag="e", exec_id="0", extra_conf=None):
+    """Registers executor `exec_id` of `app` and fetches one block (with `extra_conf` in the client's conf);
+    returns the driver result."""
     ex = make_executor_dirs(str(test_dir / f"{app}-{tag}"), 1, 4)
     mo = ex.write_map_output(0, 0, [5000])
     steps = [["register", "--exec", exec_id, "--dir", ex.local_dirs[0], "--subdirs", str(ex.subdirs)],
              ["fetch", "--exec", exec_id, "--id", "shuffle_0_0_0"]]
-    conf = {"spark.network.crypto.enabled": str(crypto).lower()}
+    conf = {"spark.network.crypto.enabled": str(crypto).lower(), **(extra_conf or {})}
     r = java_driver.run(steps, port=agent.port, app=app, secret=secret, conf=conf)
     r.expected_crc = crc32(mo.block(0))
     return r
