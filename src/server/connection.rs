@@ -257,6 +257,8 @@ impl Connection {
         let idle = self.shared.settings.idle_timeout;
         let (sink, cipher) = transport.writer();
         let result = self.outbox.flush(sink, cipher, idle).await;
+        let copied = self.outbox.take_copied() + transport.take_copied();
+        self.shared.counters.bytes_copied.fetch_add(copied, Ordering::Relaxed);
         self.release_queued();
         let bytes = match result {
             Ok(bytes) => bytes,

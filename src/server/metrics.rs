@@ -174,6 +174,7 @@ pub struct ServerSource {
     connections_total: IntCounter,
     active_connections: IntGauge,
     bytes_written: IntCounter,
+    bytes_copied: IntCounter,
     chunks: IntCounter,
     blocks: IntCounter,
     block_bytes: IntCounter,
@@ -225,6 +226,12 @@ impl ServerSource {
             bytes_written: s.counter(
                 "spark_shuffle_agent_bytes_written_total",
                 "Bytes written to shuffle connections: block data plus every response header and RPC reply.",
+            ),
+            bytes_copied: s.counter(
+                "spark_shuffle_agent_bytes_copied_total",
+                "Bytes copied in user space on their way out: file reads into the agent's buffers (pread), \
+                 moves between its buffers, and into TLS records. Over bytes_written_total: copies per byte \
+                 served (0 for bodies sent with sendfile).",
             ),
             chunks: s.counter(
                 "spark_shuffle_agent_chunks_transferred_total",
@@ -278,6 +285,7 @@ impl Source for ServerSource {
         sync(&self.connections_total, c.connections_opened.load(Ordering::Relaxed));
         self.active_connections.set(gauge_value(c.connections_active.load(Ordering::Relaxed)));
         sync(&self.bytes_written, c.bytes_sent.load(Ordering::Relaxed));
+        sync(&self.bytes_copied, c.bytes_copied.load(Ordering::Relaxed));
         sync(&self.chunks, c.chunks_served.load(Ordering::Relaxed));
         sync(&self.blocks, c.blocks_served.load(Ordering::Relaxed));
         sync(&self.block_bytes, c.chunk_bytes_served.load(Ordering::Relaxed));

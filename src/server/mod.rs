@@ -63,6 +63,8 @@ pub struct Counters {
     /// TLS failures (handshakes, records, plaintext on a TLS-only port).
     pub tls_failures: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Bytes copied in user space on their way out (`Outbox::take_copied`, TLS records).
+    pub bytes_copied: AtomicU64,
     pub chunks_served: AtomicU64,
     pub chunk_bytes_served: AtomicU64,
     pub blocks_served: AtomicU64,

@@ -79,10 +79,13 @@ async fn drain_tls(
                 // session's limit), encrypted, and written out completely.
                 let mut records = Vec::new();
                 session.write_tls(&mut records)?;
+                session.note_copied(records.len());
                 let items = [Item::Bytes(Bytes::from(records))];
                 // Boxed: the sealed writer writes to a sink, and a sink's drain calls it.
                 let mut socket = Sink::Socket(stream);
-                Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle)).await?;
+                let mut copied = 0;
+                Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle, &mut copied)).await?;
+                session.note_copied(copied as usize);
             }
         }
     }
@@ -129,6 +132,9 @@ pub struct Outbox {
     files: usize,
     coalesce_max_bytes: u64,
     window: ReadWindow,
+    /// Bytes copied in user space (file reads into buffers, moves between buffers) since the
+    /// last [`Outbox::take_copied`]: what `spark_shuffle_agent_bytes_copied_total` counts.
+    copied: u64,
 }
 
 /// How far ahead a sequential run of small blocks is read: one pread then serves the next
@@ -144,6 +150,8 @@ struct ReadWindow {
     /// Where the block after the last one served starts: a request there is sequential.
     next: u64,
     buf: Vec<u8>,
+    /// Bytes read into `buf`, read-ahead included.
+    read_bytes: u64,
 }
 
 impl ReadWindow {
@@ -170,6 +178,7 @@ impl ReadWindow {
             self.file = Some(std::sync::Arc::clone(&segment.file));
             self.start = segment.offset;
             self.filled = filled;
+            self.read_bytes += filled as u64;
         }
         self.next = end;
         let at = (segment.offset - self.start) as usize;
@@ -195,7 +204,13 @@ impl Outbox {
             files: 0,
             coalesce_max_bytes,
             window: ReadWindow::default(),
+            copied: 0,
         }
+    }
+
+    /// The bytes copied in user space since the last call.
+    pub fn take_copied(&mut self) -> u64 {
+        std::mem::take(&mut self.copied) + std::mem::take(&mut self.window.read_bytes)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,6 +261,7 @@ impl Outbox {
                     self.tail.reserve(FLUSH_BYTES + self.coalesce_max_bytes as usize);
                 }
                 self.tail.extend_from_slice(bytes);
+                self.copied += bytes.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -293,7 +309,7 @@ impl Outbox {
             }
             (mut sink, sealing) => {
                 let items = std::mem::take(&mut self.items);
-                let written = sealed::write(&mut sink, sealing, &items, idle).await;
+                let written = sealed::write(&mut sink, sealing, &items, idle, &mut self.copied).await;
                 // Keep the vector's capacity for the next batch.
                 self.items = items;
                 self.items.clear();
@@ -304,6 +320,7 @@ impl Outbox {
         self.files = 0;
         // Between batches the connection may idle for long: give the window's memory back,
         // and the batch-sized tail buffer.
+        self.copied += self.window.read_bytes;
         self.window = ReadWindow::default();
         if self.tail.capacity() > TAIL_CAPACITY {
             self.tail = BytesMut::with_capacity(TAIL_CAPACITY);

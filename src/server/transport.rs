@@ -116,6 +116,14 @@ impl Transport {
         }
     }
 
+    /// Bytes the TLS session copied since the last call (0 without TLS).
+    pub(super) fn take_copied(&mut self) -> u64 {
+        match &mut self.tls {
+            Tls::On(session) => session.take_copied(),
+            Tls::Off | Tls::Undecided(_) => 0,
+        }
+    }
+
     /// Ends a TLS connection in order (close_notify), best effort: the connection is ending.
     pub(super) async fn close(&mut self, idle: Duration) {
         let (mut sink, _) = self.writer();

@@ -26,6 +26,9 @@ pub enum Fed {
 pub struct TlsSession {
     // Boxed: a connection's state is over a kilobyte and the transport moves between runtimes.
     conn: Box<ServerConnection>,
+    /// Plaintext bytes rustls copied into its records (then encrypted in place there), and
+    /// record bytes copied out for a session cipher, since the last [`TlsSession::take_copied`].
+    copied: u64,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -38,7 +41,7 @@ impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
         let mut conn = ServerConnection::new(config)?;
         conn.set_buffer_limit(Some(OUTGOING_LIMIT));
-        Ok(TlsSession { conn: Box::new(conn) })
+        Ok(TlsSession { conn: Box::new(conn), copied: 0 })
     }
 
     /// Processes `ciphertext` read off the socket, appending the plaintext it carries to
@@ -92,7 +95,21 @@ impl TlsSession {
     /// Encrypts as much of `plain` as fits under [`OUTGOING_LIMIT`]; returns how much. Zero
     /// means: write the records out first.
     pub fn encrypt(&mut self, plain: &[u8]) -> io::Result<usize> {
-        self.conn.writer().write(plain)
+        // rustls has no encrypt-in-the-caller's-buffer API for application data: each byte is
+        // copied once into a record, which is then sealed in place.
+        let taken = self.conn.writer().write(plain)?;
+        self.copied += taken as u64;
+        Ok(taken)
+    }
+
+    /// Counts `n` more bytes copied on this session's account (records taken out whole).
+    pub fn note_copied(&mut self, n: usize) {
+        self.copied += n as u64;
+    }
+
+    /// The bytes copied since the last call.
+    pub fn take_copied(&mut self) -> u64 {
+        std::mem::take(&mut self.copied)
     }
 
     /// Queues close_notify (the end of an orderly close).

@@ -206,6 +206,35 @@ def test_plaintext_and_tls_clients_share_one_port(java_driver, tls_ess, certs, t
         assert_exact(r, mo, ids, (1, 2), tls_ess)
 
 
+def test_bytes_copied_per_byte_served_are_none_in_plaintext_and_two_under_tls(java_driver, tls_ess, certs,
+                                                                             test_dir):
+    """spark_shuffle_agent_bytes_copied_total around one 2 MiB block: sent with sendfile in plaintext, nothing is
+    copied in user space; under TLS it is read into a buffer (pread) and rustls copies it into its records."""
+    if tls_ess.kind == "jvm":
+        pytest.skip("the agent's metric")
+    ex = make_executor_dirs(str(test_dir / "e"), 1, 4)
+    size = 2 << 20
+    ex.write_map_output(0, 0, [size])
+    app = new_app()
+    assert java_driver.run([register_step("0", ex)], port=tls_ess.port, app=app).one(0)["ok"]
+
+    def copied_by(conf=None):
+        before = scrape_metrics(agent_metrics_url(tls_ess))
+        r = java_driver.run([["fetch", "--exec", "0", "--id", "shuffle_0_0_0"]], port=tls_ess.port, app=app,
+                            conf=conf)
+        assert r.blocks(0)["shuffle_0_0_0"]["ok"], r.debug()
+        after = scrape_metrics(agent_metrics_url(tls_ess))
+        delta = {k: after[k] - before.get(k, 0) for k in ("spark_shuffle_agent_bytes_copied_total",
+                                                          "spark_shuffle_agent_block_bytes_transferred_total")}
+        assert delta["spark_shuffle_agent_block_bytes_transferred_total"] == size, delta
+        return delta["spark_shuffle_agent_bytes_copied_total"] / size
+
+    plain, tls = copied_by(), copied_by(client_conf(certs["server"], certs["client"]))
+    print(f"\nbytes copied per block byte served: plaintext {plain:.3f}, TLS {tls:.3f}")
+    assert plain < 0.01, plain  # the RPC replies are encoded in place, not copied; the body goes by sendfile
+    assert 2 <= tls < 2.01, tls  # one pread, one copy into the records; the small replies add the rest
+
+
 def test_garbage_and_truncated_tls_records_are_closed_on_while_others_keep_fetching(java_driver, tls_ess, certs,
                                                                                        test_dir, tmp_path):
     ex = make_executor_dirs(str(test_dir / "e"), 1, 4)

@@ -43,31 +43,61 @@ impl Sealing<'_> {
 }
 
 /// Encrypts (when `sealing`) and writes `items` in order to `sink`: with TLS and no session
-/// cipher, files are read into the same bounded buffer and the TLS session encrypts them.
-/// Returns the bytes written before TLS (what the client's frame decoder sees).
+/// cipher, bytes go to the TLS session as they are and files are read into one bounded buffer
+/// for it. Returns the bytes written before TLS (what the client's frame decoder sees); adds
+/// the bytes copied here (reads into the buffer, moves into it) to `copied`.
 pub(super) async fn write(
     sink: &mut Sink<'_>,
     sealing: Option<Sealing<'_>>,
     items: &[Item],
     idle: Duration,
+    copied: &mut u64,
 ) -> io::Result<u64> {
-    match sealing {
-        None => write_copied(sink, None, items, idle).await,
-        Some(Sealing::Ctr(cipher)) => write_copied(sink, Some(cipher), items, idle).await,
-        Some(Sealing::Gcm(encryptor)) => write_gcm(sink, encryptor, items, idle).await,
+    let mut reader = ItemReader { items, at: 0, offset: 0, copied: 0 };
+    let written = match sealing {
+        None => write_to_tls(sink, &mut reader, idle).await,
+        Some(Sealing::Ctr(cipher)) => write_copied(sink, Some(cipher), &mut reader, idle).await,
+        Some(Sealing::Gcm(encryptor)) => write_gcm(sink, encryptor, &mut reader, idle).await,
+    };
+    *copied += reader.copied;
+    written
+}
+
+/// TLS alone: rustls copies whatever it is given into its records, so queued bytes go to it
+/// directly and only file bodies pass through a buffer (one pread, one copy into the records).
+async fn write_to_tls(sink: &mut Sink<'_>, reader: &mut ItemReader<'_>, idle: Duration) -> io::Result<u64> {
+    let mut buf = Vec::new();
+    let mut total = 0;
+    for item in reader.items {
+        total += match item {
+            Item::Bytes(bytes) => sink.write_all(bytes, idle).await?,
+            Item::File(segment) => {
+                buf.resize(usize::try_from(segment.len).unwrap_or(SEAL_BUFFER).min(SEAL_BUFFER), 0);
+                let mut one = ItemReader { items: std::slice::from_ref(item), at: 0, offset: 0, copied: 0 };
+                let mut left = segment.len;
+                while left > 0 {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    one.fill(&mut buf[..n])?;
+                    sink.write_all(&buf[..n], idle).await?;
+                    left -= n as u64;
+                }
+                reader.copied += one.copied;
+                segment.len
+            }
+        };
     }
+    Ok(total)
 }
 
 /// The items through one bounded buffer, the CTR keystream applied in place if given.
 async fn write_copied(
     sink: &mut Sink<'_>,
     mut cipher: Option<&mut CtrCipher>,
-    items: &[Item],
+    reader: &mut ItemReader<'_>,
     idle: Duration,
 ) -> io::Result<u64> {
-    let total: u64 = items.iter().map(item_len).sum();
+    let total: u64 = reader.items.iter().map(item_len).sum();
     let mut buf = vec![0u8; usize::try_from(total).unwrap_or(SEAL_BUFFER).min(SEAL_BUFFER)];
-    let mut reader = ItemReader { items, at: 0, offset: 0 };
     let mut left = total;
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
@@ -85,16 +115,15 @@ async fn write_copied(
 async fn write_gcm(
     sink: &mut Sink<'_>,
     encryptor: &mut GcmEncryptor,
-    items: &[Item],
+    reader: &mut ItemReader<'_>,
     idle: Duration,
 ) -> io::Result<u64> {
-    let total: u64 = items.iter().map(item_len).sum();
+    let total: u64 = reader.items.iter().map(item_len).sum();
     let mut msg = encryptor.begin(total).map_err(io::Error::other)?;
     let wire = msg.wire_len();
     let room = usize::try_from(wire).unwrap_or(usize::MAX).min(gcm::MAX_PREFIX + SEAL_BUFFER);
     let mut out = Vec::with_capacity(room);
     out.extend_from_slice(msg.prefix());
-    let mut reader = ItemReader { items, at: 0, offset: 0 };
     while !msg.is_done() {
         let start = out.len();
         out.resize(start + msg.next_segment_len(), 0);
@@ -127,6 +156,8 @@ struct ItemReader<'a> {
     at: usize,
     /// How far into it.
     offset: u64,
+    /// Bytes copied or read into the buffers filled.
+    copied: u64,
 }
 
 impl ItemReader<'_> {
@@ -166,6 +197,7 @@ impl ItemReader<'_> {
                 Item::File(_) => 0,
             };
             self.offset += n as u64;
+            self.copied += n as u64;
             dst = &mut std::mem::take(&mut dst)[n..];
             if self.offset == item_len(item) {
                 (self.at, self.offset) = (self.at + 1, 0);
@@ -213,6 +245,7 @@ mod tests {
     }
 
     /// Runs `write` on one end of a loopback connection; returns what the other end received.
+    /// Every byte of the items passes through the one buffer once, so that is what is copied.
     async fn sent(items: &[Item], sealing: Sealing<'_>) -> (u64, Vec<u8>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
@@ -223,8 +256,11 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        let written = write(&mut Sink::Socket(&server), Some(sealing), items, Duration::from_secs(10)).await.unwrap();
+        let mut copied = 0;
+        let written =
+            write(&mut Sink::Socket(&server), Some(sealing), items, Duration::from_secs(10), &mut copied).await.unwrap();
         drop(server);
+        assert_eq!(copied, items.iter().map(item_len).sum::<u64>());
         (written, reader.await.unwrap())
     }
 
@@ -270,10 +306,15 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         // Read on, so the writer is never stopped by a full socket buffer before the file ends.
         tokio::spawn(async move { client.read_to_end(&mut Vec::new()).await });
-        let err =
-            write(&mut Sink::Socket(&server), Some(Sealing::Gcm(&mut encryptor)), &items, Duration::from_secs(10))
-                .await
-                .unwrap_err();
+        let err = write(
+            &mut Sink::Socket(&server),
+            Some(Sealing::Gcm(&mut encryptor)),
+            &items,
+            Duration::from_secs(10),
+            &mut 0,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(err.to_string().contains("data ended at byte"), "{err}");
     }
