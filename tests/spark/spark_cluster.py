@@ -118,18 +118,27 @@ FAIL_FAST = {
     "spark.locality.wait": "0",
 }
 
+# C1-only JIT for the short-lived executor JVMs (speed only). An app that sets spark.executor.extraJavaOptions
+# replaces these, so it starts its value with them.
+EXECUTOR_JAVA_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
 
 class SparkCluster:
-    """One SparkContext in local-cluster mode, its shuffle-service traffic relayed through a WireTap."""
+    """One SparkContext in local-cluster mode, its shuffle-service traffic relayed through a WireTap.
+
+    tls=True for an app with spark.ssl.rpc.enabled: its shuffle-service traffic is TLS, so the tap only relays it
+    (WireTap's tls) and registrations() cannot be read from the wire."""
 
     N_EXEC = 2
 
-    def __init__(self, server, local_dir: Path, name: str, conf: dict | None = None, budget_s: float = 300):
+    def __init__(self, server, local_dir: Path, name: str, conf: dict | None = None, budget_s: float = 300,
+                 tls: bool = False):
         from pyspark import SparkConf, SparkContext
 
         self.server = server
         self.local_dir = local_dir
-        self.tap = WireTap(server.host, server.port).start()
+        self.tls = tls
+        self.tap = WireTap(server.host, server.port, tls=tls).start()
         c = (
             SparkConf()
             .setMaster(f"local-cluster[{self.N_EXEC},1,1024]")
@@ -144,8 +153,7 @@ class SparkCluster:
             .set("spark.ui.port", "0")
             .set("spark.ui.showConsoleProgress", "false")
             .setAll(FAIL_FAST.items())
-            # C1-only JIT for the short-lived executor JVMs (speed only).
-            .set("spark.executor.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+            .set("spark.executor.extraJavaOptions", EXECUTOR_JAVA_OPTS)
         )
         for k, v in (conf or {}).items():
             c.set(k, str(v))
@@ -279,6 +287,7 @@ class SparkCluster:
 
     # -- the server's side, as seen on the wire -------------------------------------------------------------------
     def registrations(self) -> dict[str, dict]:
+        assert not self.tls, "under TLS the tap sees no RegisterExecutor; ask the server (the agent's /status)"
         return {r["exec"]: r for r in self.tap.rpcs("RegisterExecutor")}
 
     def executor_dirs(self) -> list[Path]:

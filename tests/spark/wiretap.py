@@ -7,6 +7,9 @@ which forwards every byte unchanged to the server under test and, on a copy, dec
     GetLocalDirsForExecutors, RemoveBlocks, DiagnoseCorruption, ChunkFetchRequest, StreamRequest ...
   * server -> client: counts of successes, and every RpcFailure / ChunkFetchFailure / StreamFailure text.
 Decoding never affects forwarding: a decode error is recorded and decoding stops for that direction.
+With tls=True (the app runs spark.ssl.rpc) the bytes are TLS records, so the relay decodes nothing (rpcs() and
+failures() stay empty); it keeps only the first bytes each side sent on each connection (first_bytes()), which
+show whether a connection began with a TLS record.
 The relay listens on 127.0.0.1 only, so a client that reaches it dialled 127.0.0.1.
 """
 
@@ -195,9 +198,11 @@ class TapEvent:
 
 
 class WireTap:
-    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1"):
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1", tls: bool = False):
         self.target = (target_host, target_port)
         self.listen_host = listen_host
+        self.tls = tls
+        self._first: dict[tuple[int, str], bytes] = {}
         self.events: list[TapEvent] = []
         self.peers: list[tuple[str, int]] = []
         self._lock = threading.Lock()
@@ -265,13 +270,18 @@ class WireTap:
                 self._threads.append(t)
 
     def _pump(self, src: socket.socket, dst: socket.socket, dec: _FrameDecoder):
+        key = (dec.conn, dec.dir)
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
                 dst.sendall(data)
-                dec.feed(data)
+                if key not in self._first:
+                    with self._lock:
+                        self._first[key] = bytes(data[:5])  # a TLS record header is 5 bytes
+                if not self.tls:  # TLS records are not frames: decoding them would only record an error
+                    dec.feed(data)
         except OSError:
             pass
         finally:
@@ -311,6 +321,15 @@ class WireTap:
     def failures(self, since: int = 0) -> list[dict]:
         return [dict(e.ev, conn=e.conn) for e in self.snapshot()[since:]
                 if e.dir == "s2c" and e.ev.get("type") in ("RpcFailure", "ChunkFetchFailure", "StreamFailure")]
+
+    def first_bytes(self, direction: str = "c2s") -> dict[int, bytes]:
+        """Connection -> the first (up to 5) bytes this side sent on it (absent if it sent nothing)."""
+        with self._lock:
+            return {c: b for (c, d), b in self._first.items() if d == direction}
+
+    def connections(self) -> int:
+        with self._lock:
+            return self._nconn
 
     def decode_errors(self) -> list[dict]:
         return [dict(e.ev, conn=e.conn, dir=e.dir) for e in self.snapshot() if "decode_error" in e.ev]
