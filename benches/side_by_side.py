@@ -17,9 +17,33 @@ Spark's default with spark.network.crypto.enabled=true; `gcm`: AES-GCM; `sasl`: 
 `--handshakes N` then also times N new connections per client kind (none, SASL, AuthEngine) against each server:
 client wall time per connection and server CPU per connection.
 
+With `--tls` (`--tls pem`, the default, or `--tls keystore`) both servers run with spark.ssl.rpc.enabled=true and
+one self-signed certificate (tests/spark/spark_tls.py), and the client connects over TLS as a Spark 4 executor does:
+  * `pem`: both servers get `spark.ssl.rpc.certChain` + `privateKey` (PEM) and `openSslEnabled=true`, and so does
+    the client (which then trusts exactly that chain), with the JVM option Spark's launcher gives every executor
+    (-Dio.netty.handler.ssl.defaultEndpointVerificationAlgorithm=NONE). The JVM service and the client run
+    Netty's OpenSSL engine (BoringSSL from the netty-tcnative jar Spark ships; the bench reports whether the JVM
+    service loaded it); the agent runs rustls;
+  * `keystore`: both servers get the same key and chain in a PKCS12 `spark.ssl.rpc.keyStore` (no openSslEnabled,
+    Spark's default), the client a keystore of its own and a `trustStore` with the certificate: the JDK's TLS
+    engine on the JVM service and the client.
+The agent is started with agent.tls.plaintext=refuse (TLS only, as Spark's service), so no client reaches it in
+plaintext. Before the loads the bench reads the cipher suite each server picks for this client out of the server's
+ServerHello (one connection through a relay on 127.0.0.1) and prints it with the TLS engine: the suites can differ
+between the servers (a JDK server picks by its own order, rustls by the client's). Under TLS the JVM service cannot
+use zero-copy (FileRegion): it reads file bodies and encrypts them in chunks of spark.network.ssl.maxEncryptedBlockSize
+(64 KiB); the agent cannot use sendfile either. The bench reports block bytes served as the client counted them (the
+agent has no metric of TLS record bytes or of bytes copied). `--tls` combines with `--auth` (spark.authenticate runs
+inside TLS, and with crypto/gcm the session cipher sits between TLS and the socket), and with `--handshakes` (every
+new connection then includes the TLS handshake).
+
+Every load run must serve every call: a failed block, a length that changed between fetches, a call that did not
+complete, or a failed registration stops the bench with the client's first error and the server's log tail.
+
 Run:   .venv/bin/python benches/side_by_side.py [--seconds 10] [--profiles 4k,4k-reducer,mixed,1m] [--json out.json]
-                                            [--auth none|sasl|crypto|gcm] [--handshakes 2000]
-Needs: target/release/spark-shuffle-agent (cargo build --release), .venv with pyspark (tests/run-all.sh).
+                                            [--auth none|sasl|crypto|gcm] [--tls [pem|keystore]] [--handshakes 2000]
+Needs: target/release/spark-shuffle-agent (cargo build --release; or AGENT_BIN=/path/to/agent), .venv with pyspark
+(tests/run-all.sh; or SPARK_VENV=/path/to/venv); for --tls also openssl and keytool on PATH.
 Every load loop is bounded by a call count and by time; servers listen on 127.0.0.1 only.
 """
 
@@ -44,7 +68,10 @@ sys.path.insert(0, str(REPO / "tests" / "spark"))
 from client_driver import JavaDriver, compile_driver  # noqa: E402
 from servers import find_agent_bin, start_agent, start_jvm_ess  # noqa: E402
 from shuffle_layout import make_executor_dirs  # noqa: E402
-from spark_auth import MODES, SECRET, start_auth_server  # noqa: E402
+from spark_auth import MODES, SECRET, auth_conf, start_auth_server  # noqa: E402
+from spark_tls import (EXECUTOR_JVM_OPTS, Cert, keystore_keys, pem_client_conf, server_conf,  # noqa: E402
+                       start_tls_server)
+from spark_tls import client_conf as jdk_client_conf  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 APP = "app-bench-0000"
@@ -126,13 +153,181 @@ class pinned:
         os.sched_setaffinity(0, self.saved)
 
 
-def client_auth(mode: str) -> dict:
-    """The driver's keyword arguments for a client of `mode` (none: no spark.authenticate)."""
-    return {} if mode == "none" else {"secret": SECRET, "conf": MODES[mode]}
+class BenchError(RuntimeError):
+    """A client error in a run: the bench stops, since a number from a run with errors means nothing."""
+
+
+# The TLS key modes of --tls. The default, `pem`, is what executors of a Spark 4 deployment on Kubernetes (where this
+# agent runs) use: their keys come as PEM files (a cert-manager Certificate, or any kubernetes.io/tls Secret, is
+# tls.crt + tls.key, the form docs/security.md sets the agent up with), and Spark's client reads PEM files only with
+# spark.ssl.rpc.openSslEnabled=true (its JDK path takes keystores only, TransportConf.sslRpcEnabledAndKeysAreValid).
+# With PEM keys executors and the service share one certificate (the PEM client trusts exactly its certChain).
+# `keystore` is the other way, Spark's default (openSslEnabled=false): JDK keystores, the JDK's TLS engine.
+TLS_MODES = {
+    "pem": "PEM certChain + privateKey, openSslEnabled=true (Netty OpenSSL engine on the JVM side)",
+    "keystore": "PKCS12 keyStore, client trustStore (JDK TLS engine on the JVM side)",
+}
+
+
+@dataclass
+class Security:
+    """What both servers and the client are given: spark.authenticate (`auth`) and TLS (`tls`, None: off)."""
+
+    auth: str = "none"
+    tls: str | None = None
+    server_tls: dict | None = None  # the spark.ssl.rpc.* keys of both servers
+    client_tls: dict | None = None  # the client's spark.ssl.rpc.* keys
+    cert: Cert | None = None
+
+    @classmethod
+    def make(cls, auth: str, tls: str | None, directory: Path) -> "Security":
+        if tls is None:
+            return cls(auth)
+        cert = Cert(directory, "server")
+        if tls == "pem":
+            return cls(auth, tls, server_conf(cert), pem_client_conf(cert), cert)
+        keys = keystore_keys(cert, "keytool", directory / "keys")
+        return cls(auth, tls, keys, jdk_client_conf(cert, Cert(directory, "client")), cert)
+
+    def server_conf(self) -> dict[str, str]:
+        """Every setting both servers get beyond the bench's own (port, dirs)."""
+        return {**(self.server_tls or {}), **(auth_conf(self.auth) if self.auth != "none" else {})}
+
+    def client(self, auth: str | None = None, jvm_opts: tuple = ()) -> dict:
+        """JavaDriver.run keyword arguments of a client authenticating as `auth` (default: the servers' mode)."""
+        auth = self.auth if auth is None else auth
+        conf = dict(self.client_tls or {})
+        kw = {"jvm_opts": tuple(jvm_opts)}
+        if self.tls:
+            # Spark's launcher gives every driver and executor JVM this (spark_tls.EXECUTOR_JVM_OPTS).
+            kw["jvm_opts"] += EXECUTOR_JVM_OPTS
+        if auth != "none":
+            conf.update(MODES[auth])
+            kw["secret"] = SECRET
+        kw["conf"] = conf
+        return kw
+
+    def describe(self) -> str:
+        auth = "off" if self.auth == "none" else f"{self.auth} {MODES[self.auth]}"
+        if not self.tls:
+            return f"spark.authenticate: {auth}; TLS: off"
+        keys = lambda d: ", ".join(k.removeprefix("spark.ssl.rpc.") for k in d)  # noqa: E731
+        return (f"spark.authenticate: {auth}; TLS: ON, {self.tls} ({TLS_MODES[self.tls]}); "
+                f"server keys spark.ssl.rpc.{{{keys(self.server_tls)}}}; "
+                f"client keys spark.ssl.rpc.{{{keys(self.client_tls)}}}; client JVM {' '.join(EXECUTOR_JVM_OPTS)}")
+
+
+# The agent serves TLS and plaintext on one port by default; refusing plaintext, as Spark's service does, makes sure
+# no client of the bench reaches the agent without TLS.
+AGENT_TLS_ONLY = {"agent.tls.plaintext": "refuse"}
+
+
+def start_server(kind: str, sec: Security, work: Path, root: str, agent_bin: Path, spark_home: Path):
+    if sec.tls:
+        extra = {**(auth_conf(sec.auth) if sec.auth != "none" else {}), **(AGENT_TLS_ONLY if kind == "agent" else {})}
+        return start_tls_server(kind, sec.cert, work, root, spark_home, extra=extra, keys=sec.server_tls)
+    if sec.auth != "none":
+        return start_auth_server(kind, sec.auth, work, root, spark_home)
+    if kind == "agent":
+        return start_agent(agent_bin, work, [root])
+    return start_jvm_ess(spark_home, work, root)
+
+
+def jvm_tls_engine(pid: int) -> str:
+    """Which TLS engine a JVM has loaded: netty-tcnative's OpenSSL (BoringSSL) shows as a mapped library."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return "?"
+    return "OpenSSL (netty-tcnative BoringSSL)" if "netty_tcnative" in maps else "JDK SSLEngine"
+
+
+SUITES = {0x1301: "TLS 1.3 AES_128_GCM_SHA256", 0x1302: "TLS 1.3 AES_256_GCM_SHA384",
+          0x1303: "TLS 1.3 CHACHA20_POLY1305_SHA256", 0xC02B: "TLS 1.2 ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+          0xC02C: "TLS 1.2 ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", 0xC02F: "TLS 1.2 ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+          0xC030: "TLS 1.2 ECDHE_RSA_WITH_AES_256_GCM_SHA384", 0xCCA8: "TLS 1.2 ECDHE_RSA_WITH_CHACHA20_POLY1305",
+          0xCCA9: "TLS 1.2 ECDHE_ECDSA_WITH_CHACHA20_POLY1305"}
+
+
+def negotiated_suite(driver: JavaDriver, port: int, sec: Security) -> str:
+    """The cipher suite the server picks for the bench's client: one connection (TLS handshake, no RPC) through a
+    relay on 127.0.0.1 that reads the suite out of the server's ServerHello (plaintext in TLS 1.2 and 1.3)."""
+    import socket
+    import struct
+    import threading
+
+    first = bytearray()
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    lsock.settimeout(60)
+
+    def pump(src, dst, keep):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if keep and len(first) < 256:
+                    first.extend(data[: 256 - len(first)])
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve():
+        try:
+            client, _ = lsock.accept()
+        except OSError:
+            return
+        with client, socket.create_connection(("127.0.0.1", port), timeout=60) as server:
+            client.settimeout(60)
+            up = threading.Thread(target=pump, args=(client, server, False), daemon=True)
+            up.start()
+            pump(server, client, True)
+            up.join(60)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with pinned(1):
+            driver.run([["connect", "--count", 1, "--seconds", 30]], port=lsock.getsockname()[1], app=APP,
+                       **sec.client())
+    finally:
+        t.join(60)
+        lsock.close()
+    b = bytes(first)
+    # Record header (5), handshake type 2 and length (4), legacy version (2), random (32), session id, suite (2).
+    if len(b) < 44 or b[0] != 0x16 or b[5] != 2:
+        return f"? (first server bytes {b[:12].hex()})"
+    at = 44 + b[43]
+    if len(b) < at + 2:
+        return "? (short ServerHello)"
+    code = struct.unpack(">H", b[at:at + 2])[0]
+    return SUITES.get(code, f"suite 0x{code:04x}")
+
+
+def check_load(kind: str, prof, r: dict, handle) -> None:
+    """Every call served, every block ok: otherwise the bench stops with the first error."""
+    bad = []
+    if r["failures"]:
+        bad.append(f"{r['failures']} failed blocks, first: {r['first_error']}")
+    if r["len_mismatches"]:
+        bad.append(f"{r['len_mismatches']} blocks whose length changed between fetches")
+    if not r["drained"] or r["calls_completed"] != r["calls_issued"]:
+        bad.append(f"{r['calls_issued']} calls issued, {r['calls_completed']} completed (drained: {r['drained']})")
+    if not r["blocks"]:
+        bad.append("no block fetched")
+    if bad:
+        raise BenchError(f"{kind}, {prof.name}: " + "; ".join(bad) + f"\nserver log (tail):\n{handle.log_tail(30)}")
 
 
 def run_load(driver: JavaDriver, port: int, ids: list[str], concurrency: int, count: int, seconds: float,
-             ids_per_call: int | None = None, auth: str = "none") -> dict:
+             ids_per_call: int | None = None, sec: Security = Security()) -> dict:
     """One load run; with `ids_per_call` the driver splits `ids` into calls of that many, round robin,
     otherwise every call names all of `ids`."""
     steps = [["load", "--exec", EXEC, "--ids", ",".join(ids), "--concurrency", concurrency, "--count", count,
@@ -140,27 +335,42 @@ def run_load(driver: JavaDriver, port: int, ids: list[str], concurrency: int, co
     if ids_per_call:
         steps[0] += ["--ids-per-call", ids_per_call]
     with pinned(1):
-        res = driver.run(steps, port=port, app=APP, timeout_s=seconds + 60, jvm_opts=("-XX:ActiveProcessorCount=1",),
-                         **client_auth(auth))
+        res = driver.run(steps, port=port, app=APP, timeout_s=seconds + 60,
+                         **sec.client(jvm_opts=("-XX:ActiveProcessorCount=1",)))
     return [x for x in res.lines if x.get("op") == "load"][-1]
 
 
 # The client kinds of the handshake rows: a server with spark.network.crypto.enabled=true also takes SASL
 # clients (spark.network.crypto.saslFallback, on by default in both servers).
 HANDSHAKES = {"none": "TCP connect, no spark.authenticate", "sasl": "SASL DIGEST-MD5 handshake",
-              "crypto": "AuthEngine handshake (AES-CTR)"}
+              "crypto": "AuthEngine handshake (AES-CTR)", "gcm": "AuthEngine handshake (AES-GCM)"}
 
 
-def bench_handshakes(driver: JavaDriver, pid: int, port: int, count: int) -> dict:
+def handshake_kinds(auth: str) -> list[str]:
+    """The client kinds a server of `auth` takes: any with no spark.authenticate only plain clients; with it, SASL
+    clients too (saslFallback), and AuthEngine clients of its own cipher (the cipher is not negotiated)."""
+    if auth == "none":
+        return ["none"]
+    return ["none", "sasl"] + ([auth] if auth in ("crypto", "gcm") else [])
+
+
+def handshake_label(kind: str, sec: Security) -> str:
+    if not sec.tls:
+        return HANDSHAKES[kind]
+    return "TCP connect + TLS handshake, no spark.authenticate" if kind == "none" else f"TLS, then {HANDSHAKES[kind]}"
+
+
+def bench_handshakes(driver: JavaDriver, pid: int, port: int, count: int, sec: Security = Security()) -> dict:
     """Per client kind: `count` new connections one after another, each handshaking and closed at once."""
     out = {}
-    for kind in HANDSHAKES:
+    for kind in handshake_kinds(sec.auth):
+        # `none` against a server with spark.authenticate: the connection (and TLS handshake) alone, no RPC.
         with pinned(1):
             driver.run([["connect", "--count", min(200, count), "--seconds", 10]], port=port, app=APP,
-                       **client_auth(kind))  # warm-up (JIT)
+                       **sec.client(kind))  # warm-up (JIT)
             cpu0 = cpu_seconds(pid)
             res = driver.run([["connect", "--count", count, "--seconds", 60]], port=port, app=APP,
-                             timeout_s=120, **client_auth(kind))
+                             timeout_s=120, **sec.client(kind))
             cpu = cpu_seconds(pid) - cpu0
         r = [x for x in res.lines if x.get("op") == "connect"][-1]
         n = r["connections"]
@@ -169,13 +379,18 @@ def bench_handshakes(driver: JavaDriver, pid: int, port: int, count: int) -> dic
     return out
 
 
-def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, args) -> dict:
+def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, args, sec: Security) -> dict:
     pid = handle.proc.pid
     out = {"idle_rss_mib": rss_kib(pid, "VmRSS") / 1024}
     with pinned(1):
         dir_args = [a for d in dirs.local_dirs for a in ("--dir", d)]
-        driver.run([["register", "--exec", EXEC, *dir_args, "--subdirs", dirs.subdirs]], port=handle.port, app=APP,
-                   **client_auth(args.auth))
+        reg = driver.run([["register", "--exec", EXEC, *dir_args, "--subdirs", dirs.subdirs]], port=handle.port,
+                         app=APP, **sec.client())
+    rec = [x for x in reg.lines if x.get("op") == "register"][-1]
+    if not rec.get("ok"):
+        raise BenchError(f"{kind}: registration failed: {rec}\nserver log (tail):\n{handle.log_tail(30)}")
+    if sec.tls:
+        out["tls_suite"] = negotiated_suite(driver, handle.port, sec)
     for key, (prof, calls) in workloads.items():
         # One call's ids per load run: the load driver repeats the same call; pick the calls round robin by
         # running one load per call group would multiply JVM starts, so use a representative call of each map.
@@ -185,10 +400,12 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
             # Each call is one reduce from every map; the driver cycles through 8 reduces' calls.
             ids = [i for c in calls[:8] for i in c]
             per_call = prof.ids_per_call
-        run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds), per_call, args.auth)  # warm-up
+        warm = run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds), per_call, sec)
+        check_load(kind, prof, warm, handle)
         cpu0 = cpu_seconds(pid)
-        r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds, per_call, args.auth)
+        r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds, per_call, sec)
         cpu = cpu_seconds(pid) - cpu0
+        check_load(kind, prof, r, handle)
         gb = r["bytes"] / 1e9
         out[key] = {
             "blocks_per_s": r["blocks_per_s"],
@@ -199,12 +416,19 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
             "cpu_s_per_gb": cpu / gb if gb else None,
             "cpu_us_per_block": cpu * 1e6 / r["blocks"] if r["blocks"] else None,
             "blocks": r["blocks"],
+            # Block bytes the client received (the agent has no metric of TLS record bytes or of bytes copied).
+            "bytes": r["bytes"],
+            "calls": r["calls_completed"],
             "failures": r["failures"],
             "first_error": r["first_error"],
         }
     if args.handshakes:
-        out["handshakes"] = bench_handshakes(driver, pid, handle.port, args.handshakes)
+        out["handshakes"] = bench_handshakes(driver, pid, handle.port, args.handshakes, sec)
     out["peak_rss_mib"] = rss_kib(pid, "VmHWM") / 1024
+    if kind == "jvm" and sec.tls:
+        out["tls_engine"] = jvm_tls_engine(pid)
+    elif kind == "agent" and sec.tls:
+        out["tls_engine"] = "rustls (ring)"
     return out
 
 
@@ -220,9 +444,12 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def print_table(results: dict, workloads: dict) -> None:
+def print_table(results: dict, workloads: dict, sec: Security = Security()) -> None:
     agent, jvm = results["agent"], results["jvm"]
     print()
+    if sec.tls:
+        print(f"TLS on ({sec.tls} keys): agent {agent['tls_engine']}, {agent['tls_suite']}; "
+              f"JVM ESS {jvm['tls_engine']}, {jvm['tls_suite']}")
     print("| profile | metric | agent | JVM ESS | agent / JVM |")
     print("|---|---|---:|---:|---:|")
     for key, (prof, _) in workloads.items():
@@ -237,9 +464,10 @@ def print_table(results: dict, workloads: dict) -> None:
         ]
         for label, k, d in rows:
             print(f"| {prof.name} | {label} | {fmt(a[k], d)} | {fmt(j[k], d)} | {ratio(a[k], j[k])} |")
-        if a["failures"] or j["failures"]:
-            print(f"| {prof.name} | failures | {a['failures']} | {j['failures']} | |")
-    for kind, label in (HANDSHAKES.items() if "handshakes" in agent else ()):
+        print(f"| {prof.name} | GB served (calls; failed blocks) | {a['bytes'] / 1e9:,.2f} ({a['calls']:,}; "
+              f"{a['failures']}) | {j['bytes'] / 1e9:,.2f} ({j['calls']:,}; {j['failures']}) | |")
+    for kind in (agent.get("handshakes") or {}):
+        label = handshake_label(kind, sec)
         a, j = agent["handshakes"][kind], jvm["handshakes"][kind]
         for metric, k, d in (("client ms per connection, p50", "p50_ms", 2), ("client ms per connection, p99", "p99_ms", 2),
                              ("server CPU µs per connection", "cpu_us_per_conn", 0)):
@@ -261,6 +489,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--auth", choices=["none", *MODES], default="none",
                     help="spark.authenticate on both servers and the client, in this mode")
+    ap.add_argument("--tls", nargs="?", const="pem", choices=list(TLS_MODES), default=None,
+                    help="spark.ssl.rpc.enabled=true on both servers and the client, with PEM keys and "
+                         "openSslEnabled (pem, the default) or JDK keystores (keystore)")
     ap.add_argument("--handshakes", type=int, default=0, help="also time this many new connections per client kind")
     args = ap.parse_args()
 
@@ -276,6 +507,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="shuffle-bench-"))
     try:
+        sec = Security.make(args.auth, args.tls, work / "certs")
         root = work / "root"
         dirs = make_executor_dirs(str(root / "blockmgr-bench"), n_dirs=2, subdirs=64)
         rng = random.Random(args.seed)
@@ -288,29 +520,34 @@ def main() -> int:
         for kind in ("agent", "jvm"):
             with pinned(0):
                 (work / kind).mkdir(parents=True, exist_ok=True)
-                if args.auth != "none":
-                    handle = start_auth_server(kind, args.auth, work / kind, str(root), spark_home)
-                elif kind == "agent":
-                    handle = start_agent(agent_bin, work / kind, [str(root)])
-                else:
-                    handle = start_jvm_ess(spark_home, work / kind, str(root))
+                handle = start_server(kind, sec, work / kind, str(root), agent_bin, spark_home)
             try:
-                results[kind] = bench_server(kind, handle, driver, dirs, workloads, args)
+                results[kind] = bench_server(kind, handle, driver, dirs, workloads, args, sec)
+            except BenchError as e:
+                print(f"FAILED: {e}", file=sys.stderr)
+                return 1
             finally:
                 handle.stop()
             with pinned(0):
-                results[kind]["start_ms"] = time_to_listen(kind, agent_bin, spark_home, work / f"{kind}-start", root)
-        print_machine(args.auth)
-        print_table(results, workloads)
+                start_conf = {**sec.server_conf(), **(AGENT_TLS_ONLY if kind == "agent" and sec.tls else {})}
+                results[kind]["start_ms"] = time_to_listen(kind, agent_bin, spark_home, work / f"{kind}-start",
+                                                           root, start_conf)
+        print_machine(sec)
+        print_table(results, workloads, sec)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+            redact = lambda d: {k: ("(secret)" if "secret" in k else v) for k, v in d.items()}  # noqa: E731
+            results["settings"] = {"auth": args.auth, "tls": args.tls, "server_conf": redact(sec.server_conf()),
+                                   "client": redact(sec.client()), "seconds": args.seconds, "profiles": args.profiles}
+            args.json.write_text(json.dumps(results, indent=2, default=str))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def time_to_listen(kind: str, agent_bin: Path, spark_home: Path, work: Path, root: Path) -> float:
-    """Milliseconds from spawning the server to its port accepting a connection (1 ms polling)."""
+def time_to_listen(kind: str, agent_bin: Path, spark_home: Path, work: Path, root: Path,
+                   extra: dict[str, str] | None = None) -> float:
+    """Milliseconds from spawning the server, with the bench's settings `extra` (TLS keys, spark.authenticate),
+    to its port accepting a connection (1 ms polling)."""
     import socket
 
     from servers import free_port
@@ -318,14 +555,22 @@ def time_to_listen(kind: str, agent_bin: Path, spark_home: Path, work: Path, roo
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = dict(os.environ)
+    extra = extra or {}
     if kind == "agent":
-        argv = [str(agent_bin), "--bind", "127.0.0.1", "--port", str(port), "--root", str(root),
-                "--state-dir", str(work / "state")]
+        # --metrics-port 0: the fixed default port may be taken by another agent on the machine.
+        argv = [str(agent_bin), "--bind", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--root",
+                str(root), "--state-dir", str(work / "state")]
+        if extra:
+            path = work / "agent.conf"
+            # The agent has no OpenSSL switch (spark_tls.start_tls_server).
+            path.write_text("".join(f"{k} {v}\n" for k, v in extra.items() if k != "spark.ssl.rpc.openSslEnabled"))
+            argv += ["--config", str(path)]
     else:
         conf = work / "conf"
         conf.mkdir(exist_ok=True)
         (conf / "spark-defaults.conf").write_text(
-            f"spark.shuffle.service.port {port}\nspark.shuffle.service.db.enabled false\nspark.local.dir {root}\n")
+            f"spark.shuffle.service.port {port}\nspark.shuffle.service.db.enabled false\nspark.local.dir {root}\n"
+            + "".join(f"{k} {v}\n" for k, v in extra.items()))
         env.update(SPARK_HOME=str(spark_home), SPARK_CONF_DIR=str(conf), SPARK_NO_DAEMONIZE="1")
         argv = [str(spark_home / "bin" / "spark-class"), "org.apache.spark.deploy.ExternalShuffleService"]
     t0 = time.monotonic()
@@ -346,12 +591,12 @@ def time_to_listen(kind: str, agent_bin: Path, spark_home: Path, work: Path, roo
         proc.wait(timeout=30)
 
 
-def print_machine(auth: str) -> None:
+def print_machine(sec: Security) -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     print(f"machine: {os.cpu_count()} cores ({cpu}), kernel {os.uname().release}; "
           f"server pinned to core 0, client (Spark 4.3.0 ExternalBlockStoreClient, Java 17) to core 1; "
-          f"spark.authenticate: {'off' if auth == 'none' else auth + ' ' + str(MODES[auth])}")
+          f"{sec.describe()}")
 
 
 if __name__ == "__main__":
