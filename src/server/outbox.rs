@@ -137,8 +137,10 @@ pub struct Outbox {
     copied: u64,
 }
 
-/// How far ahead a sequential run of small blocks is read: one pread then serves the next
-/// blocks of the same map output (a fetch asks for them in file order).
+/// How far ahead a sequential run of small blocks is read at most: one pread then serves the
+/// next blocks of the same map output (a fetch asks for them in file order). A run earns its
+/// read-ahead: twice what it has used so far, so bytes read and never sent stay below what was
+/// sent (a reducer's fetch takes a few blocks of each map output, not 128 KiB of them).
 const READ_AHEAD: usize = 128 * 1024;
 
 /// The bytes of the last read, for the blocks that follow it in the same file.
@@ -149,6 +151,8 @@ struct ReadWindow {
     filled: usize,
     /// Where the block after the last one served starts: a request there is sequential.
     next: u64,
+    /// Bytes of the current sequential run of blocks, the one being read included.
+    run: u64,
     buf: Vec<u8>,
     /// Bytes read into `buf`, read-ahead included.
     read_bytes: u64,
@@ -160,8 +164,11 @@ impl ReadWindow {
         let len = segment.len as usize;
         let same = self.file.as_ref().is_some_and(|f| std::sync::Arc::ptr_eq(f, &segment.file));
         let end = segment.offset + segment.len;
+        let sequential = same && segment.offset == self.next;
+        self.run = if sequential { self.run + segment.len } else { segment.len };
         if !(same && segment.offset >= self.start && end <= self.start + self.filled as u64) {
-            let want = if same && segment.offset == self.next { len.max(READ_AHEAD) } else { len };
+            let earned = usize::try_from(2 * self.run).unwrap_or(READ_AHEAD).min(READ_AHEAD);
+            let want = if sequential { len.max(earned) } else { len };
             if self.buf.len() < want {
                 self.buf.resize(want, 0);
             }
