@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "spark"))
 
 from client_driver import JavaDriver, compile_driver  # noqa: E402
-from servers import find_agent_bin, start_agent, start_jvm_ess  # noqa: E402
+from servers import agent_metrics_url, find_agent_bin, scrape_metrics, start_agent, start_jvm_ess  # noqa: E402
 from shuffle_layout import make_executor_dirs  # noqa: E402
 from spark_auth import MODES, SECRET, auth_conf, start_auth_server  # noqa: E402
 from spark_tls import (EXECUTOR_JVM_OPTS, Cert, keystore_keys, pem_client_conf, server_conf,  # noqa: E402
@@ -402,9 +402,11 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
             per_call = prof.ids_per_call
         warm = run_load(driver, handle.port, ids, prof.concurrency, 50, min(3.0, args.seconds), per_call, sec)
         check_load(kind, prof, warm, handle)
+        copies0 = agent_copies(handle) if kind == "agent" else None
         cpu0 = cpu_seconds(pid)
         r = run_load(driver, handle.port, ids, prof.concurrency, args.max_calls, args.seconds, per_call, sec)
         cpu = cpu_seconds(pid) - cpu0
+        copies = agent_copies(handle) if kind == "agent" else None
         check_load(kind, prof, r, handle)
         gb = r["bytes"] / 1e9
         out[key] = {
@@ -416,8 +418,10 @@ def bench_server(kind: str, handle, driver: JavaDriver, dirs, workloads: dict, a
             "cpu_s_per_gb": cpu / gb if gb else None,
             "cpu_us_per_block": cpu * 1e6 / r["blocks"] if r["blocks"] else None,
             "blocks": r["blocks"],
-            # Block bytes the client received (the agent has no metric of TLS record bytes or of bytes copied).
+            # Block bytes the client received.
             "bytes": r["bytes"],
+            # The agent's user-space copies per byte it wrote (spark_shuffle_agent_bytes_copied_total).
+            "copies_per_byte": copies_per_byte(copies0, copies),
             "calls": r["calls_completed"],
             "failures": r["failures"],
             "first_error": r["first_error"],
@@ -444,6 +448,17 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def agent_copies(handle) -> tuple[float, float]:
+    m = scrape_metrics(agent_metrics_url(handle))
+    return m["spark_shuffle_agent_bytes_copied_total"], m["spark_shuffle_agent_bytes_written_total"]
+
+
+def copies_per_byte(before, after) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def print_table(results: dict, workloads: dict, sec: Security = Security()) -> None:
     agent, jvm = results["agent"], results["jvm"]
     print()
@@ -466,6 +481,8 @@ def print_table(results: dict, workloads: dict, sec: Security = Security()) -> N
             print(f"| {prof.name} | {label} | {fmt(a[k], d)} | {fmt(j[k], d)} | {ratio(a[k], j[k])} |")
         print(f"| {prof.name} | GB served (calls; failed blocks) | {a['bytes'] / 1e9:,.2f} ({a['calls']:,}; "
               f"{a['failures']}) | {j['bytes'] / 1e9:,.2f} ({j['calls']:,}; {j['failures']}) | |")
+        print(f"| {prof.name} | bytes copied in user space per byte written | {fmt(a.get('copies_per_byte'), 2)} | "
+              f"— | |")
     for kind in (agent.get("handshakes") or {}):
         label = handshake_label(kind, sec)
         a, j = agent["handshakes"][kind], jvm["handshakes"][kind]
