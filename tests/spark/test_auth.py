@@ -22,7 +22,7 @@ from servers import agent_metrics_url
 from shuffle_layout import crc32, make_executor_dirs, sha256
 from spark_auth import MODES, SECRET, auth_conf, client_conf, start_auth_server
 from spark_cluster import SparkCluster
-from test_spark_jobs import EXPECTED, N, check_registrations, check_reread, shuffled_rdd
+from test_spark_jobs import check_registrations, replace_and_reread
 
 _apps = itertools.count(1)
 
@@ -170,14 +170,7 @@ def test_a_job_with_authentication_survives_executor_replacement(spark_env, auth
         "spark.shuffle.readHostLocalDisk": "false",
     }
     with SparkCluster(auth_ess, jobs_local_dir, request.node.name, conf) as cl:
-        rdd, acc = shuffled_rdd(cl)
-        cl.sc.setJobGroup("phase1", "write the shuffle and read it")
-        assert dict(rdd.collect()) == EXPECTED
-        old, new = cl.replace_all_executors()
-        assert sorted(old) == cl.initial_executors
-        cl.sc.setJobGroup("phase2", "read the shuffle again from new executors")
-        assert dict(rdd.collect()) == EXPECTED
-        m = check_reread(cl, "phase2", acc, N)
+        old, new, _, m = replace_and_reread(cl)
         assert m["remote_blocks"] > 0, m
         check_handshakes_on_the_wire(cl, auth_ess.auth_mode)
         if auth_ess.auth_mode == "sasl":  # after an AuthEngine handshake the tap sees only ciphertext

@@ -98,6 +98,16 @@ def check_reread(cl: SparkCluster, group: str, acc, expected_acc: int):
 
 
 def run_shuffle_replace_and_reread(cl: SparkCluster):
+    old, new, mark, m = replace_and_reread(cl)
+    check_registrations(cl, old + new)
+    check_no_server_failures(cl)
+    return old, new, mark, m
+
+
+def replace_and_reread(cl: SparkCluster):
+    """The kill-and-replace flow: write the shuffle and read it, replace every executor, read it again from the
+    new ones (check_reread: no map task re-ran). Returns the old and new executors, the tap's mark before the
+    re-read, and the re-read's metrics."""
     rdd, acc = shuffled_rdd(cl)
     cl.sc.setJobGroup("phase1", "write the shuffle and read it")
     assert dict(rdd.collect()) == EXPECTED
@@ -108,8 +118,6 @@ def run_shuffle_replace_and_reread(cl: SparkCluster):
     cl.sc.setJobGroup("phase2", "read the shuffle again from new executors")
     assert dict(rdd.collect()) == EXPECTED
     m = check_reread(cl, "phase2", acc, N)
-    check_registrations(cl, old + new)
-    check_no_server_failures(cl)
     return old, new, mark, m
 
 

@@ -27,7 +27,7 @@ import pytest
 from servers import agent_metrics_url, scrape_metrics
 from spark_cluster import EXECUTOR_JAVA_OPTS, SparkCluster
 from spark_tls import EXECUTOR_JVM_OPTS, Cert, client_conf, pem_client_conf, start_tls_server
-from test_spark_jobs import EXPECTED, N, check_reread, shuffled_rdd
+from test_spark_jobs import replace_and_reread
 
 TLS_RECORD_HANDSHAKE = 0x16  # the content type of a TLS record carrying a ClientHello / ServerHello
 
@@ -82,14 +82,7 @@ def test_a_tls_job_survives_executor_replacement(spark_env, tls_ess, cert, jobs_
         prop = "io.netty.handler.ssl.defaultEndpointVerificationAlgorithm"
         assert cl.sc._jvm.java.lang.System.getProperty(prop) == "NONE", "the driver JVM lacks " + prop
         check_serves_tls(int(cl.sc.getConf().get("spark.driver.port")), cert)
-        rdd, acc = shuffled_rdd(cl)
-        cl.sc.setJobGroup("phase1", "write the shuffle and read it")
-        assert dict(rdd.collect()) == EXPECTED
-        old, new = cl.replace_all_executors()
-        assert sorted(old) == cl.initial_executors
-        cl.sc.setJobGroup("phase2", "read the shuffle again from new executors")
-        assert dict(rdd.collect()) == EXPECTED
-        m = check_reread(cl, "phase2", acc, N)
+        old, new, _, m = replace_and_reread(cl)
         assert m["remote_blocks"] > 0, m
         check_all_tls(cl)
         if tls_ess.kind == "agent":  # the JVM service has no /status
