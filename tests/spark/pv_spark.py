@@ -148,10 +148,24 @@ def kill_mount_ns(ns: int) -> None:
 def check_gone(rec: dict, ns: int) -> None:
     """The executor's pod is gone: no process left in its mount namespace, and its volume mounted
     nowhere (in no process's namespace)."""
-    wait_until(lambda: not pids_in_mount_ns(ns) and mount_ns(rec["pid"]) is None, 30, 0.1,
-               f"every process of executor {rec['exec']}'s mount namespace to exit")
+    try:
+        # Generous: once, in a full CI run, a process was still there after 30 s (it passed alone).
+        wait_until(lambda: not pids_in_mount_ns(ns) and mount_ns(rec["pid"]) is None, 90, 0.1,
+                   f"every process of executor {rec['exec']}'s mount namespace to exit")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; left: {[describe_process(p) for p in pids_in_mount_ns(ns)]}") from None
     left = mounts_of(Path(rec["pv_dir"]).name)
     assert not left, f"executor {rec['exec']}'s volume is still mounted: {left}"
+
+
+def describe_process(pid: int) -> str:
+    """pid, state and command line, for a failure message."""
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        return f"{pid} {state} {cmd}"
+    except (OSError, StopIteration):
+        return f"{pid} (gone)"
 
 
 PLACED = "local dirs placed on the node"
