@@ -30,12 +30,13 @@ one self-signed certificate (tests/spark/spark_tls.py), and the client connects 
 The agent is started with agent.tls.plaintext=refuse (TLS only, as Spark's service), so no client reaches it in
 plaintext. Before the loads the bench reads the cipher suite each server picks for this client out of the server's
 ServerHello (one connection through a relay on 127.0.0.1) and prints it with the TLS engine: the suites can differ
-between the servers (a JDK server picks by its own order, so does the agent, OpenSSL by the client's). Under TLS the JVM service cannot
-use zero-copy (FileRegion): it reads file bodies and encrypts them in chunks of spark.network.ssl.maxEncryptedBlockSize
-(64 KiB); the agent cannot use sendfile either. The bench reports block bytes served as the client counted them, and the
-agent's user-space copies per byte written (spark_shuffle_agent_bytes_copied_total). `--tls` combines with `--auth` (spark.authenticate runs
-inside TLS, and with crypto/gcm the session cipher sits between TLS and the socket), and with `--handshakes` (every
-new connection then includes the TLS handshake).
+between the servers (a JDK server picks by its own order, so does the agent, OpenSSL by the client's). Under TLS
+the JVM service cannot use zero-copy (FileRegion): it reads file bodies and encrypts them in chunks of
+spark.network.ssl.maxEncryptedBlockSize (64 KiB); the agent cannot use sendfile either. The bench reports block bytes
+served as the client counted them, and the agent's user-space copies per byte written
+(spark_shuffle_agent_bytes_copied_total). `--tls` combines with `--auth` (spark.authenticate runs inside TLS, and with
+crypto/gcm the session cipher sits between TLS and the socket), and with `--handshakes` (every new connection then
+includes the TLS handshake).
 
 Every load run must serve every call: a failed block, a length that changed between fetches, a call that did not
 complete, or a failed registration stops the bench with the client's first error and the server's log tail.
