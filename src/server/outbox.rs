@@ -79,13 +79,13 @@ async fn drain_tls(
                 // session's limit), encrypted, and written out completely.
                 let mut records = Vec::new();
                 session.write_tls(&mut records)?;
-                session.note_copied(records.len());
+                session.note_copied(records.len() as u64);
                 let items = [Item::Bytes(Bytes::from(records))];
                 // Boxed: the sealed writer writes to a sink, and a sink's drain calls it.
                 let mut socket = Sink::Socket(stream);
                 let mut copied = 0;
                 Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle, &mut copied)).await?;
-                session.note_copied(copied as usize);
+                session.note_copied(copied);
             }
         }
     }

@@ -122,7 +122,7 @@ fn provider(algorithms: Option<&[String]>) -> Result<CryptoProvider, KeyError> {
     // AES-128-GCM first: TLS 1.3's mandatory suite, what Spark's OpenSSL client asks for first,
     // and with AES-NI the cheapest (AES-256 has 14 rounds to its 10). The sort is stable.
     provider.cipher_suites.sort_by_key(|s| {
-        let name = format!("{:?}", s.suite());
+        let name = iana_name(s);
         (!name.contains("AES_128_GCM"), name.contains("CHACHA20"))
     });
     if let Some(wanted) = algorithms {

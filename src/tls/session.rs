@@ -103,8 +103,8 @@ impl TlsSession {
     }
 
     /// Counts `n` more bytes copied on this session's account (records taken out whole).
-    pub fn note_copied(&mut self, n: usize) {
-        self.copied += n as u64;
+    pub fn note_copied(&mut self, n: u64) {
+        self.copied += n;
     }
 
     /// The bytes copied since the last call.

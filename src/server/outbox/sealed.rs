@@ -257,8 +257,9 @@ mod tests {
             got
         });
         let mut copied = 0;
-        let written =
-            write(&mut Sink::Socket(&server), Some(sealing), items, Duration::from_secs(10), &mut copied).await.unwrap();
+        let written = write(&mut Sink::Socket(&server), Some(sealing), items, Duration::from_secs(10), &mut copied)
+            .await
+            .unwrap();
         drop(server);
         assert_eq!(copied, items.iter().map(item_len).sum::<u64>());
         (written, reader.await.unwrap())
