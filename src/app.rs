@@ -242,8 +242,10 @@ async fn serve(
     let store = Arc::new(Store::new(config.index_cache_bytes));
     let (lifecycle, worker) = Lifecycle::new(Arc::clone(&registry), Arc::clone(&store), config.lifecycle_settings());
     let tls = tls_acceptor(&config)?;
+    let mut settings = config.server_settings();
+    settings.max_connections = crate::server::limits::fit_connections(settings.max_connections);
     let shared = Arc::new(
-        Shared::new(config.server_settings(), Arc::clone(&registry), Arc::clone(&store))
+        Shared::new(settings, Arc::clone(&registry), Arc::clone(&store))
             .with_access(access.clone())
             .with_tls(tls.clone()),
     );
@@ -291,8 +293,7 @@ async fn serve(
     }
     let disk_watcher = DiskWatcher::spawn(Arc::clone(&disk), Arc::clone(&registry), DiskSettings::default())
         .map_err(|e| anyhow::anyhow!("starting the disk-usage thread: {e}"))?;
-    let listener = tokio::net::TcpListener::bind((config.bind, config.port))
-        .await
+    let listener = crate::server::limits::listen((config.bind, config.port).into())
         .map_err(|e| anyhow::anyhow!("binding {}:{}: {e}", config.bind, config.port))?;
     let shuffle_addr = listener.local_addr().map_err(anyhow::Error::new)?;
     let listener = listener.into_std().map_err(anyhow::Error::new)?;

@@ -151,7 +151,7 @@ impl Default for Config {
             max_frame_bytes: 16 << 20,
             max_pending_frame_bytes: 64 << 20,
             sendfile_min_bytes: 16 << 10,
-            max_connections: 4096,
+            max_connections: 16_384,
             max_streams_per_connection: 4096,
             drain_grace: Duration::from_secs(30),
             app_retention: Duration::ZERO,

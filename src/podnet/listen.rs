@@ -18,8 +18,8 @@ use super::netns::Netns;
 use super::PodnetError;
 
 /// Listen backlog: Spark opens a burst of connections per reducer; the kernel caps it at
-/// `net.core.somaxconn` of the pod's namespace anyway.
-const BACKLOG: i32 = 1024;
+/// `net.core.somaxconn` of the pod's namespace.
+const BACKLOG: i32 = crate::server::limits::LISTEN_BACKLOG as i32;
 
 /// The listeners opened in one pod. Non-blocking, ready for `tokio::net::TcpListener::from_std`.
 #[derive(Debug)]

@@ -109,8 +109,9 @@ struct MapMemo {
     output: MapOutput,
 }
 
-/// Capacity `fetch_starts` keeps between flushes; a burst past it is given back.
-const FETCH_STARTS_KEPT: usize = 1024;
+/// Capacity `fetch_starts` keeps between flushes (a batch of 4 KiB blocks); a burst past it
+/// is given back, so an idle connection holds little.
+const FETCH_STARTS_KEPT: usize = 64;
 
 /// How [`serve_from`] stopped.
 pub(super) enum Served {
@@ -256,7 +257,7 @@ impl Connection {
         self.last_map = None;
         let idle = self.shared.settings.idle_timeout;
         let (sink, cipher) = transport.writer();
-        let result = self.outbox.flush(sink, cipher, idle).await;
+        let result = Box::pin(self.outbox.flush(sink, cipher, idle)).await;
         let copied = self.outbox.take_copied() + transport.take_copied();
         self.shared.counters.bytes_copied.fetch_add(copied, Ordering::Relaxed);
         self.release_queued();
@@ -289,7 +290,7 @@ impl Connection {
         if !self.peer.is_authenticated() {
             match msg {
                 Message::RpcRequest { request_id, body } if Handshake::is_tagged(&body) => {
-                    return self.handshake(request_id, &body, transport).await
+                    return Box::pin(self.handshake(request_id, &body, transport)).await
                 }
                 // Per-app mode: requests for apps without authentication are served (each is
                 // checked in dispatch).
@@ -303,12 +304,14 @@ impl Connection {
     async fn serve(&mut self, msg: Message) -> Result<(), ConnectionEnd> {
         match msg {
             Message::RpcRequest { request_id, body } => {
-                let reply = match dispatch::rpc(
+                // Boxed here and below: a connection's future is as large as its largest state,
+                // held for the connection's life, and an RPC's is the largest (10,000 of them).
+                let reply = match Box::pin(dispatch::rpc(
                     &self.shared,
                     &mut self.streams,
                     Caller { peer: &self.peer, over_tls: self.over_tls },
                     &body,
-                )
+                ))
                 .await
                 {
                     RpcReply::Ok(body) => Message::RpcResponse { request_id, body },
@@ -320,12 +323,12 @@ impl Connection {
                 self.outbox.message(&reply);
             }
             Message::OneWayMessage { body } => {
-                dispatch::one_way(
+                Box::pin(dispatch::one_way(
                     &self.shared,
                     &mut self.streams,
                     Caller { peer: &self.peer, over_tls: self.over_tls },
                     &body,
-                )
+                ))
                 .await
             }
             Message::ChunkFetchRequest(chunk) => self.chunk(chunk)?,
@@ -338,11 +341,11 @@ impl Connection {
                 return Err(ConnectionEnd::Refused(error));
             }
             Message::MergedBlockMetaRequest { request_id, app_id, .. } => {
-                let error = match dispatch::authorize(
+                let error = match Box::pin(dispatch::authorize(
                     &self.shared,
                     Caller { peer: &self.peer, over_tls: self.over_tls },
                     &app_id,
-                )
+                ))
                 .await
                 {
                     Ok(()) => dispatch::merge_unsupported(),
@@ -362,7 +365,9 @@ impl Connection {
     async fn handle_unauthenticated(&mut self, msg: Message, transport: &mut Transport) -> Result<(), ConnectionEnd> {
         let refused = |call| handshake::unauthenticated(call).to_string();
         let reply = match msg {
-            Message::RpcRequest { request_id, body } => return self.handshake(request_id, &body, transport).await,
+            Message::RpcRequest { request_id, body } => {
+                return Box::pin(self.handshake(request_id, &body, transport)).await
+            }
             // No reply channel: Spark throws and logs; so do we (at debug).
             Message::OneWayMessage { .. } => {
                 debug!("one-way message before authentication dropped");

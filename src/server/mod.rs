@@ -6,6 +6,7 @@ mod connection;
 mod dispatch;
 mod handshake;
 mod input;
+pub mod limits;
 pub mod metrics;
 mod outbox;
 mod placement;

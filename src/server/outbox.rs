@@ -113,8 +113,6 @@ impl io::Write for SocketWriter<'_> {
 const FLUSH_BYTES: usize = 256 * 1024;
 /// Flush once this many files are queued, so open descriptors per connection stay bounded.
 const FLUSH_FILES: usize = 64;
-/// What the queue of headers and small bodies holds between batches (RPC replies, headers).
-const TAIL_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum Item {
@@ -206,7 +204,7 @@ impl Outbox {
     pub fn new(coalesce_max_bytes: u64) -> Outbox {
         Outbox {
             items: Vec::new(),
-            tail: BytesMut::with_capacity(TAIL_CAPACITY),
+            tail: BytesMut::new(),
             buffered: 0,
             files: 0,
             coalesce_max_bytes,
@@ -316,7 +314,7 @@ impl Outbox {
             }
             (mut sink, sealing) => {
                 let items = std::mem::take(&mut self.items);
-                let written = sealed::write(&mut sink, sealing, &items, idle, &mut self.copied).await;
+                let written = Box::pin(sealed::write(&mut sink, sealing, &items, idle, &mut self.copied)).await;
                 // Keep the vector's capacity for the next batch.
                 self.items = items;
                 self.items.clear();
@@ -326,12 +324,10 @@ impl Outbox {
         self.buffered = 0;
         self.files = 0;
         // Between batches the connection may idle for long: give the window's memory back,
-        // and the batch-sized tail buffer.
+        // and the tail's. Split off a batch buffer, the tail would still hold all of it.
         self.copied += self.window.read_bytes;
         self.window = ReadWindow::default();
-        if self.tail.capacity() > TAIL_CAPACITY {
-            self.tail = BytesMut::with_capacity(TAIL_CAPACITY);
-        }
+        self.tail = BytesMut::new();
         Ok(written)
     }
 }

@@ -141,7 +141,7 @@ impl Transport {
         shutdown: &CancellationToken,
     ) -> Result<(), ConnectionEnd> {
         if matches!(self.tls, Tls::On(_)) {
-            return self.read_tls(idle, shutdown).await;
+            return Box::pin(self.read_tls(idle, shutdown)).await;
         }
         if let Some(ConnectionCipher::Gcm(gcm)) = &mut self.cipher {
             let read = tokio::select! {
@@ -157,25 +157,40 @@ impl Transport {
             };
         }
         let before = self.input.buf.len();
-        let read = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Err(ConnectionEnd::Shutdown),
-            read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.input.buf)) => read,
-        };
+        // What the client already sent is read at once; otherwise the connection waits
+        // without its read buffer (most of 10,000 connections idle most of the time).
+        self.input.reserve_for_read();
+        let mut read = self.stream.try_read_buf(&mut self.input.buf);
+        if matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.input.shed();
+            let ready = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(ConnectionEnd::Shutdown),
+                ready = tokio::time::timeout(idle, self.stream.readable()) => ready,
+            };
+            read = match ready {
+                Err(_) => return Err(ConnectionEnd::Idle(idle)),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => {
+                    self.input.reserve_for_read();
+                    self.stream.try_read_buf(&mut self.input.buf)
+                }
+            };
+        }
         match read {
-            Err(_) => Err(ConnectionEnd::Idle(idle)),
-            Ok(Ok(0)) => Err(ConnectionEnd::PeerClosed),
-            Ok(Ok(_)) => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(ConnectionEnd::Io(e)),
+            Ok(0) => Err(ConnectionEnd::PeerClosed),
+            Ok(_) => {
                 if let Tls::Undecided(acceptor) = &self.tls {
                     let acceptor = Arc::clone(acceptor);
-                    return self.decide(&acceptor, idle).await;
+                    return Box::pin(self.decide(&acceptor, idle)).await;
                 }
                 if let Some(ConnectionCipher::Ctr(ctr)) = &mut self.cipher {
                     ctr.inbound.apply(&mut self.input.buf[before..]);
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(ConnectionEnd::Io(e)),
         }
     }
 
