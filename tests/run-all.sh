@@ -4,7 +4,8 @@
 #   1. the Rust unit and integration tests (cargo nextest),
 #   2. the real-Spark suite (Spark 4.3's own client and jobs against the agent),
 #   3. the deployment checks (kustomize render + Kubernetes schema validation).
-#   4. the metrics port of the real binary (tests/metrics/, prometheus_client's parser),
+#   4. the metrics port of the real binary (tests/metrics/, prometheus_client's parser), and
+#      tests/faultfs, the FUSE filesystem that injects disk faults for the other tests,
 #   5. the image: deploy/image/build.sh, then the image run from its unpacked filesystem
 #      (tests/spark/test_image.py, in step 2's pytest run; needs root for the namespaces),
 #   6. the other Spark lines, 3.5.8 and 4.0.1 (tests/run-spark-lines.sh).
@@ -16,11 +17,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # kubectl renders the manifests; nft is what pod-network mode installs its redirects with (the
 # namespaced podnet tests run it inside network namespaces they create); buildah builds the
-# image FROM scratch offline (unshare, setpriv and chroot, from util-linux, run it).
+# image FROM scratch offline (unshare, setpriv and chroot, from util-linux, run it); fuse3 brings
+# libfuse 3 and fusermount3 for tests/faultfs, the fault-injecting filesystem (through mfusepy).
 need_apt=()
 command -v kubectl >/dev/null || need_apt+=(kubectl)
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v buildah >/dev/null || need_apt+=(buildah)
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 if [ ${#need_apt[@]} -gt 0 ]; then
     step "installing ${need_apt[*]} (Debian)"
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -44,7 +47,7 @@ fi
 
 step "real Spark (pyspark 4.3.0 jars, Java 17) against the agent, the image, and deployment checks"
 AGENT_BIN="$PWD/target/release/spark-shuffle-agent" SHUFFLE_SERVER="${SHUFFLE_SERVER:-agent}" \
-    .venv/bin/python -m pytest tests/spark tests/deploy tests/metrics -q -p no:cacheprovider "$@"
+    .venv/bin/python -m pytest tests/spark tests/deploy tests/metrics tests/faultfs -q -p no:cacheprovider "$@"
 
 step "Spark 3.5.8 and 4.0.1 clients and jobs against the agent"
 tests/run-spark-lines.sh "$@"
