@@ -7,6 +7,7 @@
 //!     [--seconds 10] [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1]
 //!     [--addr HOST:PORT --server-pid PID [--metrics-addr HOST:PORT]] [--root DIR] [--dataset-gb G]
 //!     [--drop-caches] [--one-pass] [--hot-probe] [--register-probe] [--diagnose N]
+//!     [--idle [--idle-ms 1000] [--connect-timeout-ms 10000]]
 //! ```
 //!
 //! It writes the profile's shuffle files, starts the agent pinned to `--server-cpu` (taskset),
@@ -40,7 +41,16 @@
 //! * `--hot-probe`: one more connection fetches one 4 KiB block every 10 ms from a file of its
 //!   own that stays in the page cache: the latency of a cached fetch beside the load.
 //! * `--register-probe`: RegisterExecutor every 20 ms on a fresh connection, during the load.
+//! * `--idle` (the crowded profile): `--connections` connections opened in one burst (connect
+//!   latency of each; refused, timed out after `--connect-timeout-ms`), each then making one
+//!   small call every `--idle-ms` (one connection in 100 registers, the others fetch one block)
+//!   until `--seconds`; reports which connections got in (their first call answered), failed
+//!   calls, registration latency, and the server's RSS while they are open. The client raises
+//!   its RLIMIT_NOFILE soft limit to the hard limit first (20,000 on the project machine: enough
+//!   for 10,000 connections and the probes).
 
+#[path = "loadgen/crowd.rs"]
+mod crowd;
 #[path = "loadgen/dataset.rs"]
 mod dataset;
 #[path = "loadgen/probes.rs"]
@@ -57,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use spark_shuffle_agent::protocol::BlockTransferMessage;
 
+use crate::crowd::Crowd;
 use crate::dataset::{Dataset, Shape, Workload, EXEC, HOT_EXEC};
 use crate::probes::Probe;
 use crate::server::Server;
@@ -86,6 +97,9 @@ struct Args {
     /// Connections that send DiagnoseCorruption back to back during the load (each recomputes
     /// a block's checksum from the data file), to see whether they delay registrations.
     diagnose: usize,
+    idle: bool,
+    idle_ms: u64,
+    connect_timeout_ms: u64,
 }
 
 fn args() -> Args {
@@ -106,6 +120,9 @@ fn args() -> Args {
         hot_probe: false,
         register_probe: false,
         diagnose: 0,
+        idle: false,
+        idle_ms: 1000,
+        connect_timeout_ms: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -127,11 +144,15 @@ fn args() -> Args {
             "--hot-probe" => a.hot_probe = true,
             "--register-probe" => a.register_probe = true,
             "--diagnose" => a.diagnose = value().parse().expect("--diagnose"),
+            "--idle" => a.idle = true,
+            "--idle-ms" => a.idle_ms = value().parse().expect("--idle-ms"),
+            "--connect-timeout-ms" => a.connect_timeout_ms = value().parse().expect("--connect-timeout-ms"),
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(a.addr.is_none() || a.server_pid.is_some(), "--addr needs --server-pid (its CPU and RSS are measured)");
+    assert!(!(a.idle && a.one_pass), "--idle and --one-pass are different loads; pick one");
     a
 }
 
@@ -248,6 +269,9 @@ struct Outcome {
     dropped: Option<(usize, u64, Duration)>,
     registrations: Option<Probe>,
     hot: Option<Probe>,
+    crowd: Option<Crowd>,
+    /// Connections in, and the server's RSS (MiB), three quarters into a crowd run.
+    crowd_rss: Option<(usize, f64)>,
 }
 
 async fn run(a: &Args, data: &Dataset, server: &Server) -> Outcome {
@@ -278,11 +302,17 @@ async fn run(a: &Args, data: &Dataset, server: &Server) -> Outcome {
     }
     let diagnoses: Vec<_> =
         (0..a.diagnose).map(|_| tokio::spawn(diagnose_loop(addr.clone(), data.work.clone(), deadline))).collect();
-    let one_pass = a.one_pass.then(|| AtomicUsize::new(0));
-    let load = Arc::new(Load { exec: EXEC, work: data.work.clone(), one_pass });
-    let totals = Arc::new(Totals::default());
-    out.latencies_us = drive_all(&addr, a.connections, &load, deadline, &totals).await;
-    out.totals = Arc::try_unwrap(totals).unwrap_or_default();
+    if a.idle {
+        let (crowd, rss) = run_crowd(a, data, server, deadline).await;
+        out.crowd = Some(crowd);
+        out.crowd_rss = Some(rss);
+    } else {
+        let one_pass = a.one_pass.then(|| AtomicUsize::new(0));
+        let load = Arc::new(Load { exec: EXEC, work: data.work.clone(), one_pass });
+        let totals = Arc::new(Totals::default());
+        out.latencies_us = drive_all(&addr, a.connections, &load, deadline, &totals).await;
+        out.totals = Arc::try_unwrap(totals).unwrap_or_default();
+    }
     // A one-pass load may end before the deadline: the probes end with it.
     stop.now();
     out.secs = start.elapsed().as_secs_f64();
@@ -305,8 +335,30 @@ async fn warm_up(a: &Args, data: &Dataset, addr: &str) {
     } else {
         Load { exec: EXEC, work: data.work.clone(), one_pass: None }
     };
+    // A crowd warms up on as many connections as a load, not on all of its own.
+    let n = if a.idle { a.connections.min(16) } else { a.connections };
     let deadline = Instant::now() + Duration::from_secs(1);
-    drive_all(addr, a.connections, &Arc::new(load), deadline, &Arc::new(Totals::default())).await;
+    drive_all(addr, n, &Arc::new(load), deadline, &Arc::new(Totals::default())).await;
+}
+
+/// The crowd, and three quarters into it the number of connections in and the server's RSS.
+async fn run_crowd(a: &Args, data: &Dataset, server: &Server, deadline: Instant) -> (Crowd, (usize, f64)) {
+    let plan = Arc::new(crowd::Plan {
+        addr: server.addr.clone(),
+        connections: a.connections,
+        idle: Duration::from_millis(a.idle_ms),
+        connect_timeout: Duration::from_millis(a.connect_timeout_ms),
+        work: data.work.clone(),
+        info: data.data.info(),
+        deadline,
+    });
+    let open = Arc::new(AtomicUsize::new(0));
+    let sample_at = Instant::now() + Duration::from_secs_f64(a.seconds * 0.75);
+    let sample = async {
+        tokio::time::sleep_until(sample_at.into()).await;
+        (open.load(Ordering::Relaxed), server.status_mib("VmRSS"))
+    };
+    tokio::join!(crowd::run(plan, Arc::clone(&open)), sample)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -355,12 +407,34 @@ fn print_load(out: &Outcome) {
     metric("failures", out.totals.failures.load(Ordering::Relaxed), "");
 }
 
+fn print_crowd(c: &Crowd, (open, rss_mib): (usize, f64), attempted: usize) {
+    metric("connections attempted", attempted, "");
+    metric("connections in", c.got_in, "");
+    metric("connections not in", attempted as u64 - c.got_in, "");
+    metric("connect refused", c.refused, "");
+    metric("connect timed out", c.connect_timed_out, "");
+    metric("connect failed otherwise", c.connect_failed, "");
+    metric("connected, first call unanswered", c.first_call_unanswered, "");
+    metric("connect burst", format!("{:.1}", c.burst.as_secs_f64() * 1e3), "ms");
+    latency_metrics("connect", &c.connect_us);
+    metric("calls", c.calls, "");
+    metric("failed calls", c.failed_calls, "");
+    metric("connections lost after getting in", c.lost, "");
+    latency_metrics("crowd registration", &c.registrations_us);
+    metric("connections in at 3/4 of the run", open, "");
+    metric("server RSS at 3/4 of the run", format!("{rss_mib:.1}"), "MiB");
+    if let Some(e) = &c.first_error {
+        note(&format!("crowd, first error: {e}"));
+    }
+}
+
 fn print_report(a: &Args, data: &Dataset, server: &Server, out: &Outcome, fd_limit: u64) {
     let at = match &a.addr {
         Some(addr) => format!("server {addr} (pid {})", a.server_pid.unwrap_or(0)),
         None => format!("agent pinned to cpu {}", a.server_cpu),
     };
-    println!("profile {} | {} connections, pipelined | {at}", a.profile, a.connections);
+    let kind = if a.idle { "mostly idle" } else { "pipelined" };
+    println!("profile {} | {} connections, {kind} | {at}", a.profile, a.connections);
     metric("dataset", format!("{:.3}", data.bytes as f64 / 1e9), "GB");
     metric("dataset reused", data.reused, "");
     metric("seconds measured", format!("{:.2}", out.secs), "s");
@@ -374,7 +448,10 @@ fn print_report(a: &Args, data: &Dataset, server: &Server, out: &Outcome, fd_lim
         metric("page cache dropped, GB", format!("{:.3}", bytes as f64 / 1e9), "GB");
         metric("page cache drop took", format!("{:.0}", took.as_secs_f64() * 1e3), "ms");
     }
-    print_load(out);
+    match (&out.crowd, out.crowd_rss) {
+        (Some(c), Some(rss)) => print_crowd(c, rss, a.connections),
+        _ => print_load(out),
+    }
     if a.one_pass {
         let blocks = out.totals.blocks.load(Ordering::Relaxed);
         metric("one pass, blocks fetched", blocks, "");
