@@ -44,7 +44,8 @@
 //! * `--idle` (the crowded profile): `--connections` connections opened in one burst (connect
 //!   latency of each; refused, timed out after `--connect-timeout-ms`), each then making one
 //!   small call every `--idle-ms` (one connection in 100 registers, the others fetch one block)
-//!   until `--seconds`; reports which connections got in (their first call answered), failed
+//!   until `--seconds`; reports which connections got in (their first call answered before the
+//!   end of the run, so `--seconds` must exceed `--connect-timeout-ms` by a margin), failed
 //!   calls, registration latency, and the server's RSS while they are open. The client raises
 //!   its RLIMIT_NOFILE soft limit to the hard limit first (20,000 on the project machine: enough
 //!   for 10,000 connections and the probes).
@@ -440,6 +441,9 @@ fn print_report(a: &Args, data: &Dataset, server: &Server, out: &Outcome, fd_lim
     metric("seconds measured", format!("{:.2}", out.secs), "s");
     metric("server CPU", format!("{:.2}", out.cpu), "s");
     metric("client RLIMIT_NOFILE", fd_limit, "");
+    if a.idle && a.seconds * 1e3 < a.connect_timeout_ms as f64 + 5e3 {
+        note("--seconds is not 5 s longer than --connect-timeout-ms: late connects may not get a chance to get in");
+    }
     if (fd_limit as usize) < a.connections + a.diagnose + 64 {
         note(&format!("RLIMIT_NOFILE {fd_limit} is too low for {} connections", a.connections));
     }

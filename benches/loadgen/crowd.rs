@@ -47,7 +47,8 @@ pub struct Crowd {
     pub connect_timed_out: u64,
     /// Other connect errors (a client out of descriptors or ports, say), with the first one.
     pub connect_failed: u64,
-    /// Connected, but the first call got no answer (the server never took the connection).
+    /// Connected, but the first call got no answer before the end of the run (the server did not
+    /// take the connection while the others were in).
     pub first_call_unanswered: u64,
     pub got_in: u64,
     pub calls: u64,
@@ -126,7 +127,10 @@ async fn member(c: usize, plan: Arc<Plan>, open: Arc<AtomicUsize>) -> Member {
     };
     m.connect_us = Some(micros(t.elapsed()));
     let mut conn = Conn::from(stream, 16 << 10);
-    m.got_in = m.call(&mut conn, c, 0, &plan).await;
+    // A connection that is only answered once others have left at the end is not in: the
+    // connections must be in together.
+    let answer_by = (Instant::now() + CALL_TIMEOUT).min(plan.deadline);
+    m.got_in = m.call(&mut conn, c, 0, &plan, answer_by).await;
     if !m.got_in {
         // Counted as a connection that did not get in, not as a failed call.
         return Member { calls: 0, failed_calls: 0, ..m };
@@ -142,7 +146,7 @@ async fn member(c: usize, plan: Arc<Plan>, open: Arc<AtomicUsize>) -> Member {
             break;
         }
         tokio::time::sleep_until(at.into()).await;
-        if !m.call(&mut conn, c, k, &plan).await {
+        if !m.call(&mut conn, c, k, &plan, Instant::now() + CALL_TIMEOUT).await {
             m.lost = true;
             break;
         }
@@ -152,12 +156,13 @@ async fn member(c: usize, plan: Arc<Plan>, open: Arc<AtomicUsize>) -> Member {
 }
 
 impl Member {
-    /// Call `k` of connection `c`; false if the connection is no longer usable.
-    async fn call(&mut self, conn: &mut Conn, c: usize, k: u64, plan: &Plan) -> bool {
+    /// Call `k` of connection `c`, unanswered if not answered by `answer_by`; false if the
+    /// connection is no longer usable.
+    async fn call(&mut self, conn: &mut Conn, c: usize, k: u64, plan: &Plan, answer_by: Instant) -> bool {
         self.calls += 1;
         let started = Instant::now();
         let registers = c % REGISTER_ONE_IN == 0;
-        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
+        let answer = tokio::time::timeout_at(answer_by.into(), async {
             if registers {
                 conn.register(&format!("crowd-{c}"), plan.info.clone()).await.map(|()| 0)
             } else {
@@ -178,7 +183,7 @@ impl Member {
             }
             Ok(Ok(_)) => "ChunkFetchFailure".to_string(),
             Ok(Err(ref e)) => e.to_string(),
-            Err(_) => format!("no answer within {CALL_TIMEOUT:?}"),
+            Err(_) => format!("no answer within {:?}", answer_by - started),
         };
         self.failed_calls += 1;
         self.first_error.get_or_insert(format!("call {k} of connection {c}: {error}"));
