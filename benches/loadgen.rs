@@ -1,39 +1,79 @@
 //! Load generator: many connections, each pipelining whole FetchShuffleBlocks streams, against a
-//! real agent process. It pushes the server past what Spark's Java client can (the client's own
-//! per-block cost dominates there), so the agent's own cost per block shows.
+//! shuffle server. It pushes the server past what Spark's Java client can (the client's own
+//! per-block cost dominates there), so the server's own cost per block shows.
 //!
 //! ```text
-//! cargo bench --bench loadgen -- [--profile 4k|4k-reducer|mixed|1m] [--connections 16] [--seconds 10]
-//!     [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1] [--register-probe]
-//!     [--diagnose N]
+//! cargo bench --bench loadgen -- [--profile 4k|4k-reducer|mixed|mixed-reducer|1m] [--connections 16]
+//!     [--seconds 10] [--agent target/release/spark-shuffle-agent] [--server-cpu 0] [--client-cpu 1]
+//!     [--addr HOST:PORT --server-pid PID [--metrics-addr HOST:PORT]] [--root DIR] [--dataset-gb G]
+//!     [--drop-caches] [--one-pass] [--hot-probe] [--register-probe] [--diagnose N]
+//!     [--idle [--idle-ms 1000] [--connect-timeout-ms 10000]]
 //! ```
 //!
-//! It writes the profile's shuffle files under a temp root, starts the agent pinned to
-//! `--server-cpu` (taskset), pins itself to `--client-cpu`, registers one executor, runs for
-//! `--seconds` (bounded by a call count too), and prints one line per metric: blocks/s, MB/s,
-//! per-chunk latency p50/p99, server CPU per block and per GB, server peak RSS. Loopback only.
+//! It writes the profile's shuffle files, starts the agent pinned to `--server-cpu` (taskset),
+//! pins itself to `--client-cpu`, registers the executor, warms up for a second, runs for
+//! `--seconds` (bounded by a call count too), and prints one metric per line (`  label  value
+//! unit`, two spaces or more between label and value; free text only on `  note:` lines):
+//! blocks/s, MB/s, per-chunk latency p50/p99, server CPU per block and per GB, server peak RSS,
+//! failures. Loopback only.
 //!
-//! Calls of `4k`, `mixed` and `1m` name every block of one map output. `4k-reducer` has the shape of
-//! Spark's usual reducer fetch: one reduce partition from each of 64 map outputs per call, so the
-//! server resolves a map output (index, path, open file) for every block it sends.
+//! Calls of `4k`, `mixed` and `1m` name every block of one map output. `4k-reducer` and
+//! `mixed-reducer` have the shape of Spark's usual reducer fetch: one reduce partition from each
+//! of 64 map outputs per call, so the server resolves a map output (index, path, open file) for
+//! every block it sends.
+//!
+//! Modes:
+//! * `--addr HOST:PORT --server-pid PID`: load a server that is already running (the agent, or
+//!   Spark's JVM service: the same RegisterExecutor and FetchShuffleBlocks) instead of starting
+//!   the agent; its CPU and peak RSS are read from /proc/PID. The server must serve `--root`
+//!   (the agent's `--root`, the JVM's `spark.local.dir`). `--metrics-addr` (the agent's metrics
+//!   port) adds the agent's own registration histogram; without it that line is left out.
+//! * `--root DIR`: the files go to `DIR/loadgen-<profile>-<bytes>/`, and a later run with the
+//!   same profile and size reuses them (its MANIFEST is written last). Default: a temp dir.
+//! * `--dataset-gb G`: as many map outputs of the profile as make G GB (default: the profile's
+//!   own few MB).
+//! * `--drop-caches`: evicts the dataset's files from the page cache just before the measured
+//!   pass (fsync + posix_fadvise DONTNEED, see `Dataset::drop_caches`), and warms up on the hot
+//!   block instead of the dataset, so the pass starts cold.
+//! * `--one-pass`: every block of the dataset is fetched exactly once, the calls handed out to
+//!   the connections in turn; the run ends when all are done, or at `--seconds`. The warm-up
+//!   uses the hot block, so no block of the dataset is read before the pass.
+//! * `--hot-probe`: one more connection fetches one 4 KiB block every 10 ms from a file of its
+//!   own that stays in the page cache: the latency of a cached fetch beside the load.
+//! * `--register-probe`: RegisterExecutor every 20 ms on a fresh connection, during the load.
+//! * `--idle` (the crowded profile): `--connections` connections opened in one burst (connect
+//!   latency of each; refused, timed out after `--connect-timeout-ms`), each then making one
+//!   small call every `--idle-ms` (one connection in 100 registers, the others fetch one block)
+//!   until `--seconds`; reports which connections got in (their first call answered before the
+//!   end of the run, so `--seconds` must exceed `--connect-timeout-ms` by a margin), failed
+//!   calls, registration latency, and the server's RSS while they are open. The client raises
+//!   its RLIMIT_NOFILE soft limit to the hard limit first (20,000 on the project machine: enough
+//!   for 10,000 connections and the probes).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+#[path = "loadgen/crowd.rs"]
+mod crowd;
+#[path = "loadgen/dataset.rs"]
+mod dataset;
+#[path = "loadgen/probes.rs"]
+mod probes;
+#[path = "loadgen/server.rs"]
+mod server;
+#[path = "loadgen/wire.rs"]
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use spark_shuffle_agent::protocol::{
-    BlockTransferMessage, ExecutorShuffleInfo, FrameCodec, Inbound, Message, StreamChunkId,
-};
-use spark_shuffle_agent::store::ExecutorDirs;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
+use spark_shuffle_agent::protocol::BlockTransferMessage;
 
-const APP: &str = "app-loadgen-0000";
+use crate::crowd::Crowd;
+use crate::dataset::{Dataset, Shape, Workload, EXEC, HOT_EXEC};
+use crate::probes::Probe;
+use crate::server::Server;
+use crate::wire::{Conn, APP};
+
 /// Upper bound of fetch calls per connection, whatever `--seconds` says.
 const MAX_CALLS_PER_CONNECTION: u64 = 5_000_000;
 
@@ -44,11 +84,23 @@ struct Args {
     agent: PathBuf,
     server_cpu: String,
     client_cpu: usize,
+    /// A running server to load instead of starting the agent, and its pid.
+    addr: Option<String>,
+    server_pid: Option<u32>,
+    metrics_addr: Option<String>,
+    root: Option<PathBuf>,
+    dataset_gb: Option<f64>,
+    drop_caches: bool,
+    one_pass: bool,
+    hot_probe: bool,
     /// Also time RegisterExecutor on fresh connections (as executors register) during the load.
     register_probe: bool,
     /// Connections that send DiagnoseCorruption back to back during the load (each recomputes
     /// a block's checksum from the data file), to see whether they delay registrations.
     diagnose: usize,
+    idle: bool,
+    idle_ms: u64,
+    connect_timeout_ms: u64,
 }
 
 fn args() -> Args {
@@ -59,8 +111,19 @@ fn args() -> Args {
         agent: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/spark-shuffle-agent")),
         server_cpu: "0".into(),
         client_cpu: 1,
+        addr: None,
+        server_pid: None,
+        metrics_addr: None,
+        root: None,
+        dataset_gb: None,
+        drop_caches: false,
+        one_pass: false,
+        hot_probe: false,
         register_probe: false,
         diagnose: 0,
+        idle: false,
+        idle_ms: 1000,
+        connect_timeout_ms: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,308 +135,231 @@ fn args() -> Args {
             "--agent" => a.agent = PathBuf::from(value()),
             "--server-cpu" => a.server_cpu = value(),
             "--client-cpu" => a.client_cpu = value().parse().expect("--client-cpu"),
+            "--addr" => a.addr = Some(value()),
+            "--server-pid" => a.server_pid = Some(value().parse().expect("--server-pid")),
+            "--metrics-addr" => a.metrics_addr = Some(value()),
+            "--root" => a.root = Some(PathBuf::from(value())),
+            "--dataset-gb" => a.dataset_gb = Some(value().parse().expect("--dataset-gb")),
+            "--drop-caches" => a.drop_caches = true,
+            "--one-pass" => a.one_pass = true,
+            "--hot-probe" => a.hot_probe = true,
             "--register-probe" => a.register_probe = true,
             "--diagnose" => a.diagnose = value().parse().expect("--diagnose"),
+            "--idle" => a.idle = true,
+            "--idle-ms" => a.idle_ms = value().parse().expect("--idle-ms"),
+            "--connect-timeout-ms" => a.connect_timeout_ms = value().parse().expect("--connect-timeout-ms"),
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown flag {other}"),
         }
     }
+    assert!(a.addr.is_none() || a.server_pid.is_some(), "--addr needs --server-pid (its CPU and RSS are measured)");
+    assert!(!(a.idle && a.one_pass), "--idle and --one-pass are different loads; pick one");
     a
 }
 
-/// Which blocks one fetch call names.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Shape {
-    /// Every reduce of one map output.
-    Map,
-    /// One reduce of every map output (the same reduce for all of them).
-    Reducer,
-}
-
-/// What the connections fetch: the reduce count of each map output and the shape of a call.
-struct Workload {
-    reduces: Vec<usize>,
-    shape: Shape,
-}
-
-/// The call shape of a profile.
-fn shape(name: &str) -> Shape {
-    if name.ends_with("-reducer") {
-        Shape::Reducer
-    } else {
-        Shape::Map
-    }
-}
-
-/// Block sizes of each map output: `sizes[map][reduce]`.
-fn profile(name: &str) -> Vec<Vec<u64>> {
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let mut uniform = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
-    match name {
-        "4k" => vec![vec![4096; 64]; 32],
-        "4k-reducer" => vec![vec![4096; 64]; 64],
-        "1m" => vec![vec![1 << 20; 16]; 16],
-        "mixed" => (0..32)
-            .map(|_| {
-                (0..32)
-                    .map(|_| {
-                        // Lognormal, median 32 KiB, sigma 1 (Box-Muller), clipped to [64 B, 8 MiB].
-                        let z =
-                            (-2.0 * uniform().max(1e-12).ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
-                        ((32768f64).ln() + z).exp().clamp(64.0, (8 << 20) as f64) as u64
-                    })
-                    .collect()
-            })
-            .collect(),
-        other => panic!("unknown profile {other}"),
-    }
-}
-
-fn write_files(dirs: &ExecutorDirs, sizes: &[Vec<u64>]) {
-    for (map, parts) in sizes.iter().enumerate() {
-        let mut offsets = vec![0u64];
-        for s in parts {
-            offsets.push(offsets.last().copied().unwrap_or(0) + s);
-        }
-        let write = |name: String, bytes: &[u8]| {
-            let path = dirs.file_path(&name);
-            std::fs::create_dir_all(path.parent().expect("subdir")).expect("mkdir");
-            std::fs::write(path, bytes).expect("write");
-        };
-        let index: Vec<u8> = offsets.iter().flat_map(|o| o.to_be_bytes()).collect();
-        let data: Vec<u8> = (0..*offsets.last().unwrap_or(&0)).map(|i| (i * 7 + map as u64) as u8).collect();
-        write(format!("shuffle_0_{map}_0.data"), &data);
-        write(format!("shuffle_0_{map}_0.index"), &index);
-        // Zeros: a DiagnoseCorruption still reads and checksums the block, then says disk issue.
-        write(format!("shuffle_0_{map}_0.checksum.ADLER32"), &vec![0u8; 8 * parts.len()]);
-    }
-}
-
-/// The agent process and the addresses its log announced: the shuffle port and the metrics port.
-fn start_agent(agent: &Path, root: &Path, state: &Path, cpu: &str) -> (Child, String, String) {
-    let mut child = Command::new("taskset")
-        .args(["-c", cpu])
-        .arg(agent)
-        .args(["--bind", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--root"])
-        .arg(root)
-        .arg("--state-dir")
-        .arg(state)
-        .env("RUST_LOG", "warn,spark_shuffle_agent=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the agent");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut addr, mut metrics) = (None, None);
-    while addr.is_none() || metrics.is_none() {
-        let line = lines.next().expect("agent exited before listening").expect("read log");
-        if let Some(at) = line.find(" listening addr=") {
-            let value = line[at + 16..].split_whitespace().next().expect("addr").to_string();
-            if line.contains("metrics listening") {
-                metrics = Some(value)
-            } else {
-                addr = Some(value)
-            }
-        }
-    }
-    // Keep draining the log so the agent never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr.expect("shuffle addr"), metrics.expect("metrics addr"))
-}
-
-/// The agent's own view of registration latency, from its histogram: (count, how many took at most
-/// 1 ms, at most 5 ms). It starts at accepting the RPC, so it leaves out the client and the wire.
-fn server_register_latency(metrics_addr: &str) -> (u64, u64, u64) {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(metrics_addr).expect("metrics port");
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("GET /metrics");
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("read /metrics");
-    let name = "spark_shuffle_agent_register_executor_request_latency_seconds";
-    let value = |series: &str| -> u64 {
-        let line = text.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series} not exported"));
-        line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number") as u64
-    };
-    (
-        value(&format!("{name}_count")),
-        value(&format!("{name}_bucket{{le=\"0.001\"}}")),
-        value(&format!("{name}_bucket{{le=\"0.005\"}}")),
-    )
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    // SC_CLK_TCK is 100 on every Linux this runs on.
-    ticks / 100.0
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Conn {
-    stream: TcpStream,
-    codec: FrameCodec,
-    input: BytesMut,
-    out: BytesMut,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        Conn { stream, codec: FrameCodec::new(64 << 20), input: BytesMut::with_capacity(1 << 20), out: BytesMut::new() }
-    }
-
-    async fn next(&mut self) -> Message {
-        loop {
-            match self.codec.decode(&mut self.input).expect("decode") {
-                Some(Inbound::Message(m)) => return m,
-                Some(Inbound::Body(_)) => continue,
-                None => {
-                    if self.stream.read_buf(&mut self.input).await.expect("read") == 0 {
-                        panic!("server closed the connection");
-                    }
-                }
-            }
-        }
-    }
-
-    async fn rpc(&mut self, msg: &BlockTransferMessage) -> Bytes {
-        Message::RpcRequest { request_id: 1, body: msg.encode() }.encode(&mut self.out);
-        self.stream.write_all(&self.out.split()).await.expect("write");
-        match self.next().await {
-            Message::RpcResponse { body, .. } => body,
-            other => panic!("rpc failed: {other:?}"),
-        }
+impl Args {
+    /// Whether the measured pass must find the dataset out of the page cache.
+    fn cold(&self) -> bool {
+        self.drop_caches || self.one_pass
     }
 }
 
 #[derive(Default)]
 struct Totals {
-    diagnosed: AtomicU64,
     blocks: AtomicU64,
     bytes: AtomicU64,
     failures: AtomicU64,
 }
 
-/// The map ids and per-map reduce ids of call number `pick` (spread over the maps or reduces).
-fn call_blocks(w: &Workload, pick: usize) -> (Vec<i64>, Vec<Vec<i32>>) {
-    let maps = w.reduces.len();
-    match w.shape {
-        Shape::Map => {
-            let map = pick % maps;
-            (vec![map as i64], vec![(0..w.reduces[map] as i32).collect()])
-        }
-        Shape::Reducer => {
-            let reduce = (pick % w.reduces.iter().copied().min().unwrap_or(1).max(1)) as i32;
-            ((0..maps as i64).collect(), vec![vec![reduce]; maps])
+/// Which calls the load connections make: the workload's calls round and round, or with
+/// `one_pass` each call once, handed out in turn (the counter is the next call's number).
+struct Load {
+    exec: &'static str,
+    work: Workload,
+    one_pass: Option<AtomicUsize>,
+}
+
+impl Load {
+    /// The blocks of the next call of a connection that has made `pick` (a number of its own);
+    /// None once a one-pass load has handed out every call.
+    fn next(&self, pick: usize) -> Option<(Vec<i64>, Vec<Vec<i32>>)> {
+        match &self.one_pass {
+            None => Some(self.work.call(pick)),
+            Some(next) => {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                (i < self.work.calls()).then(|| self.work.call(i))
+            }
         }
     }
 }
 
 /// One connection: one fetch call after another (see [`Shape`]), all chunk requests pipelined.
-async fn drive(addr: String, work: Arc<Workload>, deadline: Instant, totals: Arc<Totals>) -> Vec<u32> {
-    let mut conn = Conn::open(&addr).await;
+async fn drive(addr: String, load: Arc<Load>, deadline: Instant, totals: Arc<Totals>) -> Vec<u32> {
+    let mut conn = Conn::open(&addr).await.expect("connect");
     let mut latencies_us = Vec::new();
     for call in 0..MAX_CALLS_PER_CONNECTION {
         if Instant::now() >= deadline {
             break;
         }
-        let (map_ids, reduce_ids) = call_blocks(&work, call as usize * 7 + latencies_us.len());
-        let ask = BlockTransferMessage::FetchShuffleBlocks {
-            app_id: APP.into(),
-            exec_id: "0".into(),
-            shuffle_id: 0,
-            map_ids,
-            reduce_ids,
-            batch_fetch_enabled: false,
-        };
-        let handle = BlockTransferMessage::decode(&conn.rpc(&ask).await).expect("stream handle");
-        let BlockTransferMessage::StreamHandle { stream_id, num_chunks } = handle else { panic!("{handle:?}") };
-        let sent = Instant::now();
-        for chunk_index in 0..num_chunks {
-            Message::ChunkFetchRequest(StreamChunkId { stream_id, chunk_index }).encode(&mut conn.out);
-        }
-        conn.stream.write_all(&conn.out.split()).await.expect("write");
-        for _ in 0..num_chunks {
-            match conn.next().await {
-                Message::ChunkFetchSuccess { body, .. } => {
-                    totals.blocks.fetch_add(1, Ordering::Relaxed);
-                    totals.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                    latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                }
-                _ => {
-                    totals.failures.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let Some(blocks) = load.next(call as usize * 7 + latencies_us.len()) else { break };
+        let got = conn.fetch(load.exec, blocks, &mut latencies_us).await.expect("fetch");
+        totals.blocks.fetch_add(got.blocks, Ordering::Relaxed);
+        totals.bytes.fetch_add(got.bytes, Ordering::Relaxed);
+        totals.failures.fetch_add(got.failures, Ordering::Relaxed);
     }
     latencies_us
 }
 
+/// `n` connections driving `load` until `deadline`; their chunk latencies.
+async fn drive_all(addr: &str, n: usize, load: &Arc<Load>, deadline: Instant, totals: &Arc<Totals>) -> Vec<u32> {
+    let tasks: Vec<_> =
+        (0..n).map(|_| tokio::spawn(drive(addr.to_string(), Arc::clone(load), deadline, Arc::clone(totals)))).collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("connection task"));
+    }
+    latencies
+}
+
 /// DiagnoseCorruption of one block after another until `deadline`; how many were answered.
-async fn diagnose_loop(addr: String, work: Arc<Workload>, deadline: Instant) -> u64 {
-    let mut conn = Conn::open(&addr).await;
+async fn diagnose_loop(addr: String, work: Workload, deadline: Instant) -> u64 {
+    let mut conn = Conn::open(&addr).await.expect("connect");
     let mut n = 0u64;
     while Instant::now() < deadline && n < MAX_CALLS_PER_CONNECTION {
-        let map = (n as usize * 7) % work.reduces.len();
-        let reduce_id = (n as usize % work.reduces[map].max(1)) as i32;
+        let map = (n as usize * 7) % work.maps;
         let ask = BlockTransferMessage::DiagnoseCorruption {
             app_id: APP.into(),
-            exec_id: "0".into(),
+            exec_id: EXEC.into(),
             shuffle_id: 0,
             map_id: map as i64,
-            reduce_id,
+            reduce_id: (n as usize % work.reduces.max(1)) as i32,
             checksum: 0,
             algorithm: "ADLER32".into(),
         };
-        conn.rpc(&ask).await;
+        conn.rpc(&ask).await.expect("DiagnoseCorruption");
         n += 1;
     }
     n
-}
-
-/// RegisterExecutor every 20 ms on a new connection until `deadline`; latencies in µs.
-async fn probe_registrations(addr: String, local_dirs: Vec<String>, deadline: Instant) -> Vec<u32> {
-    let mut latencies = Vec::new();
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        n += 1;
-        let info = ExecutorShuffleInfo {
-            local_dirs: local_dirs.clone(),
-            sub_dirs_per_local_dir: 64,
-            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
-        };
-        let started = Instant::now();
-        let mut conn = Conn::open(&addr).await;
-        conn.rpc(&BlockTransferMessage::RegisterExecutor { app_id: APP.into(), exec_id: format!("probe-{n}"), info })
-            .await;
-        latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        drop(conn);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    latencies
 }
 
 fn pin_self(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).expect("pin the load generator");
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (the crowd needs a
+/// descriptor per connection); the limit now in force.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    setrlimit(Resource::Nofile, limit).expect("raise RLIMIT_NOFILE to the hard limit");
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Everything a run measured.
+#[derive(Default)]
+struct Outcome {
+    secs: f64,
+    cpu: f64,
+    totals: Totals,
+    latencies_us: Vec<u32>,
+    diagnosed: u64,
+    /// Files and bytes evicted, and how long that took.
+    dropped: Option<(usize, u64, Duration)>,
+    registrations: Option<Probe>,
+    hot: Option<Probe>,
+    crowd: Option<Crowd>,
+    /// Connections in, and the server's RSS (MiB), three quarters into a crowd run.
+    crowd_rss: Option<(usize, f64)>,
+}
+
+async fn run(a: &Args, data: &Dataset, server: &Server) -> Outcome {
+    let addr = server.addr.clone();
+    let mut conn = Conn::open(&addr).await.expect("connect");
+    conn.register(EXEC, data.data.info()).await.expect("register the dataset's executor");
+    conn.register(HOT_EXEC, data.hot.info()).await.expect("register the hot block's executor");
+    drop(conn);
+    warm_up(a, data, &addr).await;
+    let mut out = Outcome::default();
+    if a.drop_caches {
+        let started = Instant::now();
+        let (files, bytes) = data.drop_caches();
+        out.dropped = Some((files, bytes, started.elapsed()));
+    }
+    let cpu0 = server.cpu_seconds();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(a.seconds);
+    let stop = Arc::new(probes::Until::new(deadline));
+    let registrations =
+        a.register_probe.then(|| probes::registrations(addr.clone(), data.data.info(), Arc::clone(&stop)));
+    let hot = a.hot_probe.then(|| probes::hot_fetches(addr.clone(), Arc::clone(&stop)));
+    if registrations.is_some() || hot.is_some() {
+        // A probe stands for another process (an executor registering, another reducer): the
+        // load generator's busy thread must not delay it on the client core either.
+        let me = rustix::thread::gettid();
+        rustix::process::setpriority_process(Some(me), 10).expect("lower the load thread's priority");
+    }
+    let diagnoses: Vec<_> =
+        (0..a.diagnose).map(|_| tokio::spawn(diagnose_loop(addr.clone(), data.work.clone(), deadline))).collect();
+    if a.idle {
+        let (crowd, rss) = run_crowd(a, data, server, deadline).await;
+        out.crowd = Some(crowd);
+        out.crowd_rss = Some(rss);
+    } else {
+        let one_pass = a.one_pass.then(|| AtomicUsize::new(0));
+        let load = Arc::new(Load { exec: EXEC, work: data.work.clone(), one_pass });
+        let totals = Arc::new(Totals::default());
+        out.latencies_us = drive_all(&addr, a.connections, &load, deadline, &totals).await;
+        out.totals = Arc::try_unwrap(totals).unwrap_or_default();
+    }
+    // A one-pass load may end before the deadline: the probes end with it.
+    stop.now();
+    out.secs = start.elapsed().as_secs_f64();
+    out.cpu = server.cpu_seconds() - cpu0;
+    for t in diagnoses {
+        out.diagnosed += t.await.expect("diagnose task");
+    }
+    // Every load task has finished: blocking this runtime on the probes' threads holds nothing up.
+    out.registrations = registrations.map(|p| p.join().expect("registration probe"));
+    out.hot = hot.map(|p| p.join().expect("hot probe"));
+    out.latencies_us.sort_unstable();
+    out
+}
+
+/// A second of load before the measurement (page cache, index cache, the JVM's JIT, connection
+/// set-up). A cold run warms up on the hot block only, so no block of the dataset is read.
+async fn warm_up(a: &Args, data: &Dataset, addr: &str) {
+    let load = if a.cold() {
+        Load { exec: HOT_EXEC, work: Workload { maps: 1, reduces: 1, shape: Shape::Map }, one_pass: None }
+    } else {
+        Load { exec: EXEC, work: data.work.clone(), one_pass: None }
+    };
+    // A crowd warms up on as many connections as a load, not on all of its own.
+    let n = if a.idle { a.connections.min(16) } else { a.connections };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    drive_all(addr, n, &Arc::new(load), deadline, &Arc::new(Totals::default())).await;
+}
+
+/// The crowd, and three quarters into it the number of connections in and the server's RSS.
+async fn run_crowd(a: &Args, data: &Dataset, server: &Server, deadline: Instant) -> (Crowd, (usize, f64)) {
+    let plan = Arc::new(crowd::Plan {
+        addr: server.addr.clone(),
+        connections: a.connections,
+        idle: Duration::from_millis(a.idle_ms),
+        connect_timeout: Duration::from_millis(a.connect_timeout_ms),
+        work: data.work.clone(),
+        info: data.data.info(),
+        deadline,
+    });
+    let open = Arc::new(AtomicUsize::new(0));
+    let sample_at = Instant::now() + Duration::from_secs_f64(a.seconds * 0.75);
+    let sample = async {
+        tokio::time::sleep_until(sample_at.into()).await;
+        (open.load(Ordering::Relaxed), server.status_mib("VmRSS"))
+    };
+    tokio::join!(crowd::run(plan, Arc::clone(&open)), sample)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -384,114 +370,130 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// One metric: `  label  value unit`. Labels never hold two spaces in a row, so a reader splits
+/// the line at the first run of two or more.
+fn metric(label: &str, value: impl std::fmt::Display, unit: &str) {
+    println!("  {label:<40}  {value:>12} {unit}");
+}
+
+fn note(text: &str) {
+    println!("  note: {text}");
+}
+
+/// p50, p99 and max of sorted µs latencies, in ms, and their count.
+fn latency_metrics(what: &str, sorted_us: &[u32]) {
+    metric(&format!("{what} p50"), format!("{:.3}", percentile(sorted_us, 0.50)), "ms");
+    metric(&format!("{what} p99"), format!("{:.3}", percentile(sorted_us, 0.99)), "ms");
+    metric(&format!("{what} max"), format!("{:.3}", percentile(sorted_us, 1.0)), "ms");
+    metric(&format!("{what} count"), sorted_us.len(), "");
+}
+
+fn probe_metrics(what: &str, p: &Probe) {
+    latency_metrics(what, &p.latencies_us);
+    metric(&format!("{what} failures"), p.failures, "");
+    if let Some(e) = &p.first_error {
+        note(&format!("{what}, first failure: {e}"));
+    }
+}
+
+fn print_load(out: &Outcome) {
+    let blocks = out.totals.blocks.load(Ordering::Relaxed) as f64;
+    let bytes = out.totals.bytes.load(Ordering::Relaxed) as f64;
+    metric("blocks/s", format!("{:.0}", blocks / out.secs), "");
+    metric("MB/s", format!("{:.1}", bytes / 1e6 / out.secs), "");
+    metric("chunk latency p50", format!("{:.3}", percentile(&out.latencies_us, 0.50)), "ms");
+    metric("chunk latency p99", format!("{:.3}", percentile(&out.latencies_us, 0.99)), "ms");
+    metric("server CPU per block", format!("{:.2}", out.cpu * 1e6 / blocks), "µs");
+    metric("server CPU per GB", format!("{:.3}", out.cpu / (bytes / 1e9)), "s");
+    metric("failures", out.totals.failures.load(Ordering::Relaxed), "");
+}
+
+fn print_crowd(c: &Crowd, (open, rss_mib): (usize, f64), attempted: usize) {
+    metric("connections attempted", attempted, "");
+    metric("connections in", c.got_in, "");
+    metric("connections not in", attempted as u64 - c.got_in, "");
+    metric("connect refused", c.refused, "");
+    metric("connect timed out", c.connect_timed_out, "");
+    metric("connect failed otherwise", c.connect_failed, "");
+    metric("connected, first call unanswered", c.first_call_unanswered, "");
+    metric("connect burst", format!("{:.1}", c.burst.as_secs_f64() * 1e3), "ms");
+    latency_metrics("connect", &c.connect_us);
+    metric("calls", c.calls, "");
+    metric("failed calls", c.failed_calls, "");
+    metric("connections lost after getting in", c.lost, "");
+    latency_metrics("crowd registration", &c.registrations_us);
+    metric("connections in at 3/4 of the run", open, "");
+    metric("server RSS at 3/4 of the run", format!("{rss_mib:.1}"), "MiB");
+    if let Some(e) = &c.first_error {
+        note(&format!("crowd, first error: {e}"));
+    }
+}
+
+fn print_report(a: &Args, data: &Dataset, server: &Server, out: &Outcome, fd_limit: u64) {
+    let at = match &a.addr {
+        Some(addr) => format!("server {addr} (pid {})", a.server_pid.unwrap_or(0)),
+        None => format!("agent pinned to cpu {}", a.server_cpu),
+    };
+    let kind = if a.idle { "mostly idle" } else { "pipelined" };
+    println!("profile {} | {} connections, {kind} | {at}", a.profile, a.connections);
+    metric("dataset", format!("{:.3}", data.bytes as f64 / 1e9), "GB");
+    metric("dataset reused", data.reused, "");
+    metric("seconds measured", format!("{:.2}", out.secs), "s");
+    metric("server CPU", format!("{:.2}", out.cpu), "s");
+    metric("client RLIMIT_NOFILE", fd_limit, "");
+    if a.idle && a.seconds * 1e3 < a.connect_timeout_ms as f64 + 5e3 {
+        note("--seconds is not 5 s longer than --connect-timeout-ms: late connects may not get a chance to get in");
+    }
+    if (fd_limit as usize) < a.connections + a.diagnose + 64 {
+        note(&format!("RLIMIT_NOFILE {fd_limit} is too low for {} connections", a.connections));
+    }
+    if let Some((files, bytes, took)) = out.dropped {
+        metric("page cache dropped, files", files, "");
+        metric("page cache dropped, GB", format!("{:.3}", bytes as f64 / 1e9), "GB");
+        metric("page cache drop took", format!("{:.0}", took.as_secs_f64() * 1e3), "ms");
+    }
+    match (&out.crowd, out.crowd_rss) {
+        (Some(c), Some(rss)) => print_crowd(c, rss, a.connections),
+        _ => print_load(out),
+    }
+    if a.one_pass {
+        let blocks = out.totals.blocks.load(Ordering::Relaxed);
+        metric("one pass, blocks fetched", blocks, "");
+        metric("one pass, blocks in dataset", data.work.blocks(), "");
+        metric("one pass, complete", blocks == data.work.blocks() as u64, "");
+    }
+    metric("server peak RSS", format!("{:.1}", server.status_mib("VmHWM")), "MiB");
+    if a.diagnose > 0 {
+        metric("DiagnoseCorruption/s", format!("{:.0}", out.diagnosed as f64 / out.secs), "");
+    }
+    if let Some(p) = &out.hot {
+        probe_metrics("hot fetch", p);
+    }
+    if let Some(p) = &out.registrations {
+        probe_metrics("registration", p);
+        if let Some((count, within_1ms, within_5ms)) = server.register_histogram() {
+            metric("agent histogram, registrations", count, "");
+            metric("agent histogram, within 1 ms", within_1ms, "");
+            metric("agent histogram, within 5 ms", within_5ms, "");
+        }
+    }
+}
+
 fn main() {
     let a = args();
+    let fd_limit = raise_fd_limit();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let root = std::fs::canonicalize(tmp.path()).expect("canonical").join("root");
-    let local_dirs: Vec<String> = (0..2).map(|i| root.join(format!("blockmgr/ld{i}")).display().to_string()).collect();
-    for d in &local_dirs {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let canonical = local_dirs.iter().map(PathBuf::from).collect();
-    let dirs = ExecutorDirs::new(local_dirs.clone(), 64, canonical).expect("dirs");
-    let sizes = profile(&a.profile);
-    write_files(&dirs, &sizes);
-
-    let (mut child, addr, metrics_addr) = start_agent(&a.agent, &root, &tmp.path().join("state"), &a.server_cpu);
+    let root = a.root.clone().unwrap_or_else(|| tmp.path().join("root"));
+    std::fs::create_dir_all(&root).expect("mkdir root");
+    // The servers confine executor dirs to their canonical roots.
+    let root = std::fs::canonicalize(root).expect("canonical root");
+    let data = Dataset::prepare(&root, &a.profile, a.dataset_gb.map(|gb| (gb * 1e9) as u64));
+    let server = match &a.addr {
+        Some(addr) => Server::attach(addr.clone(), a.server_pid.expect("--server-pid"), a.metrics_addr.clone()),
+        None => Server::spawn_agent(&a.agent, &root, &tmp.path().join("state"), &a.server_cpu),
+    };
     pin_self(a.client_cpu);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let work = Arc::new(Workload { reduces: sizes.iter().map(Vec::len).collect(), shape: shape(&a.profile) });
-    let totals = Arc::new(Totals::default());
-    let (cpu, secs, mut latencies, registrations) = rt.block_on(async {
-        let mut conn = Conn::open(&addr).await;
-        let info = ExecutorShuffleInfo {
-            local_dirs: local_dirs.clone(),
-            sub_dirs_per_local_dir: 64,
-            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
-        };
-        conn.rpc(&BlockTransferMessage::RegisterExecutor { app_id: APP.into(), exec_id: "0".into(), info }).await;
-        // Warm-up: page cache, index cache, connection set-up.
-        let warm = Instant::now() + Duration::from_secs(1);
-        let tasks: Vec<_> = (0..a.connections)
-            .map(|_| tokio::spawn(drive(addr.clone(), Arc::clone(&work), warm, Arc::new(Totals::default()))))
-            .collect();
-        for t in tasks {
-            t.await.expect("warm-up");
-        }
-        let cpu0 = cpu_seconds(child.id());
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs_f64(a.seconds);
-        let tasks: Vec<_> = (0..a.connections)
-            .map(|_| tokio::spawn(drive(addr.clone(), Arc::clone(&work), deadline, Arc::clone(&totals))))
-            .collect();
-        let diagnoses: Vec<_> =
-            (0..a.diagnose).map(|_| tokio::spawn(diagnose_loop(addr.clone(), Arc::clone(&work), deadline))).collect();
-        // The probe gets its own thread and runtime: on the load's runtime, each reply would wait
-        // behind 64 busy connections' work, and the client's queueing would be measured, not the agent.
-        let probe = a.register_probe.then(|| {
-            let (addr, local_dirs) = (addr.clone(), local_dirs.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("probe runtime");
-                rt.block_on(probe_registrations(addr, local_dirs, deadline))
-            })
-        });
-        if a.register_probe {
-            // The probe stands for an executor registering from a process of its own: the load
-            // generator's busy thread must not delay it on the client core either.
-            let me = rustix::thread::gettid();
-            rustix::process::setpriority_process(Some(me), 10).expect("lower the load thread's priority");
-        }
-        let mut latencies = Vec::new();
-        for t in tasks {
-            latencies.extend(t.await.expect("connection task"));
-        }
-        let mut diagnosed = 0;
-        for t in diagnoses {
-            diagnosed += t.await.expect("diagnose task");
-        }
-        totals.diagnosed.store(diagnosed, Ordering::Relaxed);
-        let mut registrations = match probe {
-            // Every connection task has finished: blocking this runtime here holds nothing up.
-            Some(p) => p.join().expect("probe"),
-            None => Vec::new(),
-        };
-        registrations.sort_unstable();
-        (cpu_seconds(child.id()) - cpu0, start.elapsed().as_secs_f64(), latencies, registrations)
-    });
-    latencies.sort_unstable();
-    let blocks = totals.blocks.load(Ordering::Relaxed) as f64;
-    let bytes = totals.bytes.load(Ordering::Relaxed) as f64;
-    let peak_mib = status_kib(child.id(), "VmHWM") as f64 / 1024.0;
-    let server_registrations = server_register_latency(&metrics_addr);
-    let _ = child.kill();
-    let _ = child.wait();
-    println!(
-        "profile {} | {} connections, pipelined | server pinned to cpu {}",
-        a.profile, a.connections, a.server_cpu
-    );
-    println!("  blocks/s             {:>12.0}", blocks / secs);
-    println!("  MB/s                 {:>12.1}", bytes / 1e6 / secs);
-    println!("  chunk latency p50    {:>12.3} ms", percentile(&latencies, 0.50));
-    println!("  chunk latency p99    {:>12.3} ms", percentile(&latencies, 0.99));
-    println!("  server CPU per block {:>12.2} µs", cpu * 1e6 / blocks);
-    println!("  server CPU per GB    {:>12.3} s", cpu / (bytes / 1e9));
-    println!("  server peak RSS      {:>12.1} MiB", peak_mib);
-    println!("  failures             {:>12}", totals.failures.load(Ordering::Relaxed));
-    if a.diagnose > 0 {
-        let diagnosed = totals.diagnosed.load(Ordering::Relaxed) as f64;
-        println!("  DiagnoseCorruption/s {:>12.0} on {} connections", diagnosed / secs, a.diagnose);
-    }
-    if !registrations.is_empty() {
-        println!(
-            "  registration (fresh connection, journaled) p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {}",
-            percentile(&registrations, 0.50),
-            percentile(&registrations, 0.99),
-            percentile(&registrations, 1.0),
-            registrations.len()
-        );
-        let (count, within_1ms, within_5ms) = server_registrations;
-        println!(
-            "  registration, the agent's histogram: {within_1ms} of {count} within 1 ms, {within_5ms} within 5 ms"
-        );
-    }
+    let out = rt.block_on(run(&a, &data, &server));
+    print_report(&a, &data, &server, &out, fd_limit);
 }

@@ -38,13 +38,32 @@ served as the client counted them, and the agent's user-space copies per byte wr
 crypto/gcm the session cipher sits between TLS and the socket), and with `--handshakes` (every new connection then
 includes the TLS handshake).
 
+Profiles `cold` and `crowded` are driven by benches/loadgen.rs (`--addr`: the same RegisterExecutor and
+FetchShuffleBlocks against either server) instead of Spark's client; each server is started fresh, loaded, stopped,
+and the bench prints every metric loadgen printed, side by side, with both loadgen command lines:
+  * `cold`: one pass over a `mixed-reducer` dataset of `--cold-gb` GB (default 8: more than fits comfortably in the
+    page cache beside the rest), written once under `--loadgen-root` and evicted from the page cache (fsync +
+    posix_fadvise DONTNEED) just before each server's pass; `--cold-connections` connections; beside the pass a
+    page-cached 4 KiB block fetched every 10 ms on a connection of its own (`hot fetch`) and a registration every
+    20 ms on a fresh connection;
+  * `crowded`: `--crowd` connections (default 10,000) opened in one burst, each then making one small call a second
+    (one in 100 registers, the others fetch one 4 KiB block), and the registration probe: connections in and not
+    in (refused, timed out, connected but never answered), connect p50/p99, failed calls, registration p99, the
+    server's RSS with the connections open and its peak RSS. Neither server's defaults are changed: what a server
+    does not take shows as connections not in, and is repeated under the table.
+A loadgen run that fails is reported under its table and makes the bench exit 1; the other server still runs.
+The loadgen profiles take neither --auth nor --tls.
+
 Every load run must serve every call: a failed block, a length that changed between fetches, a call that did not
 complete, or a failed registration stops the bench with the client's first error and the server's log tail.
 
 Run:   .venv/bin/python benches/side_by_side.py [--seconds 10] [--profiles 4k,4k-reducer,mixed,1m] [--json out.json]
                                             [--auth none|sasl|crypto|gcm] [--tls [pem|keystore]] [--handshakes 2000]
+       .venv/bin/python benches/side_by_side.py --profiles cold,crowded [--cold-gb 8] [--cold-connections 16]
+                                            [--crowd 10000] [--loadgen-root DIR]
 Needs: target/release/spark-shuffle-agent (cargo build --release; or AGENT_BIN=/path/to/agent), .venv with pyspark
-(tests/run-all.sh; or SPARK_VENV=/path/to/venv); for --tls also openssl and keytool on PATH.
+(tests/run-all.sh; or SPARK_VENV=/path/to/venv); for --tls also openssl and keytool on PATH; for cold and crowded the
+loadgen bench (built with `cargo bench --bench loadgen --no-run`; or LOADGEN_BIN=/path/to/it).
 Every load loop is bounded by a call count and by time; servers listen on 127.0.0.1 only.
 """
 
@@ -55,6 +74,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -498,6 +518,133 @@ def print_table(results: dict, workloads: dict, sec: Security = Security()) -> N
           f"{ratio(agent['peak_rss_mib'], jvm['peak_rss_mib'])} |")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Profiles driven by benches/loadgen.rs (--addr) instead of Spark's client: each server is started as above, loaded,
+# stopped, then the next one.
+
+def loadgen_args(key: str, args) -> list[str]:
+    """The loadgen flags of a loadgen profile, besides the server's address and pid."""
+    if key == "cold":
+        # One pass over a dataset larger than comfortably fits in the page cache, evicted (posix_fadvise DONTNEED)
+        # just before each server's pass; a page-cached block fetched every 10 ms and a registration every 20 ms
+        # on connections of their own beside it.
+        return ["--profile", "mixed-reducer", "--dataset-gb", str(args.cold_gb), "--one-pass", "--drop-caches",
+                "--hot-probe", "--register-probe", "--connections", str(args.cold_connections)]
+    # crowded: this many connections in one burst, each making one small call a second, and the registration probe.
+    return ["--profile", "4k", "--idle", "--connections", str(args.crowd), "--register-probe"]
+
+
+LOADGEN_PROFILES = {"cold": "cold cache, one pass, mixed sizes, reducer shape",
+                    "crowded": "many connections, mostly idle"}
+# A loadgen metric line: two spaces, a label (no two spaces in a row), two or more spaces, the value, a unit.
+METRIC_LINE = re.compile(r"^  (\S.*?)\s{2,}(\S+)(?: (.*))?$")
+# Metrics whose non-zero value means a server did not do what a target asks; they are repeated under the table.
+MUST_BE_ZERO = ("connections not in", "failed calls", "failures", "registration failures", "hot fetch failures",
+                "connections lost after getting in")
+
+
+def find_loadgen() -> Path:
+    """LOADGEN_BIN, or the bench binary cargo builds (incrementally) for `cargo bench --bench loadgen`."""
+    if os.environ.get("LOADGEN_BIN"):
+        return Path(os.environ["LOADGEN_BIN"])
+    out = subprocess.run(["cargo", "bench", "--bench", "loadgen", "--no-run", "--message-format=json"], cwd=REPO,
+                         check=True, capture_output=True, text=True).stdout
+    exes = [m["executable"] for m in map(json.loads, out.splitlines())
+            if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "loadgen"
+            and m.get("executable")]
+    return Path(exes[-1])
+
+
+def parse_loadgen(stdout: str) -> tuple[dict[str, str], list[str]]:
+    """loadgen's metrics as {label (unit): value} in its order, and its `note:` lines."""
+    metrics, notes = {}, []
+    for line in stdout.splitlines():
+        if line.startswith("  note: "):
+            notes.append(line[8:])
+            continue
+        m = METRIC_LINE.match(line)
+        if m:
+            label, value, unit = m.group(1), m.group(2), (m.group(3) or "").strip()
+            metrics[f"{label} ({unit})" if unit else label] = value
+    return metrics, notes
+
+
+def run_loadgen(kind: str, key: str, handle, loadgen: Path, root: Path, args) -> dict:
+    seconds = args.crowd_seconds if key == "crowded" else args.seconds
+    argv = [str(loadgen), *loadgen_args(key, args), "--seconds", str(seconds), "--root", str(root),
+            "--addr", f"127.0.0.1:{handle.port}", "--server-pid", str(handle.proc.pid), "--client-cpu", "1"]
+    if kind == "agent":
+        argv += ["--metrics-addr", agent_metrics_url(handle).removeprefix("http://")]
+    # Writing the dataset the first time is part of the first run (a few minutes for 8 GB), not of its measurement.
+    timeout = seconds + 120 + (60 * args.cold_gb if key == "cold" else 0)
+    with pinned(1):
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    metrics, notes = parse_loadgen(p.stdout)
+    out = {"argv": argv, "metrics": metrics, "notes": notes, "exit": p.returncode}
+    if p.returncode != 0:
+        out["error"] = (p.stderr.strip().splitlines() or ["(no stderr)"])[-5:] + ["server log (tail):",
+                                                                                  handle.log_tail(20)]
+    return out
+
+
+def bench_loadgen_profiles(keys: list[str], args, work: Path, agent_bin: Path, spark_home: Path) -> dict:
+    """Each loadgen profile against the agent, then against the JVM service, each started fresh on core 0."""
+    if not keys:
+        return {}
+    loadgen = find_loadgen()
+    # One dataset for both servers (and, with --loadgen-root, for later runs): loadgen reuses what is written.
+    root = args.loadgen_root or work / "loadgen-root"
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    results = {}
+    for key in keys:
+        results[key] = {}
+        for kind in ("agent", "jvm"):
+            with pinned(0):
+                (work / f"{kind}-{key}").mkdir(parents=True, exist_ok=True)
+                handle = start_server(kind, Security(), work / f"{kind}-{key}", str(root), agent_bin, spark_home)
+            try:
+                results[key][kind] = run_loadgen(kind, key, handle, loadgen, root, args)
+            finally:
+                handle.stop()
+    return results
+
+
+def print_loadgen_tables(results: dict) -> bool:
+    """The loadgen profiles side by side, every metric loadgen printed, with the command lines; False if a run
+    failed."""
+    ok = True
+    for key, runs in results.items():
+        a, j = runs["agent"], runs["jvm"]
+        print()
+        print(f"{key}: {LOADGEN_PROFILES[key]}")
+        for kind, r in runs.items():
+            print(f"  {kind}: {' '.join(r['argv'])}")
+        print("| profile | metric | agent | JVM ESS | agent / JVM |")
+        print("|---|---|---:|---:|---:|")
+        labels = list(dict.fromkeys([*a["metrics"], *j["metrics"]]))
+        for label in labels:
+            av, jv = a["metrics"].get(label, "-"), j["metrics"].get(label, "-")
+            print(f"| {key} | {label} | {av} | {jv} | {ratio(as_number(av), as_number(jv))} |")
+        for kind, r in runs.items():
+            for note in r["notes"]:
+                print(f"  {kind}, note: {note}")
+            for label in labels:
+                if label.split(" (")[0] in MUST_BE_ZERO and as_number(r["metrics"].get(label)):
+                    print(f"  {kind}: {label} = {r['metrics'][label]} (should be 0)")
+            if r["exit"] != 0:
+                ok = False
+                print(f"  {kind}: loadgen FAILED (exit {r['exit']}):\n    " + "\n    ".join(r["error"]))
+    return ok
+
+
+def as_number(v) -> float | None:
+    try:
+        return float(str(v).replace(",", ""))
+    except (TypeError, ValueError):
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per profile and server")
@@ -511,55 +658,84 @@ def main() -> int:
                     help="spark.ssl.rpc.enabled=true on both servers and the client, with PEM keys and "
                          "openSslEnabled (pem, the default) or JDK keystores (keystore)")
     ap.add_argument("--handshakes", type=int, default=0, help="also time this many new connections per client kind")
+    ap.add_argument("--cold-gb", type=float, default=8.0, help="cold profile: dataset size (GB), one pass over it")
+    ap.add_argument("--cold-connections", type=int, default=16, help="cold profile: loadgen connections")
+    ap.add_argument("--crowd", type=int, default=10_000, help="crowded profile: connections opened at once")
+    ap.add_argument("--crowd-seconds", type=float, default=20.0,
+                    help="crowded profile: seconds (longer than loadgen's 10 s connect timeout, so that a connect "
+                         "that retried still has a chance to get in)")
+    ap.add_argument("--loadgen-root", type=Path,
+                    help="where the loadgen profiles' files go (default: the bench's temp dir); a later run with the "
+                         "same sizes reuses them, and a slow filesystem mounted there makes the cold profile slow-disk")
     args = ap.parse_args()
+    keys = args.profiles.split(",")
+    client_keys = [k for k in keys if k not in LOADGEN_PROFILES]
+    loadgen_keys = [k for k in keys if k in LOADGEN_PROFILES]
+    if loadgen_keys and (args.auth != "none" or args.tls):
+        print("the loadgen profiles (cold, crowded) run without --auth and --tls", file=sys.stderr)
+        return 2
 
     venv = Path(os.environ.get("SPARK_VENV", REPO / ".venv"))
     spark_home = next(venv.glob("lib/python3*/site-packages/pyspark"))
-    jars = spark_home / "jars"
     agent_bin = find_agent_bin(REPO)
     if agent_bin is None:
         print("build the agent first: cargo build --release", file=sys.stderr)
         return 2
-    build = compile_driver(REPO / "tests" / "java", REPO / "tests" / "java" / "build", jars)
-    driver = JavaDriver(build, jars)
 
     work = Path(tempfile.mkdtemp(prefix="shuffle-bench-"))
     try:
         sec = Security.make(args.auth, args.tls, work / "certs")
-        root = work / "root"
-        dirs = make_executor_dirs(str(root / "blockmgr-bench"), n_dirs=2, subdirs=64)
-        rng = random.Random(args.seed)
-        all_profiles = make_profiles(rng)
-        workloads = {}
-        for i, key in enumerate(args.profiles.split(",")):
-            prof = all_profiles[key]
-            workloads[key] = (prof, write_profile(dirs, i, prof))
-        results = {}
-        for kind in ("agent", "jvm"):
-            with pinned(0):
-                (work / kind).mkdir(parents=True, exist_ok=True)
-                handle = start_server(kind, sec, work / kind, str(root), agent_bin, spark_home)
+        results, workloads = {}, {}
+        if client_keys:
             try:
-                results[kind] = bench_server(kind, handle, driver, dirs, workloads, args, sec)
+                results, workloads = bench_client_profiles(client_keys, args, sec, work, agent_bin, spark_home)
             except BenchError as e:
                 print(f"FAILED: {e}", file=sys.stderr)
                 return 1
-            finally:
-                handle.stop()
-            with pinned(0):
-                start_conf = {**sec.server_conf(), **(AGENT_TLS_ONLY if kind == "agent" and sec.tls else {})}
-                results[kind]["start_ms"] = time_to_listen(kind, agent_bin, spark_home, work / f"{kind}-start",
-                                                           root, start_conf)
+        loadgen_results = bench_loadgen_profiles(loadgen_keys, args, work, agent_bin, spark_home)
         print_machine(sec)
-        print_table(results, workloads, sec)
+        if client_keys:
+            print_table(results, workloads, sec)
+        ok = print_loadgen_tables(loadgen_results)
         if args.json:
             redact = lambda d: {k: ("(secret)" if "secret" in k else v) for k, v in d.items()}  # noqa: E731
+            results["loadgen"] = loadgen_results
             results["settings"] = {"auth": args.auth, "tls": args.tls, "server_conf": redact(sec.server_conf()),
                                    "client": redact(sec.client()), "seconds": args.seconds, "profiles": args.profiles}
             args.json.write_text(json.dumps(results, indent=2, default=str))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 0 if ok else 1
+
+
+def bench_client_profiles(keys: list[str], args, sec: Security, work: Path, agent_bin: Path,
+                          spark_home: Path) -> tuple[dict, dict]:
+    """The profiles driven by Spark's client, against the agent then the JVM service; raises BenchError."""
+    jars = spark_home / "jars"
+    build = compile_driver(REPO / "tests" / "java", REPO / "tests" / "java" / "build", jars)
+    driver = JavaDriver(build, jars)
+    root = work / "root"
+    dirs = make_executor_dirs(str(root / "blockmgr-bench"), n_dirs=2, subdirs=64)
+    rng = random.Random(args.seed)
+    all_profiles = make_profiles(rng)
+    workloads = {}
+    for i, key in enumerate(keys):
+        prof = all_profiles[key]
+        workloads[key] = (prof, write_profile(dirs, i, prof))
+    results = {}
+    for kind in ("agent", "jvm"):
+        with pinned(0):
+            (work / kind).mkdir(parents=True, exist_ok=True)
+            handle = start_server(kind, sec, work / kind, str(root), agent_bin, spark_home)
+        try:
+            results[kind] = bench_server(kind, handle, driver, dirs, workloads, args, sec)
+        finally:
+            handle.stop()
+        with pinned(0):
+            start_conf = {**sec.server_conf(), **(AGENT_TLS_ONLY if kind == "agent" and sec.tls else {})}
+            results[kind]["start_ms"] = time_to_listen(kind, agent_bin, spark_home, work / f"{kind}-start",
+                                                       root, start_conf)
+    return results, workloads
 
 
 def time_to_listen(kind: str, agent_bin: Path, spark_home: Path, work: Path, root: Path,
