@@ -257,7 +257,7 @@ impl Connection {
         self.last_map = None;
         let idle = self.shared.settings.idle_timeout;
         let (sink, cipher) = transport.writer();
-        let result = Box::pin(self.outbox.flush(sink, cipher, idle)).await;
+        let result = Box::pin(self.outbox.flush(sink, cipher, idle, &self.shared.disk)).await;
         let copied = self.outbox.take_copied() + transport.take_copied();
         self.shared.counters.bytes_copied.fetch_add(copied, Ordering::Relaxed);
         self.release_queued();
@@ -331,8 +331,8 @@ impl Connection {
                 ))
                 .await
             }
-            Message::ChunkFetchRequest(chunk) => self.chunk(chunk)?,
-            Message::StreamRequest { stream_id } => self.stream(stream_id)?,
+            Message::ChunkFetchRequest(chunk) => self.chunk(chunk).await?,
+            Message::StreamRequest { stream_id } => self.stream(stream_id).await?,
             Message::UploadStream { request_id, .. } => {
                 // The body cannot be skipped safely, so after the failure the connection closes
                 // (spec §3.1); the standalone JVM service has no merge manager either.
@@ -459,11 +459,11 @@ impl Connection {
         Ok(())
     }
 
-    fn chunk(&mut self, chunk: StreamChunkId) -> Result<(), ConnectionEnd> {
+    async fn chunk(&mut self, chunk: StreamChunkId) -> Result<(), ConnectionEnd> {
         let started = Instant::now();
         self.admit_chunk()?;
         let failure = |error: JavaError| Message::ChunkFetchFailure { chunk, error: error.to_string() };
-        let outcome = self.resolve(chunk.stream_id, chunk.chunk_index);
+        let outcome = self.resolve(chunk.stream_id, chunk.chunk_index).await;
         match outcome {
             Ok(Some(segment)) if segment.len > (JAVA_MAX_FRAME - 21) as u64 => {
                 // No frame can carry it: Java clients fetch such blocks as streams.
@@ -474,7 +474,7 @@ impl Connection {
             }
             Ok(Some(segment)) => {
                 let header = Message::ChunkFetchSuccess { chunk, body: bytes::Bytes::new() };
-                self.send_segment(&header, segment, true, started, failure)
+                self.send_segment(&header, segment, true, started, failure).await
             }
             Ok(None) => self.fail(failure(java_error::illegal_state("Chunk was not found"))),
             Err(error) => self.fail(failure(error)),
@@ -482,15 +482,18 @@ impl Connection {
         Ok(())
     }
 
-    fn stream(&mut self, stream_id: String) -> Result<(), ConnectionEnd> {
+    async fn stream(&mut self, stream_id: String) -> Result<(), ConnectionEnd> {
         let started = Instant::now();
         self.admit_chunk()?;
         let failure = |error: String| Message::StreamFailure { stream_id: stream_id.clone(), error };
-        let outcome = parse_stream_chunk_id(&stream_id).and_then(|(id, index)| self.resolve(id, index));
+        let outcome = match parse_stream_chunk_id(&stream_id) {
+            Ok((id, index)) => self.resolve(id, index).await,
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(Some(segment)) => {
                 let header = Message::StreamResponse { stream_id: stream_id.clone(), byte_count: segment.len as i64 };
-                self.send_segment(&header, segment, false, started, |e| failure(e.to_string()))
+                self.send_segment(&header, segment, false, started, |e| failure(e.to_string())).await
             }
             // Java's StreamRequest path sends this plain text (no exception) for a missing buffer.
             Ok(None) => self.fail(failure(format!("Stream '{stream_id}' was not found."))),
@@ -499,7 +502,7 @@ impl Connection {
         Ok(())
     }
 
-    fn send_segment(
+    async fn send_segment(
         &mut self,
         header: &Message,
         segment: Segment,
@@ -508,7 +511,7 @@ impl Connection {
         failure: impl Fn(JavaError) -> Message,
     ) {
         let len = segment.len;
-        match self.outbox.message_with_segment(header, segment, in_frame) {
+        match self.outbox.message_with_segment(header, segment, in_frame, &self.shared.disk).await {
             Ok(()) => {
                 self.fetch_starts.push(started);
                 self.shared.counters.chunks_served.fetch_add(1, Ordering::Relaxed);
@@ -532,7 +535,7 @@ impl Connection {
     /// A shuffle block's segment. Consecutive blocks of one map output (the usual shape of a
     /// fetch) reuse its resolved index and data file; the memo lives until the next flush, so
     /// it never outlives one batch of pipelined requests.
-    fn shuffle_segment(
+    async fn shuffle_segment(
         &mut self,
         ex: &Arc<Executor>,
         shuffle_id: i32,
@@ -545,7 +548,16 @@ impl Connection {
                 return memo.output.segment(start, end).map_err(JavaError::from);
             }
         }
-        match self.shared.store.map_output(&ex.dirs, shuffle_id, map_id) {
+        let store = &self.shared.store;
+        let output = match store.cached_map_output(&ex.dirs, shuffle_id, map_id) {
+            Some(output) => Ok(output),
+            // Reading the index and opening the data file may wait for the disk.
+            None => {
+                let (store, ex) = (Arc::clone(store), Arc::clone(ex));
+                self.off_the_loop(move || Ok(store.map_output(&ex.dirs, shuffle_id, map_id))).await?
+            }
+        };
+        match output {
             Ok(output) => {
                 let segment = output.segment(start, end).map_err(JavaError::from);
                 self.last_map = Some(MapMemo { executor: Arc::clone(ex), shuffle_id, map_id, output });
@@ -553,15 +565,26 @@ impl Connection {
             }
             // The one-block path reports errors in Java's order (reduce id before data file).
             Err(_) => {
-                self.shared.store.shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end).map_err(JavaError::from)
+                let (store, ex) = (Arc::clone(&self.shared.store), Arc::clone(ex));
+                self.off_the_loop(move || Ok(store.shuffle_segment(&ex.dirs, shuffle_id, map_id, start, end)))
+                    .await?
+                    .map_err(JavaError::from)
             }
         }
+    }
+
+    /// Store work that may wait for the disk, on the blocking pool.
+    async fn off_the_loop<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, JavaError> {
+        self.shared.disk.run(work).await.map_err(|e| JavaError::new(JavaClass::Io, format_args!("{e}")))
     }
 
     /// Resolves the next chunk of a stream to an open file segment; None for a chunk whose
     /// buffer does not exist (a missing rdd block file), which the two request kinds report
     /// differently.
-    fn resolve(&mut self, stream_id: i64, chunk_index: i32) -> Result<Option<Segment>, JavaError> {
+    async fn resolve(&mut self, stream_id: i64, chunk_index: i32) -> Result<Option<Segment>, JavaError> {
         let (executor, block) = match self.streams.start_chunk(stream_id, chunk_index) {
             ChunkTurn::Refuse(text) => return Err(text),
             ChunkTurn::Serve { executor, block } => (executor, block),
@@ -572,10 +595,19 @@ impl Connection {
                 Err(java_error::executor_not_registered(&app_id, &exec_id))
             }
             (Some(ex), BlockRef::Shuffle { shuffle_id, map_id, start, end }) => {
-                self.shuffle_segment(ex, shuffle_id, map_id, start, end).map(Some)
+                self.shuffle_segment(ex, shuffle_id, map_id, start, end).await.map(Some)
             }
             (Some(ex), BlockRef::Rdd { rdd_id, split_index }) => {
-                self.shared.store.rdd_segment(&ex.dirs, rdd_id, split_index).map_err(JavaError::from)
+                match self.shared.store.cached_rdd_segment(&ex.dirs, rdd_id, split_index) {
+                    Some(segment) => Ok(Some(segment)),
+                    None => {
+                        let (store, ex) = (Arc::clone(&self.shared.store), Arc::clone(ex));
+                        match self.off_the_loop(move || Ok(store.rdd_segment(&ex.dirs, rdd_id, split_index))).await {
+                            Ok(found) => found.map_err(JavaError::from),
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
             }
             (Some(_), BlockRef::Merged) => Err(dispatch::merge_unsupported()),
         };

@@ -37,7 +37,7 @@ pub fn fit_connections(wanted: usize) -> usize {
     let before = limit.current;
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
             warn!(error = %e, "could not raise the open-file limit to its hard limit");
             limit.current = before;
         }

@@ -175,6 +175,7 @@ pub struct ServerSource {
     active_connections: IntGauge,
     bytes_written: IntCounter,
     bytes_copied: IntCounter,
+    blocking_reads: IntCounter,
     chunks: IntCounter,
     blocks: IntCounter,
     block_bytes: IntCounter,
@@ -233,6 +234,12 @@ impl ServerSource {
                  moves between its buffers, and into TLS records. Over bytes_written_total: copies per byte \
                  served (0 for bodies sent with sendfile).",
             ),
+            blocking_reads: s.counter(
+                "spark_shuffle_agent_blocking_disk_reads_total",
+                "Reads of block, index and data files that missed the page cache and ran on the \
+                 blocking pool (off the event loop): a block body, a sendfile call, an index read \
+                 with the data file's open.",
+            ),
             chunks: s.counter(
                 "spark_shuffle_agent_chunks_transferred_total",
                 "Chunks (ChunkFetchSuccess and StreamResponse) queued for sending; one per fetched chunk.",
@@ -286,6 +293,7 @@ impl Source for ServerSource {
         self.active_connections.set(gauge_value(c.connections_active.load(Ordering::Relaxed)));
         sync(&self.bytes_written, c.bytes_sent.load(Ordering::Relaxed));
         sync(&self.bytes_copied, c.bytes_copied.load(Ordering::Relaxed));
+        sync(&self.blocking_reads, shared.disk.blocking.load(Ordering::Relaxed));
         sync(&self.chunks, c.chunks_served.load(Ordering::Relaxed));
         sync(&self.blocks, c.blocks_served.load(Ordering::Relaxed));
         sync(&self.block_bytes, c.chunk_bytes_served.load(Ordering::Relaxed));

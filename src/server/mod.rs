@@ -3,6 +3,7 @@
 //! [`crate::store`], registrations in [`crate::registry`]; this module only wires them to sockets.
 
 mod connection;
+mod disk_reads;
 mod dispatch;
 mod handshake;
 mod input;
@@ -119,6 +120,8 @@ pub struct Shared {
     pub access: crate::auth::Access,
     /// `spark.ssl.rpc.enabled`: TLS on the port (and plaintext too, unless refused).
     pub tls: Option<Arc<crate::tls::TlsAcceptor>>,
+    /// Where reads that must wait for the disk run, off the event loop.
+    pub disk: disk_reads::DiskReads,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ impl Shared {
             latency: Latency::new(),
             access: crate::auth::Access::Open,
             tls: None,
+            disk: Default::default(),
         }
     }
 

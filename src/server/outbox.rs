@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::disk_reads::{self, Cached, DiskReads};
 use crate::protocol::Message;
 use crate::store::Segment;
 
@@ -157,8 +158,10 @@ struct ReadWindow {
 }
 
 impl ReadWindow {
-    /// The segment's bytes, from the window or from one pread (longer when access is sequential).
-    fn read(&mut self, segment: &Segment) -> io::Result<&[u8]> {
+    /// The segment's bytes, from the window or from one pread (longer when access is
+    /// sequential). Only the page cache is read here; what it lacks is read on the blocking
+    /// pool (`disk`), so a cold block never holds up the worker's other connections.
+    async fn read(&mut self, segment: &Segment, disk: &DiskReads) -> io::Result<&[u8]> {
         let len = segment.len as usize;
         let same = self.file.as_ref().is_some_and(|f| std::sync::Arc::ptr_eq(f, &segment.file));
         let end = segment.offset + segment.len;
@@ -170,14 +173,20 @@ impl ReadWindow {
             if self.buf.len() < want {
                 self.buf.resize(want, 0);
             }
+            self.file = None;
             let mut filled = 0;
             // At least the segment must arrive; what the read-ahead gets past it is a bonus.
             while filled < len {
-                match segment.file.read_at(&mut self.buf[filled..want], segment.offset + filled as u64) {
-                    Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "block file ended early")),
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                let at = segment.offset + filled as u64;
+                match disk_reads::read_cached(&segment.file, &mut self.buf[filled..want], at)? {
+                    Cached::Read(0) => return Err(early_end()),
+                    Cached::Read(n) => filled += n,
+                    Cached::NotCached => {
+                        let buf = std::mem::take(&mut self.buf);
+                        let (buf, got) = read_from_disk(disk, segment, buf, filled, want).await;
+                        self.buf = buf;
+                        filled = got?;
+                    }
                 }
             }
             self.file = Some(std::sync::Arc::clone(&segment.file));
@@ -188,6 +197,38 @@ impl ReadWindow {
         self.next = end;
         let at = (segment.offset - self.start) as usize;
         Ok(&self.buf[at..at + len])
+    }
+}
+
+fn early_end() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "block file ended early")
+}
+
+/// Reads the segment's bytes from `filled` on into `buf` (up to `want`, at least the segment)
+/// on the blocking pool; hands the buffer back, read into or not.
+async fn read_from_disk(
+    disk: &DiskReads,
+    segment: &Segment,
+    mut buf: Vec<u8>,
+    filled: usize,
+    want: usize,
+) -> (Vec<u8>, io::Result<usize>) {
+    let (file, offset, len) = (std::sync::Arc::clone(&segment.file), segment.offset, segment.len as usize);
+    let read = move || {
+        let mut filled = filled;
+        while filled < len {
+            match file.read_at(&mut buf[filled..want], offset + filled as u64) {
+                Ok(0) => return Ok((buf, Err(early_end()))),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Ok((buf, Err(e))),
+            }
+        }
+        Ok((buf, Ok(filled)))
+    };
+    match disk.run(read).await {
+        Ok((buf, got)) => (buf, got),
+        Err(e) => (Vec::new(), Err(e)),
     }
 }
 
@@ -233,11 +274,12 @@ impl Outbox {
 
     /// Queues `header` (a message whose body is `segment`) followed by the segment's bytes.
     /// `body_in_frame` is false for StreamResponse, whose header counts no body.
-    pub fn message_with_segment(
+    pub async fn message_with_segment(
         &mut self,
         header: &Message,
         segment: Segment,
         body_in_frame: bool,
+        disk: &DiskReads,
     ) -> Result<(), QueueError> {
         let mark = self.tail.len();
         if segment.len >= self.coalesce_max_bytes {
@@ -258,7 +300,7 @@ impl Outbox {
             return Ok(());
         }
         // Small body: copy it next to its header now, so the descriptor is not held.
-        match self.window.read(&segment) {
+        match self.window.read(&segment, disk).await {
             Ok(bytes) => {
                 if self.tail.capacity() - self.tail.len() < bytes.len() {
                     // Room for the whole batch at once: growing by doubling copied everything
@@ -299,6 +341,7 @@ impl Outbox {
         sink: Sink<'_>,
         sealing: Option<Sealing<'_>>,
         idle: Duration,
+        disk: &DiskReads,
     ) -> io::Result<u64> {
         self.push_tail();
         let written = match (sink, sealing) {
@@ -307,7 +350,7 @@ impl Outbox {
                 for item in self.items.drain(..) {
                     written += match item {
                         Item::Bytes(bytes) => write_all(stream, &bytes, idle).await?,
-                        Item::File(segment) => send_file(stream, &segment, idle).await?,
+                        Item::File(segment) => send_file(stream, &segment, idle, disk).await?,
                     };
                 }
                 written
@@ -353,17 +396,33 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8], idle: Duration) -> io::Re
     Ok(total)
 }
 
+/// Most one inline sendfile call sends: the range whose ends are checked in the page cache.
+const SENDFILE_STEP: u64 = 4 << 20;
+
 /// sendfile(2) from the segment's file straight to the socket: the bytes never enter user space.
-async fn send_file(stream: &TcpStream, segment: &Segment, idle: Duration) -> io::Result<u64> {
+/// Ranges the page cache does not hold are sent from the blocking pool instead (sendfile there
+/// waits for the disk, not for the socket, which stays non-blocking), so the worker is free.
+async fn send_file(stream: &TcpStream, segment: &Segment, idle: Duration, disk: &DiskReads) -> io::Result<u64> {
     let mut offset = segment.offset;
     let end = segment.offset + segment.len;
     while offset < end {
         writable(stream, idle).await?;
-        // One call moves at most ~2 GiB; the loop carries on for larger blocks.
-        let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(stream, &*segment.file, Some(&mut offset), want).map_err(io::Error::from)
-        });
+        let want = (end - offset).min(SENDFILE_STEP);
+        let sent = if disk_reads::looks_cached(&segment.file, offset, offset + want)? {
+            stream.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, &*segment.file, Some(&mut offset), want as usize).map_err(io::Error::from)
+            })
+        } else {
+            let sent = send_file_from_disk(stream, segment, offset, want, disk).await;
+            if let Ok(n) = sent {
+                offset += n as u64;
+            }
+            if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                // The socket filled: clear tokio's readiness so the next wait really waits.
+                let _ = stream.try_io(Interest::WRITABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            }
+            sent
+        };
         match sent {
             // The file shrank under us after its header went out: the only honest move left is
             // to drop the connection, as the JVM service does (the client retries).
@@ -379,4 +438,24 @@ async fn send_file(stream: &TcpStream, segment: &Segment, idle: Duration) -> io:
         }
     }
     Ok(segment.len)
+}
+
+/// One sendfile call on the blocking pool, through a duplicate of the socket's descriptor: the
+/// pool's thread may outlive this connection's task (cancelled at shutdown), and must never
+/// write to a descriptor number reused by another connection.
+async fn send_file_from_disk(
+    stream: &TcpStream,
+    segment: &Segment,
+    offset: u64,
+    want: u64,
+    disk: &DiskReads,
+) -> io::Result<usize> {
+    use std::os::fd::AsFd;
+    let socket = rustix::io::fcntl_dupfd_cloexec(stream.as_fd(), 0)?;
+    let file = std::sync::Arc::clone(&segment.file);
+    disk.run(move || {
+        let mut at = offset;
+        rustix::fs::sendfile(&socket, &*file, Some(&mut at), want as usize).map_err(io::Error::from)
+    })
+    .await
 }

@@ -93,6 +93,22 @@ impl Store {
         Ok(MapOutput { index, data, data_path: data_path.into() })
     }
 
+    /// [`Store::map_output`] when its index and open data file are both cached (nothing to
+    /// read or open, so nothing can wait for the disk); None otherwise.
+    pub fn cached_map_output(&self, dirs: &ExecutorDirs, shuffle_id: i32, map_id: i64) -> Option<MapOutput> {
+        let index = self.index_cache.get(&dirs.file_path(&shuffle_file_name(shuffle_id, map_id, "index")))?;
+        let data_path = dirs.file_path(&shuffle_file_name(shuffle_id, map_id, "data"));
+        let data = self.open_files.cached(&data_path, dirs)?;
+        Some(MapOutput { index, data, data_path: data_path.into() })
+    }
+
+    /// [`Store::rdd_segment`] when its file is open in the cache; None otherwise.
+    pub fn cached_rdd_segment(&self, dirs: &ExecutorDirs, rdd_id: i32, split_index: i32) -> Option<Segment> {
+        let path = dirs.file_path(&format!("rdd_{rdd_id}_{split_index}"));
+        let data = self.open_files.cached(&path, dirs)?;
+        Some(Segment { file: data.file, offset: 0, len: data.len, path: path.into() })
+    }
+
     /// Whole file `rdd_<rdd>_<split>`; `Ok(None)` when the file does not exist (the server
     /// answers "Chunk was not found", spec §3.4).
     pub fn rdd_segment(

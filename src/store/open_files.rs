@@ -72,6 +72,21 @@ impl OpenFiles {
         &self.shards[(self.hasher.hash_one(path) as usize) % SHARDS]
     }
 
+    /// The open file at `path` when the cache has it for `dirs` and it needs no new check:
+    /// what can be answered without touching the disk.
+    pub fn cached(&self, path: &Path, dirs: &ExecutorDirs) -> Option<OpenFile> {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut shard = lock(self.shard(path));
+        let entry = shard.get_mut(path)?;
+        let fresh = entry.checked.elapsed() < REVALIDATE_AFTER;
+        if !fresh || !dirs.canonical_dirs().iter().any(|d| is_within(&entry.real, d)) {
+            return None;
+        }
+        entry.last_used = tick;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry.open.clone())
+    }
+
     /// The open file at `path`, from the cache or freshly opened and verified against `dirs`.
     pub fn open(&self, path: &Path, dirs: &ExecutorDirs) -> Result<OpenFile, OpenFailure> {
         let now = Instant::now();
