@@ -85,7 +85,7 @@ async fn drain_tls(
                 // Boxed: the sealed writer writes to a sink, and a sink's drain calls it.
                 let mut socket = Sink::Socket(stream);
                 let mut copied = 0;
-                Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle, &mut copied)).await?;
+                Box::pin(sealed::write(&mut socket, Some(sealing.reborrow()), &items, idle, &mut copied, None)).await?;
                 session.note_copied(copied);
             }
         }
@@ -357,7 +357,8 @@ impl Outbox {
             }
             (mut sink, sealing) => {
                 let items = std::mem::take(&mut self.items);
-                let written = Box::pin(sealed::write(&mut sink, sealing, &items, idle, &mut self.copied)).await;
+                let written =
+                    Box::pin(sealed::write(&mut sink, sealing, &items, idle, &mut self.copied, Some(disk))).await;
                 // Keep the vector's capacity for the next batch.
                 self.items = items;
                 self.items.clear();

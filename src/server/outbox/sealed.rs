@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use super::{Item, Sink};
 use crate::auth::{gcm, CtrCipher, GcmEncryptor};
+use crate::server::disk_reads::{self, Cached, DiskReads};
 
 /// The most plaintext encrypted per write: large enough that the syscall per write is noise
 /// next to the AES work, small enough to stay in L2. A multiple of GCM's segment.
@@ -52,8 +53,9 @@ pub(super) async fn write(
     items: &[Item],
     idle: Duration,
     copied: &mut u64,
+    disk: Option<&DiskReads>,
 ) -> io::Result<u64> {
-    let mut reader = ItemReader { items, at: 0, offset: 0, copied: 0 };
+    let mut reader = ItemReader { items, at: 0, offset: 0, copied: 0, disk };
     let written = match sealing {
         None => write_to_tls(sink, &mut reader, idle).await,
         Some(Sealing::Ctr(cipher)) => write_copied(sink, Some(cipher), &mut reader, idle).await,
@@ -73,11 +75,12 @@ async fn write_to_tls(sink: &mut Sink<'_>, reader: &mut ItemReader<'_>, idle: Du
             Item::Bytes(bytes) => sink.write_all(bytes, idle).await?,
             Item::File(segment) => {
                 buf.resize(usize::try_from(segment.len).unwrap_or(SEAL_BUFFER).min(SEAL_BUFFER), 0);
-                let mut one = ItemReader { items: std::slice::from_ref(item), at: 0, offset: 0, copied: 0 };
+                let mut one =
+                    ItemReader { items: std::slice::from_ref(item), at: 0, offset: 0, copied: 0, disk: reader.disk };
                 let mut left = segment.len;
                 while left > 0 {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    one.fill(&mut buf[..n])?;
+                    one.fill(&mut buf[..n]).await?;
                     sink.write_all(&buf[..n], idle).await?;
                     left -= n as u64;
                 }
@@ -101,7 +104,7 @@ async fn write_copied(
     let mut left = total;
     while left > 0 {
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        reader.fill(&mut buf[..n])?;
+        reader.fill(&mut buf[..n]).await?;
         if let Some(cipher) = cipher.as_deref_mut() {
             cipher.apply(&mut buf[..n]);
         }
@@ -127,7 +130,7 @@ async fn write_gcm(
     while !msg.is_done() {
         let start = out.len();
         out.resize(start + msg.next_segment_len(), 0);
-        reader.fill(&mut out[start..])?;
+        reader.fill(&mut out[start..]).await?;
         let tag = msg.seal_segment(&mut out[start..]).map_err(io::Error::other)?;
         out.extend_from_slice(&tag);
         if msg.is_done() || out.len() + msg.next_segment_len() + gcm::TAG_BYTES > room {
@@ -149,6 +152,22 @@ fn item_len(item: &Item) -> u64 {
     }
 }
 
+/// Up to `want` bytes of `file` at `at` (fewer at its end), waiting for the disk.
+fn read_up_to(file: &std::fs::File, want: usize, at: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buf[filled..], at + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
 /// The items' bytes in order, copied (bytes) or read (files) into whatever buffer is next.
 struct ItemReader<'a> {
     items: &'a [Item],
@@ -158,11 +177,13 @@ struct ItemReader<'a> {
     offset: u64,
     /// Bytes copied or read into the buffers filled.
     copied: u64,
+    /// Where file reads that miss the page cache go (None: read inline, for batches of bytes).
+    disk: Option<&'a DiskReads>,
 }
 
 impl ItemReader<'_> {
     /// Fills all of `dst` with the next bytes of the items.
-    fn fill(&mut self, mut dst: &mut [u8]) -> io::Result<()> {
+    async fn fill(&mut self, mut dst: &mut [u8]) -> io::Result<()> {
         while !dst.is_empty() {
             let Some(item) = self.items.get(self.at) else {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the items hold fewer bytes than counted"));
@@ -175,7 +196,21 @@ impl ItemReader<'_> {
                     left
                 }
                 Item::File(segment) if left > 0 => {
-                    match segment.file.read_at(&mut dst[..left], segment.offset + self.offset) {
+                    let at = segment.offset + self.offset;
+                    let read = match (self.disk, disk_reads::read_cached(&segment.file, &mut dst[..left], at)?) {
+                        (_, Cached::Read(n)) => Ok(n),
+                        (None, Cached::NotCached) => segment.file.read_at(&mut dst[..left], at),
+                        (Some(disk), Cached::NotCached) => {
+                            // Read on the pool into a buffer of its own (the one filled here is
+                            // borrowed), then copied over: one more copy, for cold bytes only.
+                            let (file, want) = (std::sync::Arc::clone(&segment.file), left);
+                            let got = disk.run(move || read_up_to(&file, want, at)).await?;
+                            dst[..got.len()].copy_from_slice(&got);
+                            self.copied += got.len() as u64;
+                            Ok(got.len())
+                        }
+                    };
+                    match read {
                         // The file shrank after its header was queued: as on the plaintext path,
                         // the connection is dropped (the client retries).
                         Ok(0) => {
@@ -247,6 +282,13 @@ mod tests {
     /// Runs `write` on one end of a loopback connection; returns what the other end received.
     /// Every byte of the items passes through the one buffer once, so that is what is copied.
     async fn sent(items: &[Item], sealing: Sealing<'_>) -> (u64, Vec<u8>) {
+        let (written, wire, copied) = sent_with(items, sealing, &DiskReads::default()).await;
+        assert_eq!(copied, items.iter().map(item_len).sum::<u64>());
+        (written, wire)
+    }
+
+    /// [`sent`], with `disk` for the reads the page cache cannot answer; also returns the bytes copied.
+    async fn sent_with(items: &[Item], sealing: Sealing<'_>, disk: &DiskReads) -> (u64, Vec<u8>, u64) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
@@ -257,12 +299,11 @@ mod tests {
             got
         });
         let mut copied = 0;
-        let written = write(&mut Sink::Socket(&server), Some(sealing), items, Duration::from_secs(10), &mut copied)
-            .await
-            .unwrap();
+        let idle = Duration::from_secs(10);
+        let written =
+            write(&mut Sink::Socket(&server), Some(sealing), items, idle, &mut copied, Some(disk)).await.unwrap();
         drop(server);
-        assert_eq!(copied, items.iter().map(item_len).sum::<u64>());
-        (written, reader.await.unwrap())
+        (written, reader.await.unwrap(), copied)
     }
 
     #[tokio::test]
@@ -295,6 +336,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cold_file_body_is_read_on_the_pool_and_encrypts_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (items, plain) = batch(dir.path());
+        let Item::File(segment) = &items[1] else { unreachable!() };
+        segment.file.sync_all().unwrap();
+        rustix::fs::fadvise(&*segment.file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        // tmpfs keeps everything in memory: nothing is cold there, and nothing goes to the pool.
+        let cold = disk_reads::read_cached(&segment.file, &mut [0u8; 1], segment.offset).unwrap() == Cached::NotCached;
+        let key = SessionKey::Aes128(Zeroizing::new([6; 16]));
+        let mut cipher = CtrCipher::new(&key, &[7; 16]);
+        let disk = DiskReads::default();
+        let (written, wire, copied) = sent_with(&items, Sealing::Ctr(&mut cipher), &disk).await;
+        let mut expected = plain.clone();
+        CtrCipher::new(&key, &[7; 16]).apply(&mut expected);
+        assert_eq!(written, plain.len() as u64);
+        assert!(wire == expected, "the ciphertext differs");
+        let reads = disk.blocking.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reads > 0, cold, "{reads} reads on the pool, file cold: {cold}");
+        assert!(copied > plain.len() as u64 || !cold, "cold bytes are copied once more: {copied}");
+    }
+
+    #[tokio::test]
     async fn a_file_shorter_than_its_segment_drops_the_connection_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let (mut items, _) = batch(dir.path());
@@ -313,6 +376,7 @@ mod tests {
             &items,
             Duration::from_secs(10),
             &mut 0,
+            None,
         )
         .await
         .unwrap_err();
