@@ -2,7 +2,6 @@
 //! known, look up its PersistentVolumeClaims (translated mode), then accept the registration
 //! with the dirs its pod gives it, placed on the node ([`super::dir_check`]).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,7 +117,7 @@ impl PodBinding {
                     .unwrap_or_else(|_| Err(format!("which the API server did not describe within {:?}", self.wait))),
             };
             mount.source = match looked_up {
-                Ok(dir) => MountSource::Volume(dir_check::normalize(&PathBuf::from(dir).join(sub_path))),
+                Ok(dir) => MountSource::Volume(dir_check::normalize(&dir.join(sub_path))),
                 Err(why) => MountSource::Unresolved(format!("persistentVolumeClaim {name}, {why},")),
             };
         }

@@ -168,7 +168,7 @@ async fn translated_a_claims_dir_is_served_from_its_volumes_node_dir_and_reporte
     let on_node = node.root.join("a/sub/blockmgr-1");
     assert_eq!(executor.info.local_dirs, [registered], "GetLocalDirsForExecutors answers what was registered");
     assert_eq!(executor.node.as_ref().map(|n| n.dirs.clone()), Some(vec![on_node.display().to_string()]));
-    assert_eq!(executor.dirs.canonical_dirs(), [on_node.clone()]);
+    assert_eq!(executor.dirs.canonical_dirs(), std::slice::from_ref(&on_node));
     assert!(executor.dirs.file_path("shuffle_0_0_0.data").starts_with(&on_node), "files are opened on the node");
     assert_eq!(executor.deletable_dirs().count(), 0, "a volume's files are Kubernetes' to delete");
 }
