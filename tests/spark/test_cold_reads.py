@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the faultfs package
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # tests/: the faultfs package
 
 from faultfs import mounted  # noqa: E402
 from servers import agent_metrics_url, find_agent_bin, scrape_metrics, start_agent  # noqa: E402
 from shuffle_layout import make_executor_dirs  # noqa: E402
-from conftest import REPO, ShuffleClient  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+APP = "app-cold-0001"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and FUSE")
 
@@ -44,6 +46,17 @@ def drop_cache(*trees: Path) -> None:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
+
+
+def register(java_driver, agent, exec_id: str, ex) -> None:
+    step = ["register", "--exec", exec_id, *[a for d in ex.local_dirs for a in ("--dir", d)], "--subdirs", str(ex.subdirs)]
+    rec = java_driver.run([step], port=agent.port, app=APP).one(0)
+    assert rec["ok"], f"registration failed: {rec}"
+
+
+def fetch(java_driver, agent, exec_id: str, ids: list[str], timeout_s: float):
+    step = ["fetch", "--exec", exec_id, *[a for i in ids for a in ("--id", i)]]
+    return java_driver.run([step], port=agent.port, app=APP, timeout_s=timeout_s)
 
 
 def wait_until(what: str, cond, timeout_s: float = 30.0) -> None:
@@ -70,21 +83,20 @@ def test_a_stalled_disk_read_does_not_hold_up_fetches_of_other_files(java_driver
         conf_file.write_text("spark.shuffle.io.serverThreads 1\n")
         agent = start_agent(binary, tmp_path / "agent", [str(root)], extra_args=["--config", str(conf_file)])
         try:
-            client = ShuffleClient(java_driver, agent, "app-cold-0001")
-            client.register("0", sick)
-            client.register("1", well)
+            register(java_driver, agent, "0", sick)
+            register(java_driver, agent, "1", well)
             drop_cache(backing, mount)
             fs.stall("/root/sick")
             stalled: dict = {}
 
             def fetch_sick():
-                stalled["res"] = client.run(client.fetch_step("0", ["shuffle_0_0_0", "shuffle_0_0_1"]), timeout_s=90)
+                stalled["res"] = fetch(java_driver, agent, "0", ["shuffle_0_0_0", "shuffle_0_0_1"], 90)
 
             t = threading.Thread(target=fetch_sick, daemon=True)
             t.start()
             wait_until("the sick executor's read to reach the stalled filesystem", lambda: fs.stalled() > 0)
 
-            res = client.run(client.fetch_step("1", ["shuffle_0_1_0", "shuffle_0_1_1"]), timeout_s=30)
+            res = fetch(java_driver, agent, "1", ["shuffle_0_1_0", "shuffle_0_1_1"], 30)
             blocks = res.blocks(0)
             for r in (0, 1):
                 rec = blocks.get(f"shuffle_0_1_{r}")
