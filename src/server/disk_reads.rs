@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustix::io::ReadWriteFlags;
 use tokio::sync::Semaphore;
@@ -23,7 +24,7 @@ pub const MAX_BLOCKING_READS: usize = 64;
 /// The blocking pool's share for file reads, and what went through it.
 #[derive(Debug)]
 pub struct DiskReads {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// Reads (block bodies, sendfile calls, index reads and opens) that went to the pool
     /// because the page cache did not have their bytes.
     pub blocking: AtomicU64,
@@ -31,16 +32,22 @@ pub struct DiskReads {
 
 impl Default for DiskReads {
     fn default() -> DiskReads {
-        DiskReads { permits: Semaphore::new(MAX_BLOCKING_READS), blocking: AtomicU64::new(0) }
+        DiskReads { permits: Arc::new(Semaphore::new(MAX_BLOCKING_READS)), blocking: AtomicU64::new(0) }
     }
 }
 
 impl DiskReads {
     /// Runs `work` (which may wait for the disk) on the blocking pool; the caller's task waits,
-    /// its worker does not.
+    /// its worker does not. The slot goes with the work, not with the caller: a connection
+    /// that ends while its read hangs does not free a slot for one more hanging read.
     pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-        let _permit = self.permits.acquire().await.map_err(|_| io::Error::other("the disk pool is closed"))?;
+        let permit =
+            Arc::clone(&self.permits).acquire_owned().await.map_err(|_| io::Error::other("the disk pool is closed"))?;
         self.blocking.fetch_add(1, Ordering::Relaxed);
+        let work = move || {
+            let _slot = permit;
+            work()
+        };
         tokio::task::spawn_blocking(work).await.map_err(|e| io::Error::other(format!("the disk read failed: {e}")))?
     }
 }
@@ -115,6 +122,32 @@ mod tests {
         file.read_exact_at(&mut vec![0u8; 1 << 20], 0).unwrap();
         assert!(looks_cached(&file, 0, 1 << 20).unwrap());
         assert_eq!(read_cached(&file, &mut buf, 1 << 20).unwrap(), Cached::Read(0), "end of file");
+    }
+
+    /// Yields until `done`, for at most 10 s.
+    async fn until(done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_abandoned_by_its_caller_keeps_its_slot_until_it_ends() {
+        let disk = std::sync::Arc::new(DiskReads::default());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let waiter = {
+            let disk = std::sync::Arc::clone(&disk);
+            tokio::spawn(async move { disk.run(move || Ok(held.recv().ok())).await })
+        };
+        let free = || disk.permits.available_permits();
+        until(|| free() < MAX_BLOCKING_READS).await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(free(), MAX_BLOCKING_READS - 1, "the hanging read still holds its slot");
+        release.send(()).unwrap();
+        until(|| free() == MAX_BLOCKING_READS).await;
     }
 
     #[tokio::test]
