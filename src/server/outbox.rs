@@ -397,7 +397,7 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8], idle: Duration) -> io::Re
     Ok(total)
 }
 
-/// Most one inline sendfile call sends: the range whose ends are checked in the page cache.
+/// The most one sendfile call sends: the range whose first byte is checked in the page cache.
 const SENDFILE_STEP: u64 = 4 << 20;
 
 /// sendfile(2) from the segment's file straight to the socket: the bytes never enter user space.
